@@ -29,8 +29,9 @@ class ScanError(Exception):
         if action is not None:
             self.action = action
 
-    def __str__(self) -> str:  # the message alone; the action is shown separately
-        return self.message
+    def __str__(self) -> str:
+        # Prefect shows str(exc) as the failed task's state message: say what to do there too.
+        return f"{self.message} — {self.action}"
 
 
 class HeldScan(ScanError):
