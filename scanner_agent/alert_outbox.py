@@ -1,0 +1,161 @@
+"""Remember which alerts were sent where, and keep the ones a channel failed to deliver.
+
+Two tables, both prefixed ``alert_`` so they can live in the journal's SQLite file next to its
+own tables: ``alert_sent`` (last time a key went to a channel: the dedupe record, surviving a
+restart) and ``alert_pending`` (alerts waiting for a channel to come back). This module opens
+its own connection and touches nothing else in the file.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+from scanner_agent.alerts import Alert
+
+log = logging.getLogger(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS alert_sent (
+    key     TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    at      REAL NOT NULL,
+    PRIMARY KEY (key, channel)
+);
+CREATE TABLE IF NOT EXISTS alert_pending (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    channel    TEXT NOT NULL,
+    key        TEXT NOT NULL,
+    alert_json TEXT NOT NULL,
+    attempts   INTEGER NOT NULL DEFAULT 1,
+    last_error TEXT,
+    created    REAL NOT NULL,
+    next_try   REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS alert_pending_next_try ON alert_pending (channel, next_try);
+CREATE INDEX IF NOT EXISTS alert_pending_key ON alert_pending (key, channel);
+"""
+
+
+class AlertOutbox:
+    """SQLite-backed dedupe record and retry queue for alerts. Safe to share between threads."""
+
+    def __init__(self, db_path: Path | str) -> None:
+        self.db_path = Path(db_path)
+        self._lock = threading.Lock()
+        # autocommit (isolation_level=None): every statement here is its own small transaction,
+        # so no lock on the shared journal file is held between calls.
+        self._db = sqlite3.connect(self.db_path, check_same_thread=False, timeout=30, isolation_level=None)
+        with self._lock:
+            self._enable_wal()
+            self._db.executescript(_SCHEMA)
+
+    def _enable_wal(self) -> None:
+        try:
+            mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        except sqlite3.OperationalError as exc:  # another connection is mid-transaction; it sets WAL itself
+            log.debug("Could not switch %s to WAL now: %s", self.db_path, exc)
+            return
+        if str(mode).lower() != "wal":
+            log.warning("%s is in %s mode, not WAL; alerts still work but may wait on the journal",
+                        self.db_path, mode)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- sent records
+
+    def last_sent(self, key: str, channel: str) -> float | None:
+        with self._lock:
+            row = self._db.execute("SELECT at FROM alert_sent WHERE key = ? AND channel = ?",
+                                   (key, channel)).fetchone()
+        return None if row is None else float(row[0])
+
+    def record_sent(self, key: str, channel: str, at: float) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO alert_sent (key, channel, at) VALUES (?, ?, ?) "
+                "ON CONFLICT (key, channel) DO UPDATE SET at = excluded.at", (key, channel, at))
+
+    # -- pending queue
+
+    def enqueue(self, alert: Alert, channel: str, error: str, *, now: float | None = None,
+                next_try: float | None = None) -> int:
+        """Keep ``alert`` for ``channel``; returns its id. ``next_try`` defaults to now (due at once)."""
+        created = time.time() if now is None else now
+        with self._lock:
+            cur = self._db.execute(
+                "INSERT INTO alert_pending (channel, key, alert_json, attempts, last_error, created, next_try) "
+                "VALUES (?, ?, ?, 1, ?, ?, ?)",
+                (channel, alert.key(), alert.to_json(), error, created,
+                 created if next_try is None else next_try))
+            return int(cur.lastrowid or 0)
+
+    def due(self, now: float) -> list[tuple[int, str, Alert]]:
+        """Queued alerts whose retry time has come, oldest first."""
+        return [(item_id, channel, alert) for item_id, channel, alert, _ in self.due_with_created(now)]
+
+    def due_with_created(self, now: float) -> list[tuple[int, str, Alert, float]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, channel, alert_json, created FROM alert_pending WHERE next_try <= ? ORDER BY id",
+                (now,)).fetchall()
+        out: list[tuple[int, str, Alert, float]] = []
+        for item_id, channel, text, created in rows:
+            try:
+                out.append((int(item_id), str(channel), Alert.from_json(text), float(created)))
+            except (ValueError, TypeError, KeyError) as exc:  # a damaged row must not block the rest
+                log.error("alert_pending row %s cannot be read (%s); skipped", item_id, exc)
+        return out
+
+    def delivered(self, item_id: int) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM alert_pending WHERE id = ?", (item_id,))
+
+    def failed_again(self, item_id: int, error: str, next_try: float, *, count: bool = True) -> None:
+        """Record another failed try (``count=False``: postponed without being tried)."""
+        with self._lock:
+            self._db.execute(
+                "UPDATE alert_pending SET attempts = attempts + ?, last_error = ?, next_try = ? WHERE id = ?",
+                (1 if count else 0, error, next_try, item_id))
+
+    def attempts(self, item_id: int) -> int:
+        with self._lock:
+            row = self._db.execute("SELECT attempts FROM alert_pending WHERE id = ?", (item_id,)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def pending_id(self, key: str, channel: str) -> int | None:
+        """The id of a queued alert with this key for this channel, if one is waiting."""
+        with self._lock:
+            row = self._db.execute("SELECT id FROM alert_pending WHERE key = ? AND channel = ? LIMIT 1",
+                                   (key, channel)).fetchone()
+        return None if row is None else int(row[0])
+
+    def next_try_for(self, channel: str) -> float | None:
+        """The earliest retry time of anything queued for ``channel`` (None: nothing queued)."""
+        with self._lock:
+            row = self._db.execute("SELECT MIN(next_try) FROM alert_pending WHERE channel = ?",
+                                   (channel,)).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    def pending_count(self, channel: str | None = None) -> int:
+        with self._lock:
+            if channel is None:
+                row = self._db.execute("SELECT COUNT(*) FROM alert_pending").fetchone()
+            else:
+                row = self._db.execute("SELECT COUNT(*) FROM alert_pending WHERE channel = ?",
+                                       (channel,)).fetchone()
+        return int(row[0])
+
+    def pending_summary(self) -> list[dict[str, object]]:
+        """What is waiting, for ``scanner-agent status``: channel, key, attempts, last error, times."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, channel, key, attempts, last_error, created, next_try FROM alert_pending ORDER BY id"
+            ).fetchall()
+        cols = ("id", "channel", "key", "attempts", "last_error", "created", "next_try")
+        return [dict(zip(cols, row)) for row in rows]
