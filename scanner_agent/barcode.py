@@ -1,0 +1,170 @@
+"""Find a scan's barcode: from its file name by the configured regex, else from the slide's metadata.
+
+No barcode is ``errors.NoBarcode`` naming the file and everything tried; nothing is guessed.
+A barcode is a lookup key, never a path: it is stripped of surrounding whitespace and must
+then be 1-64 printable ASCII characters with no whitespace, control character or path
+separator, and not ``.`` or ``..``. Leading zeros are kept (barcodes are strings, not numbers).
+
+Unicode look-alikes are rejected, not normalised: Python's ``\\d`` matches fullwidth digits, so
+a file named ``６２０９９５.svs`` would otherwise match ``(?P<barcode>\\d{6})`` and, after NFKC,
+silently become ``620995``, possibly a different slide's row. A person renames the file
+instead; the error names the offending character.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from . import errors
+from .scanunit import ScanUnit
+
+#: The config key the regex comes from, named in configuration errors.
+CONFIG_KEY = "scanner.barcode_regex"
+MAX_BARCODE_LEN = 64
+
+#: OpenSlide property names holding a slide's barcode, most specific first.
+#: - ``openslide.barcode``: OpenSlide's own normalised key (OpenSlide > 4.0.1; absent in 4.0.1).
+#: - ``aperio.Barcode``: ``Barcode = ...`` in an SVS ImageDescription.
+#: - ``leica.barcode``: Leica SCN ``<barcode>``, base64-decoded by OpenSlide itself.
+#: - ``philips.PIM_DP_UFS_BARCODE``: Philips TIFF XML; still base64 here, decoded below.
+#: - ``dicom.BarcodeValue`` / ``dicom.ContainerIdentifier``: DICOM WSI label barcode, and the
+#:   slide (container) identifier that scanners set to the label's barcode.
+#: - ``ventana.Barcode1D`` / ``ventana.Barcode2D``: attributes of the iScan element, which
+#:   OpenSlide copies in full, on scanners that write them.
+#: - ``argos.Barcode``: Argos XML.
+#: Hamamatsu NDPI and MIRAX carry no barcode text (only a label picture): name those files by
+#: barcode on the scanner.
+METADATA_KEYS: tuple[str, ...] = (
+    "openslide.barcode",
+    "aperio.Barcode",
+    "leica.barcode",
+    "philips.PIM_DP_UFS_BARCODE",
+    "dicom.BarcodeValue",
+    "dicom.ContainerIdentifier",
+    "ventana.Barcode1D",
+    "ventana.Barcode2D",
+    "argos.Barcode",
+)
+_BASE64_KEYS = frozenset({"philips.PIM_DP_UFS_BARCODE"})
+_FORBIDDEN = frozenset("/\\")
+
+
+@dataclass(frozen=True)
+class BarcodeResult:
+    """A barcode and where it came from ("file name" or "slide metadata (aperio.Barcode)")."""
+
+    barcode: str
+    source: str
+
+
+def compile_barcode_regex(pattern: str) -> re.Pattern[str]:
+    """Compile the configured regex; it must have a named group ``barcode``."""
+    try:
+        regex = re.compile(pattern)
+    except re.error as exc:
+        raise errors.ConfigError(f"{CONFIG_KEY} {pattern!r} is not a valid regular expression: {exc}") from None
+    if "barcode" not in regex.groupindex:
+        raise errors.ConfigError(
+            f"{CONFIG_KEY} {pattern!r} has no named group 'barcode'; write it like (?P<barcode>\\d{{6}})")
+    return regex
+
+
+def clean_barcode(value: str) -> str:
+    """``value`` stripped of surrounding whitespace, or ``ValueError`` saying why it is unusable."""
+    text = value.strip()
+    if not text:
+        raise ValueError("it is empty")
+    if len(text) > MAX_BARCODE_LEN:
+        raise ValueError(f"it is {len(text)} characters long (at most {MAX_BARCODE_LEN})")
+    for ch in text:
+        if not ch.isascii():
+            name = unicodedata.name(ch, "unnamed character")
+            raise ValueError(f"it contains the non-ASCII character {ch!r} (U+{ord(ch):04X} {name}); "
+                             "look-alike characters are not converted")
+        if ch in _FORBIDDEN:
+            raise ValueError(f"it contains the path separator {ch!r}")
+        if ch.isspace():
+            raise ValueError("it contains whitespace")
+        if not ch.isprintable():
+            raise ValueError(f"it contains the control character U+{ord(ch):04X}")
+    if set(text) == {"."}:
+        raise ValueError(f"{text!r} is not a usable barcode")
+    return text
+
+
+def barcode_from_name(name: str, regex: re.Pattern[str]) -> str | None:
+    """The barcode in ``name`` (a file name, its stem or a folder name), or ``None`` if the regex
+    does not match. Raises ``ValueError`` if the match is unusable or the name holds two
+    different barcodes (the regex should then be anchored, e.g. ``^(?P<barcode>\\d{6})``)."""
+    found = [m.group("barcode") for m in regex.finditer(name) if m.group("barcode") is not None]
+    if not found:
+        return None
+    distinct = list(dict.fromkeys(found))
+    if len(distinct) > 1:
+        raise ValueError(f"the regex matches {len(distinct)} different barcodes ({', '.join(map(repr, distinct))}); "
+                         "anchor it so that only one matches")
+    return clean_barcode(distinct[0])
+
+
+def find_barcode(unit: ScanUnit, regex: re.Pattern[str], *,
+                 properties: Mapping[str, str] | None = None) -> BarcodeResult:
+    """The scan's barcode: from its name first, then from its slide metadata.
+
+    ``properties`` are OpenSlide's properties if the caller already has them; otherwise the slide
+    is opened to read them (only when the name gives no barcode). In metadata the regex picks
+    the barcode out of the value when it matches; otherwise the whole value is the barcode, as
+    printed on the label. Raises ``errors.NoBarcode`` naming the file and what was tried.
+    """
+    tried: list[str] = []
+    try:
+        from_name = barcode_from_name(unit.stem, regex)
+    except ValueError as exc:
+        tried.append(f"file name {unit.stem!r}: {exc}")
+    else:
+        if from_name is not None:
+            return BarcodeResult(from_name, "file name")
+        tried.append(f"file name {unit.stem!r} does not match {CONFIG_KEY} {regex.pattern!r}")
+
+    if properties is None:
+        from .slide import read_properties  # OpenSlide is only loaded when a name has no barcode
+
+        properties = read_properties(unit.primary)
+        if not properties:
+            tried.append("slide metadata: OpenSlide could not open the slide")
+    if properties:
+        result = _from_metadata(properties, regex, tried)
+        if result is not None:
+            return result
+    raise errors.NoBarcode(f"No barcode for {unit.primary}: " + "; ".join(tried), path=str(unit.primary))
+
+
+def _from_metadata(properties: Mapping[str, str], regex: re.Pattern[str],
+                   tried: list[str]) -> BarcodeResult | None:
+    present = False
+    for key in METADATA_KEYS:
+        raw = properties.get(key)
+        if raw is None or not raw.strip():
+            continue
+        present = True
+        try:
+            value = _decode_base64(raw) if key in _BASE64_KEYS else raw
+            match = regex.search(value)
+            candidate = match.group("barcode") if match and match.group("barcode") else value
+            return BarcodeResult(clean_barcode(candidate), f"slide metadata ({key})")
+        except ValueError as exc:
+            tried.append(f"slide metadata {key}: {exc}")
+    if not present:
+        tried.append("slide metadata has none of " + ", ".join(METADATA_KEYS))
+    return None
+
+
+def _decode_base64(value: str) -> str:
+    try:
+        return base64.b64decode(value.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        raise ValueError("it is not valid base64-encoded UTF-8 text") from None
