@@ -1,0 +1,488 @@
+"""Watch a scanner's output folder and report each scan once it has finished being written.
+
+Filesystem events (watchdog: inotify locally, polling on network shares) are only hints that
+say "look at this path"; the truth is the folder itself. A full listing at start and every
+``rescan_seconds`` catches whatever events missed (downtime, an overflowed inotify queue, a
+share that blinked). A single background thread owns all state: it drains event hints, runs
+the listings, asks ``completeness.SettleTracker`` which units are ready, calls ``on_ready``
+once per finished scan, and supervises the observer (restarting it when it dies, and
+reporting the watch folder missing until it comes back).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from watchdog.events import (
+    EVENT_TYPE_CLOSED,
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirModifiedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+from watchdog.observers.polling import PollingObserver
+
+from .completeness import DEFAULT_PATTERNS, SettleTracker, discover_units, safe_fingerprint, unit_for_path
+from .errors import ConfigError
+from .scanunit import Fingerprint, ScanUnit
+
+log = logging.getLogger(__name__)
+
+#: Filesystems where inotify does not see changes made by other machines: poll them instead.
+#: ``fuse.*`` (sshfs, rclone, s3fs, gcsfuse, vmhgfs) is matched by prefix in ``choose_observer``.
+NETWORK_FS: frozenset[str] = frozenset({
+    "nfs", "nfs4", "cifs", "smb3", "smb2", "smbfs", "9p", "afs", "ceph", "glusterfs", "sshfs",
+    "fuse", "lustre", "gpfs", "beegfs", "ocfs2", "gfs2", "davfs", "ncpfs", "coda", "virtiofs",
+    "vboxsf", "vmhgfs", "drvfs", "pvfs2", "orangefs",
+})
+
+OBSERVER_SETTINGS = ("auto", "inotify", "polling")
+
+# Opened/closed-without-writing events are left out: our own reads (DICOM magic, Slidedat.ini)
+# and the copy that follows a report would otherwise come back to us as "changes".
+_EVENT_FILTER = [
+    FileCreatedEvent, FileModifiedEvent, FileMovedEvent, FileClosedEvent, FileDeletedEvent,
+    DirCreatedEvent, DirModifiedEvent, DirMovedEvent, DirDeletedEvent,
+]
+
+
+def _unescape_mountinfo(field: str) -> str:
+    # mountinfo escapes space, tab, newline and backslash as \ooo (octal).
+    out, i = [], 0
+    while i < len(field):
+        code = field[i + 1:i + 4]
+        if field[i] == "\\" and len(code) == 3 and all(c in "01234567" for c in code):
+            out.append(chr(int(code, 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def parse_mountinfo(text: str) -> list[tuple[str, str]]:
+    """(mount point, filesystem type) for each line of a ``/proc/<pid>/mountinfo`` text.
+
+    A line is ``id parent maj:min root mount-point options [optional…] - fstype source super``;
+    the optional fields vary in number, so the type is found after the lone ``-``.
+    """
+    mounts: list[tuple[str, str]] = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 7 or "-" not in fields[6:]:
+            continue
+        sep = fields.index("-", 6)
+        if sep + 1 < len(fields):
+            mounts.append((_unescape_mountinfo(fields[4]), fields[sep + 1]))
+    return mounts
+
+
+def filesystem_type(path: Path, *, mountinfo: str | None = None) -> str:
+    """The type (``ext4``, ``nfs4``, ``tmpfs`` …) of the filesystem holding ``path``.
+
+    Longest mount-point prefix in ``/proc/self/mountinfo`` wins (later mounts shadow earlier
+    ones at the same point). ``"unknown"`` where mountinfo cannot be read. ``mountinfo`` may be
+    given as text (tests, or another process's view).
+    """
+    if mountinfo is None:
+        try:
+            mountinfo = Path("/proc/self/mountinfo").read_text()
+        except OSError:
+            return "unknown"
+    target = os.path.realpath(path)  # a missing path still resolves lexically
+    best, best_type = -1, "unknown"
+    for mount_point, fstype in parse_mountinfo(mountinfo):
+        mp = mount_point.rstrip("/") or "/"
+        inside = target == mp or mp == "/" or target.startswith(mp + "/")
+        if inside and len(mp) >= best:
+            best, best_type = len(mp), fstype
+    return best_type
+
+
+def choose_observer(path: Path, setting: str, *, mountinfo: str | None = None) -> str:
+    """``"inotify"`` or ``"polling"`` for a watch folder, from the config setting.
+
+    ``auto`` polls on network and FUSE filesystems (inotify cannot see other machines' writes)
+    and where the type cannot be found out (polling always works); otherwise inotify.
+    """
+    choice = (setting or "").strip().lower()
+    if choice not in OBSERVER_SETTINGS:
+        raise ConfigError(f"observer = {setting!r} is not one of {', '.join(OBSERVER_SETTINGS)}")
+    if choice != "auto":
+        return choice
+    if not sys.platform.startswith("linux"):
+        return "inotify"  # the platform's native observer (FSEvents, ReadDirectoryChangesW)
+    fstype = filesystem_type(path, mountinfo=mountinfo)
+    if fstype == "unknown" or fstype in NETWORK_FS or fstype.startswith("fuse."):
+        return "polling"
+    return "inotify"
+
+
+@dataclass
+class WatcherHealth:
+    """What the watcher is doing, for ``status``, systemd's watchdog and alerts.
+
+    ``alive``: the observer threads are running on an existing watch folder. ``last_error`` is
+    the most recent problem and stays after recovery (``alive`` says whether it is current).
+    Times are wall-clock (``time.time()``) for display.
+    """
+
+    observer: str
+    alive: bool
+    watching_since: float | None
+    last_full_scan: float | None
+    last_error: str | None
+    restarts: int
+    pending: int
+
+
+class _HintHandler(FileSystemEventHandler):
+    """Collects event paths for the tick thread; never blocks the observer on disk I/O."""
+
+    def __init__(self, sink: Callable[[str, bool], None]) -> None:
+        self._sink = sink
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        closed = event.event_type == EVENT_TYPE_CLOSED
+        for raw in (event.src_path, event.dest_path):
+            if raw:
+                self._sink(os.fsdecode(raw), closed)
+
+
+class ScanWatcher:
+    """Reports each finished scan under ``watch`` to ``on_ready``, once per change.
+
+    ``on_ready`` runs on the watcher's thread and must return quickly (enqueue, don't copy).
+    A unit reported and unchanged is not reported again while the watcher runs; after a
+    restart everything present is reported again (the journal dedupes by identity). If
+    ``on_ready`` raises, the unit is offered again at the next full listing.
+    """
+
+    def __init__(self, watch: Path, on_ready: Callable[[ScanUnit], None], *,
+                 patterns: Sequence[str] = DEFAULT_PATTERNS, observer: str = "auto",
+                 settle_seconds: float = 30, rescan_seconds: float = 300, poll_interval: float = 2.0,
+                 tick_seconds: float = 0.25,
+                 on_health_change: Callable[[WatcherHealth], None] | None = None) -> None:
+        if observer.strip().lower() not in OBSERVER_SETTINGS:
+            raise ConfigError(f"observer = {observer!r} is not one of {', '.join(OBSERVER_SETTINGS)}")
+        for name, value in (("rescan_seconds", rescan_seconds), ("poll_interval", poll_interval),
+                            ("tick_seconds", tick_seconds)):
+            if value <= 0:
+                raise ConfigError(f"{name} must be > 0, got {value}")
+        self.watch = Path(watch)
+        self._on_ready = on_ready
+        self._patterns = tuple(patterns)
+        self._observer_setting = observer
+        self._rescan_seconds = rescan_seconds
+        self._poll_interval = poll_interval
+        self._tick_seconds = tick_seconds
+        self._on_health_change = on_health_change
+
+        self._tracker = SettleTracker(settle_seconds)
+        self._reported: dict[ScanUnit, Fingerprint] = {}
+        self._hints: dict[str, bool] = {}
+        self._hints_lock = threading.Lock()
+        self._handler = _HintHandler(self._add_hint)
+
+        self._observer: BaseObserver | None = None
+        self._observer_dev: int | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._next_rescan = 0.0
+
+        self._state_lock = threading.Lock()
+        self._kind = "polling" if observer == "polling" else "inotify"
+        self._alive = False
+        self._folder_missing = False
+        self._watching_since: float | None = None
+        self._last_full_scan: float | None = None
+        self._last_error: str | None = None
+        self._restarts = 0
+        self._last_ok = 0.0  # monotonic time of the last successful probe or listing
+        self._last_notified: tuple[object, ...] | None = None
+
+    # ---- public API -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start watching: observer, then a full listing (catch-up), then the tick thread.
+
+        Starting the observer before listing leaves no gap in which a new file is neither
+        listed nor watched. A missing watch folder does not raise: health says so and the
+        watcher keeps retrying.
+        """
+        if self._thread is not None:
+            raise RuntimeError(f"watcher for {self.watch} already started")
+        self._stop.clear()
+        self._safe_tick()  # synchronous, so everything present is observed when start() returns
+        self._thread = threading.Thread(target=self._run, name=f"scan-watcher[{self.watch.name}]", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5) -> None:
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():  # stop() from on_ready
+            thread.join(timeout)
+        self._stop_observer(timeout)
+        with self._state_lock:
+            self._alive = False
+        self._notify_health()
+
+    def health(self) -> WatcherHealth:
+        with self._state_lock:
+            return WatcherHealth(
+                observer=self._kind,
+                alive=self._alive and self._observer_alive(),
+                watching_since=self._watching_since,
+                last_full_scan=self._last_full_scan,
+                last_error=self._last_error,
+                restarts=self._restarts,
+                pending=len(self._tracker),
+            )
+
+    def healthy(self) -> bool:
+        """Observer threads alive, tick thread alive, and the folder answered recently."""
+        thread = self._thread
+        if thread is None or not thread.is_alive() or not self.health().alive:
+            return False
+        stale_after = max(10.0, 4 * self._tick_seconds, 3 * self._poll_interval)
+        return time.monotonic() - self._last_ok <= stale_after
+
+    # ---- the tick thread ----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._tick_seconds):
+            self._safe_tick()
+
+    def _safe_tick(self) -> None:
+        try:
+            self._tick()
+        except Exception as exc:  # the loop must outlive any one bad tick, and say so
+            message = f"watcher error on {self.watch}: {type(exc).__name__}: {exc}"
+            if message != self._last_error:  # once per distinct error, not four times a second
+                log.exception("Watcher tick for %s failed", self.watch)
+            self._set_error(message)
+        self._notify_health()
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        if not self._supervise(now):
+            return
+        self._drain_hints()
+        if now >= self._next_rescan:
+            self._full_listing()
+        self._report_ready()
+
+    def _supervise(self, now: float) -> bool:
+        """Check the folder and the observer; (re)start the observer when needed."""
+        try:
+            st = os.stat(self.watch)
+            if not stat.S_ISDIR(st.st_mode):
+                raise NotADirectoryError(errno.ENOTDIR, "not a directory")
+        except OSError as exc:
+            self._folder_lost(exc)
+            return False
+        self._last_ok = now
+        if self._observer is None:
+            return self._start_observer(st.st_dev, reason=None)
+        if not self._observer_alive():
+            return self._start_observer(st.st_dev, reason="the observer thread stopped")
+        if st.st_dev != self._observer_dev:
+            # A share mounted or unmounted over the folder: the old watch sees the old filesystem.
+            return self._start_observer(st.st_dev, reason="the filesystem under the folder changed")
+        return True
+
+    def _folder_lost(self, exc: OSError) -> None:
+        reason = exc.strerror or str(exc)
+        message = (f"Watch folder {self.watch} is missing or unreadable ({reason}); "
+                   "the share may be unmounted. Retrying until it is back.")
+        if not self._folder_missing:
+            log.error(message)
+        self._folder_missing = True
+        self._stop_observer(1.0)
+        self._tracker = SettleTracker(self._tracker.settle_seconds)  # settle progress is void
+        self._next_rescan = 0.0
+        with self._state_lock:
+            self._alive = False
+            self._last_error = message
+
+    def _start_observer(self, dev: int, reason: str | None) -> bool:
+        restarting = self._watching_since is not None  # it was watching before
+        self._stop_observer(1.0)
+        kind = choose_observer(self.watch, self._observer_setting)
+        try:
+            try:
+                observer = self._launch(kind)
+            except OSError as exc:
+                if kind != "inotify" or exc.errno not in (errno.ENOSPC, errno.EMFILE):
+                    raise
+                log.warning("inotify cannot watch %s (%s); falling back to polling every %.1fs. "
+                            "Raise fs.inotify.max_user_watches to use inotify.",
+                            self.watch, exc.strerror or exc, self._poll_interval)
+                kind = "polling"
+                observer = self._launch(kind)
+        except OSError as exc:
+            message = f"Cannot watch {self.watch} with {kind}: {exc.strerror or exc}. Retrying."
+            if message != self._last_error:
+                log.error(message)
+            with self._state_lock:
+                self._alive = False
+                self._last_error = message
+            return False
+        self._observer, self._observer_dev = observer, dev
+        if self._folder_missing:
+            log.info("Watch folder %s is back; watching again", self.watch)
+        elif reason is not None:
+            log.warning("Restarted the %s observer on %s: %s", kind, self.watch, reason)
+        self._folder_missing = False
+        with self._state_lock:
+            self._kind = kind
+            self._alive = True
+            self._watching_since = time.time()
+            if restarting:
+                self._restarts += 1
+            if reason is not None:
+                self._last_error = f"{reason} on {self.watch}; restarted it"
+        self._next_rescan = 0.0  # catch up on whatever happened while nothing was watching
+        return True
+
+    def _launch(self, kind: str) -> BaseObserver:
+        observer: BaseObserver = (PollingObserver(timeout=self._poll_interval) if kind == "polling"
+                                  else Observer())
+        observer.schedule(self._handler, str(self.watch), recursive=True, event_filter=_EVENT_FILTER)
+        try:
+            observer.start()
+        except BaseException:
+            observer.stop()
+            raise
+        return observer
+
+    def _stop_observer(self, timeout: float) -> None:
+        observer, self._observer = self._observer, None
+        if observer is None:
+            return
+        try:
+            observer.stop()
+            observer.join(timeout)
+        except Exception:  # a half-dead observer must not stop us replacing it
+            log.debug("Stopping the old observer on %s failed", self.watch, exc_info=True)
+
+    def _observer_alive(self) -> bool:
+        observer = self._observer
+        if observer is None or not observer.is_alive():
+            return False
+        for emitter in list(observer.emitters):
+            if not emitter.is_alive():
+                return False
+            # The inotify emitter reads from a buffer thread (watchdog internal) that ends on
+            # its own when the watched folder is deleted or unmounted, leaving the emitter
+            # waiting forever; look at it too.
+            buffer = getattr(emitter, "_inotify", None)
+            if isinstance(buffer, threading.Thread) and not buffer.is_alive():
+                return False
+        return True
+
+    # ---- events, listings and reports ------------------------------------------------------------
+
+    def _add_hint(self, path: str, closed: bool) -> None:
+        # Called on the observer's thread: dedupe paths, do no I/O.
+        with self._hints_lock:
+            self._hints[path] = self._hints.get(path, False) or closed
+
+    def _drain_hints(self) -> None:
+        with self._hints_lock:
+            hints, self._hints = self._hints, {}
+        units: dict[ScanUnit, bool] = {}
+        for path, closed in hints.items():
+            unit = unit_for_path(self.watch, Path(path), self._patterns)
+            if unit is not None:
+                units[unit] = units.get(unit, False) or closed
+        for unit, closed in units.items():
+            self._observe(unit, safe_fingerprint(unit), closed=closed)
+
+    def _observe(self, unit: ScanUnit, fp: Fingerprint | None, *, closed: bool = False) -> None:
+        if fp is None:
+            if not os.path.lexists(unit.primary):  # gone (moved to storage, deleted)
+                self._tracker.forget(unit)
+                self._reported.pop(unit, None)
+            else:  # a file vanished mid-stat (scanner renaming its temp files): look again later
+                self._tracker.observe(unit)
+            return
+        if unit not in self._tracker and self._reported.get(unit) == fp:
+            return  # already reported, and nothing changed since
+        self._tracker.observe(unit, fp)
+        if closed:
+            self._tracker.hint_closed(unit)
+
+    def _full_listing(self) -> None:
+        try:
+            units = discover_units(self.watch, self._patterns)
+        except OSError as exc:
+            self._folder_lost(exc)
+            return
+        present = set(units)
+        for unit in units:
+            self._observe(unit, safe_fingerprint(unit))
+        # Bounded memory: only units still in the folder need remembering.
+        for unit in [u for u in self._reported if u not in present]:
+            del self._reported[unit]
+        self._next_rescan = time.monotonic() + self._rescan_seconds
+        self._last_ok = time.monotonic()
+        with self._state_lock:
+            self._last_full_scan = time.time()
+
+    def _report_ready(self) -> None:
+        for unit in self._tracker.pending():
+            # Gone while pending (moved away, deleted, the scanner gave up): nothing to wait for.
+            if self._tracker.fingerprint(unit) is None and not os.path.lexists(unit.primary):
+                self._tracker.forget(unit)
+        for unit in self._tracker.ready_units():
+            if self._stop.is_set():
+                return
+            fp = self._tracker.fingerprint(unit)
+            self._tracker.forget(unit)
+            if fp is None or self._reported.get(unit) == fp:
+                continue
+            self._reported[unit] = fp
+            log.info("Scan ready: %s", unit)
+            try:
+                self._on_ready(unit)
+            except Exception:
+                log.exception("on_ready failed for %s; it will be offered again at the next full listing", unit)
+                self._reported.pop(unit, None)
+
+    # ---- health ----------------------------------------------------------------------------------
+
+    def _set_error(self, message: str) -> None:
+        with self._state_lock:
+            self._last_error = message
+
+    def _notify_health(self) -> None:
+        if self._on_health_change is None:
+            return
+        health = self.health()
+        key = (health.observer, health.alive, health.last_error, health.restarts)
+        if key == self._last_notified:
+            return
+        self._last_notified = key
+        try:
+            self._on_health_change(replace(health))
+        except Exception:
+            log.exception("on_health_change callback failed")

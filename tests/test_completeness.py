@@ -1,0 +1,369 @@
+"""Scan units, event-path mapping, format signals, open-for-writing and the settle tracker,
+on real files in tmp_path (the tracker's clock is a plain counter so windows are exact)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from scanner_agent.completeness import (
+    DEFAULT_PATTERNS,
+    SettleTracker,
+    discover_units,
+    format_says_done,
+    is_dicom_folder,
+    is_ignored,
+    open_for_writing,
+    unit_for_path,
+)
+from scanner_agent.scanunit import ScanUnit
+
+DICOM_BYTES = b"\0" * 128 + b"DICM" + b"\x02\x00\x00\x00UL\x04\x00" + b"\0" * 64
+
+
+def write(path: Path, data: bytes = b"slide bytes") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def make_mrxs(watch: Path, stem: str, finished: str | None = "True", *, bom: bool = False,
+              section: str = "GENERAL", key: str = "SLIDE_CREATION_FINISHED") -> ScanUnit:
+    write(watch / f"{stem}.mrxs", b"[mrxs]")
+    folder = watch / stem
+    write(folder / "Data0000.dat", b"d" * 100)
+    write(folder / "Index.dat", b"i" * 10)
+    lines = [f"[{section}]", "SLIDE_ID = 1234", "OBJECTIVE_MAGNIFICATION = 20"]
+    if finished is not None:
+        lines.append(f"{key} = {finished}")
+    text = "\r\n".join(lines + ["[HIERARCHICAL]", "HIER_COUNT = 1", ""])
+    write(folder / "Slidedat.ini", (b"\xef\xbb\xbf" if bom else b"") + text.encode())
+    return ScanUnit.from_path(watch / f"{stem}.mrxs")
+
+
+# ---- names ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["a.svs.tmp", "a.part", "A.PARTIAL", "a.svs.crdownload", "~a.svs",
+                                  ".a.svs", ".incoming", "Thumbs.db", "desktop.ini", "a.svs.filepart",
+                                  "~$lock", ".DS_Store", "$RECYCLE.BIN"])
+def test_ignored_names(name: str) -> None:
+    assert is_ignored(name)
+
+
+@pytest.mark.parametrize("name", ["a.svs", "S1_2024.mrxs", "series1", "img.dcm", "temp_slide.svs"])
+def test_normal_names_are_not_ignored(name: str) -> None:
+    assert not is_ignored(name)
+
+
+# ---- discovery --------------------------------------------------------------------------------
+
+def test_discover_finds_each_kind_of_unit_once(tmp_path: Path) -> None:
+    watch = tmp_path / "watch"
+    write(watch / "a.svs")
+    write(watch / "B.SVS")  # scanners on Windows shares shout
+    write(watch / "2024-05-01" / "c.ndpi")  # dated sub-folder
+    mrxs = make_mrxs(watch, "m1")
+    write(watch / "series1" / "img1.dcm", DICOM_BYTES)
+    write(watch / "series1" / "img2.dcm", DICOM_BYTES)
+    write(watch / "series1" / "DICOMDIR", DICOM_BYTES)
+    for i in range(3):  # DICOM by magic, no extension (UID-style names)
+        write(watch / "2024-05-01" / "series2" / f"1.2.840.{i}", DICOM_BYTES)
+    write(watch / "notes.txt")
+    write(watch / "a.svs.part")
+    write(watch / "~b.svs")
+    write(watch / ".incoming" / "hidden.svs")
+
+    units = discover_units(watch, DEFAULT_PATTERNS)
+    primaries = sorted(str(u.primary.relative_to(watch)) for u in units)
+    assert primaries == sorted(["a.svs", "B.SVS", "2024-05-01/c.ndpi", "m1.mrxs", "series1",
+                                "2024-05-01/series2"])
+    assert mrxs in units and mrxs.companion == watch / "m1"
+    assert len(units) == len(set(units))
+
+
+def test_mrxs_folder_is_never_a_scan_of_its_own(tmp_path: Path) -> None:
+    watch = tmp_path / "w"
+    make_mrxs(watch, "m1")
+    write(watch / "m1" / "nested" / "odd.svs")  # even a slide-named file inside belongs to m1
+    units = discover_units(watch, DEFAULT_PATTERNS)
+    assert [u.name for u in units] == ["m1.mrxs"]
+
+
+def test_folder_with_other_slides_is_not_a_dicom_unit(tmp_path: Path) -> None:
+    watch = tmp_path / "w"
+    write(watch / "mixed" / "x.svs")
+    write(watch / "mixed" / "y.dcm", DICOM_BYTES)
+    assert not is_dicom_folder(watch / "mixed")
+    names = sorted(u.name for u in discover_units(watch, DEFAULT_PATTERNS))
+    assert names == ["x.svs", "y.dcm"]
+
+
+def test_dicom_detection_follows_patterns(tmp_path: Path) -> None:
+    watch = tmp_path / "w"
+    write(watch / "series" / "img.dcm", DICOM_BYTES)
+    assert discover_units(watch, ("*.svs",)) == []
+
+
+def test_symlinks_are_never_units_or_followed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    watch = tmp_path / "w"
+    outside = tmp_path / "outside"
+    write(outside / "real.svs")
+    write(outside / "dir" / "inner.svs")
+    watch.mkdir()
+    os.symlink(outside / "real.svs", watch / "link.svs")
+    os.symlink(outside / "dir", watch / "linkdir")
+    write(watch / "ok.svs")
+    assert [u.name for u in discover_units(watch, DEFAULT_PATTERNS)] == ["ok.svs"]
+    assert unit_for_path(watch, watch / "link.svs") is None
+    assert unit_for_path(watch, watch / "linkdir" / "inner.svs") is None
+    assert "link.svs" in caplog.text  # said once, so a person knows why it was skipped
+
+
+def test_missing_watch_folder_raises(tmp_path: Path) -> None:
+    with pytest.raises(OSError):
+        discover_units(tmp_path / "nope", DEFAULT_PATTERNS)
+
+
+# ---- event paths ---------------------------------------------------------------------------------
+
+def test_unit_for_path_maps_every_file_of_every_unit_back(tmp_path: Path) -> None:
+    watch = tmp_path / "w"
+    write(watch / "a.svs")
+    make_mrxs(watch, "m1")
+    write(watch / "d" / "series1" / "img1.dcm", DICOM_BYTES)
+    write(watch / "d" / "series1" / "manifest.json", b"{}")
+    write(watch / "d" / "series2" / "1.2.3", DICOM_BYTES)
+    units = discover_units(watch, DEFAULT_PATTERNS)
+    assert len(units) == 4
+    for unit in units:
+        assert unit_for_path(watch, unit.primary) == unit
+        for fp, _rel in unit.files():
+            assert unit_for_path(watch, fp) == unit, fp
+    assert unit_for_path(watch, watch / "m1") == ScanUnit.from_path(watch / "m1.mrxs")
+
+
+def test_unit_for_path_rejects_non_scans(tmp_path: Path) -> None:
+    watch = tmp_path / "w"
+    write(watch / "notes.txt")
+    write(watch / "x.svs.tmp")
+    write(watch / "dated" / "readme.md")
+    write(watch / "orphan" / "Data0000.dat")  # MIRAX data folder whose .mrxs is not there yet
+    assert unit_for_path(watch, watch) is None
+    assert unit_for_path(watch, watch / "notes.txt") is None
+    assert unit_for_path(watch, watch / "x.svs.tmp") is None
+    assert unit_for_path(watch, watch / "dated") is None
+    assert unit_for_path(watch, watch / "dated" / "readme.md") is None
+    assert unit_for_path(watch, watch / "orphan" / "Data0000.dat") is None
+    assert unit_for_path(watch, tmp_path / "elsewhere.svs") is None
+    assert unit_for_path(watch, watch / ".incoming" / "y.svs") is None
+
+
+def test_unit_for_path_of_a_vanished_slide_still_names_it(tmp_path: Path) -> None:
+    watch = tmp_path / "w"
+    watch.mkdir()
+    assert unit_for_path(watch, watch / "gone.svs") == ScanUnit(primary=watch / "gone.svs")
+
+
+# ---- format signal --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("value", "expected"), [("True", True), ("true", True), ("False", False),
+                                                 ("FALSE", False), ("0", False)])
+def test_mirax_finished_flag(tmp_path: Path, value: str, expected: bool) -> None:
+    assert format_says_done(make_mrxs(tmp_path, "m", value)) is expected
+
+
+def test_mirax_flag_tolerates_bom_and_case(tmp_path: Path) -> None:
+    unit = make_mrxs(tmp_path, "m", "True", bom=True, section="general", key="slide_creation_finished")
+    assert format_says_done(unit) is True
+
+
+def test_mirax_without_slidedat_is_not_done(tmp_path: Path) -> None:
+    write(tmp_path / "m.mrxs")
+    assert format_says_done(ScanUnit.from_path(tmp_path / "m.mrxs")) is False
+    (tmp_path / "m").mkdir()
+    assert format_says_done(ScanUnit.from_path(tmp_path / "m.mrxs")) is False
+    write(tmp_path / "m" / "Slidedat.ini", b"\x00\x01 not an ini")
+    assert format_says_done(ScanUnit.from_path(tmp_path / "m.mrxs")) is False
+
+
+def test_mirax_without_the_key_gives_no_signal(tmp_path: Path) -> None:
+    assert format_says_done(make_mrxs(tmp_path, "m", None)) is None
+
+
+def test_other_formats_give_no_signal(tmp_path: Path) -> None:
+    assert format_says_done(ScanUnit(primary=write(tmp_path / "a.svs"))) is None
+
+
+# ---- open for writing -----------------------------------------------------------------------------
+
+def test_open_for_writing_sees_a_writer_in_this_process(tmp_path: Path) -> None:
+    path = write(tmp_path / "a.svs")
+    unit = ScanUnit(primary=path)
+    assert not open_for_writing(unit)
+    with open(path, "rb"):
+        assert not open_for_writing(unit)  # readers do not count
+    with open(path, "ab"):
+        assert open_for_writing(unit)
+    with open(path, "r+b"):
+        assert open_for_writing(unit)
+    assert not open_for_writing(unit)
+
+
+def test_open_for_writing_sees_another_process_and_folder_units(tmp_path: Path) -> None:
+    unit = make_mrxs(tmp_path, "m")
+    data = tmp_path / "m" / "Data0000.dat"
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import sys,time; f=open(sys.argv[1],'ab'); print('open', flush=True); time.sleep(60)",
+         str(data)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "open"
+        assert open_for_writing(unit)
+    finally:
+        child.kill()
+        child.wait()
+    assert not open_for_writing(unit)
+
+
+def test_open_for_writing_without_proc(tmp_path: Path) -> None:
+    unit = ScanUnit(primary=write(tmp_path / "a.svs"))
+    with open(unit.primary, "ab"):
+        assert not open_for_writing(unit, proc=tmp_path / "no-proc")
+
+
+# ---- settle tracker ---------------------------------------------------------------------------------
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_unchanged_unit_is_ready_after_the_window(tmp_path: Path) -> None:
+    clock = Clock()
+    tracker = SettleTracker(10, clock)
+    unit = ScanUnit(primary=write(tmp_path / "a.svs"))
+    tracker.observe(unit)
+    assert tracker.pending() == [unit]
+    clock.now += 9.9
+    assert not tracker.ready(unit)
+    clock.now += 0.2
+    assert tracker.ready(unit)
+    tracker.forget(unit)
+    assert tracker.pending() == [] and not tracker.ready(unit)
+
+
+def test_a_change_restarts_the_window(tmp_path: Path) -> None:
+    clock = Clock()
+    tracker = SettleTracker(10, clock)
+    path = write(tmp_path / "a.svs", b"x")
+    unit = ScanUnit(primary=path)
+    tracker.observe(unit)
+    clock.now += 8
+    with open(path, "ab") as fh:
+        fh.write(b"more")
+    tracker.observe(unit)  # an event arrived
+    clock.now += 8
+    assert not tracker.ready(unit)
+    clock.now += 2.1
+    assert tracker.ready(unit)
+
+
+def test_a_change_without_an_event_is_caught_at_the_check(tmp_path: Path) -> None:
+    clock = Clock()
+    tracker = SettleTracker(10, clock)
+    path = write(tmp_path / "a.svs", b"x")
+    unit = ScanUnit(primary=path)
+    tracker.observe(unit)
+    path.write_bytes(b"grown while no event came")
+    clock.now += 11
+    assert not tracker.ready(unit)  # fingerprint differs: window restarts now
+    clock.now += 9
+    assert not tracker.ready(unit)
+    clock.now += 1.1
+    assert tracker.ready(unit)
+
+
+def test_close_hint_shortens_but_keeps_the_check(tmp_path: Path) -> None:
+    clock = Clock()
+    tracker = SettleTracker(8, clock)
+    path = write(tmp_path / "a.svs", b"x")
+    unit = ScanUnit(primary=path)
+    tracker.observe(unit)
+    tracker.hint_closed(unit)
+    clock.now += 1.9
+    assert not tracker.ready(unit)
+    clock.now += 0.2
+    assert tracker.ready(unit)
+    # A write after the close cancels the hint: the full window applies again.
+    path.write_bytes(b"reopened and written")
+    tracker.observe(unit)
+    clock.now += 2.1
+    assert not tracker.ready(unit)
+    clock.now += 6
+    assert tracker.ready(unit)
+
+
+def test_unfinished_mirax_is_not_ready_until_flag(tmp_path: Path) -> None:
+    clock = Clock()
+    tracker = SettleTracker(5, clock)
+    unit = make_mrxs(tmp_path, "m", "False")
+    tracker.observe(unit)
+    clock.now += 6
+    assert not tracker.ready(unit)
+    make_mrxs(tmp_path, "m", "True")  # rewrites Slidedat.ini: the fingerprint changes
+    tracker.observe(unit)
+    clock.now += 5.1
+    assert tracker.ready(unit)
+
+
+def test_open_writer_blocks_readiness(tmp_path: Path) -> None:
+    clock = Clock()
+    tracker = SettleTracker(5, clock)
+    path = write(tmp_path / "a.svs")
+    unit = ScanUnit(primary=path)
+    tracker.observe(unit)
+    clock.now += 6
+    with open(path, "ab"):
+        assert not tracker.ready(unit)
+    tracker.hint_closed(unit)  # the writer closed: the quarter window applies again
+    clock.now += 1.3
+    assert tracker.ready(unit)
+
+
+def test_vanished_unit_is_never_ready(tmp_path: Path) -> None:
+    clock = Clock()
+    tracker = SettleTracker(1, clock)
+    path = write(tmp_path / "a.svs")
+    unit = ScanUnit(primary=path)
+    tracker.observe(unit)
+    path.unlink()
+    clock.now += 5
+    assert not tracker.ready(unit)
+    assert tracker.fingerprint(unit) is None
+
+
+def test_negative_settle_is_refused() -> None:
+    with pytest.raises(ValueError, match="settle_seconds"):
+        SettleTracker(-1)
+
+
+def test_ready_units_checks_many_at_once(tmp_path: Path) -> None:
+    clock = Clock()
+    tracker = SettleTracker(2, clock)
+    units = [ScanUnit(primary=write(tmp_path / f"s{i}.svs")) for i in range(50)]
+    unfinished = make_mrxs(tmp_path, "m", "False")
+    for unit in [*units, unfinished]:
+        tracker.observe(unit)
+    clock.now += 1
+    assert tracker.ready_units() == []
+    clock.now += 1.1
+    with open(units[7].primary, "ab"):
+        ready = tracker.ready_units()
+    assert set(ready) == set(units) - {units[7]}
+    assert unfinished not in ready
