@@ -1,0 +1,40 @@
+# make demo / make test are all a new user needs: each builds .venv from pyproject.toml when missing.
+PYTHON ?= $(shell command -v python3.12 || command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test test-slow test-all bench check-unit clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "scanner-agent needs Python 3.11 or newer")'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $@
+
+## The daemon's main job on embedded defaults (local folders, CSV sheet, Prefect's embedded API).
+demo: $(STAMP)
+	$(BIN)/scanner-agent demo --config config/demo.toml
+
+## The test suite CI runs (heavier suites: make test-slow).
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow" --timeout=600
+
+## Heavier tests: fault injection with many kills, long soaks.
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow --timeout=1800
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -q --timeout=1800
+
+## Benchmarks: each prints its figures and the ratio to a baseline measured in the same run.
+bench: $(STAMP)
+	$(BIN)/python -m bench.transfer
+	$(BIN)/python -m bench.overhead
+	$(BIN)/python -m bench.latency
+	$(BIN)/python -m bench.burst
+	$(BIN)/python -m bench.idle
+
+clean:
+	rm -rf demo-run .pytest_cache

@@ -1,0 +1,112 @@
+"""``scanner-agent check``: every check a lab admin needs before starting the service, each one line.
+
+Sends nothing: Slack is checked with ``auth.test``, SMTP with a login, the sheet with one read,
+Prefect with its health and version endpoints.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from .config import AgentConfig, secret_file_problems
+
+Result = tuple[bool, str]
+
+
+def _writable_dir(path: Path, what: str, *, create: bool = False) -> Result:
+    if not path.exists():
+        if create:
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                return False, f"{what} {path} does not exist and cannot be created: {exc.strerror}"
+        else:
+            return False, f"{what} {path} does not exist"
+    if not path.is_dir():
+        return False, f"{what} {path} is not a folder"
+    try:
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".scanner-agent-check-"):
+            pass
+    except OSError as exc:
+        return False, f"{what} {path} is not writable: {exc.strerror}"
+    return True, f"{what} {path} exists and is writable"
+
+
+def run_checks(cfg: AgentConfig, *, network: bool = True) -> list[Result]:
+    out: list[Result] = [(True, f"configuration {cfg.source_file} is valid (scanner {cfg.scanner.name})")]
+    out.append(_writable_dir(cfg.scanner.watch, "scanner.watch"))
+    out.append(_writable_dir(cfg.storage.root, "storage.root"))
+    out.append(_writable_dir(cfg.state_dir, "journal folder", create=True))
+    out.append(_writable_dir(cfg.quarantine_dir, "quarantine folder", create=True))
+    if hasattr(os, "geteuid") and os.geteuid() == 0 and not cfg.scanner.allow_root:
+        out.append((False, "running as root: `run` will refuse; use the scanner-agent service user"))
+    for path, key in ((cfg.sheet.credentials_file, "sheet.credentials_file"),
+                      (cfg.alerts.slack_token_file, "alerts.slack_token_file"),
+                      (cfg.alerts.smtp_password_file, "alerts.smtp_password_file")):
+        for p in secret_file_problems(path, key):
+            out.append((False, p))
+    out.extend(_sheet_checks(cfg, network))
+    if network:
+        out.extend(_alert_checks(cfg))
+        out.append(_prefect_check(cfg))
+    return out
+
+
+def _sheet_checks(cfg: AgentConfig, network: bool) -> list[Result]:
+    from .agent import build_sheet
+    from .errors import ScanError
+    from .naming import layout_columns
+
+    if cfg.sheet.spreadsheet_key and not network:
+        return [(True, "sheet: Google Sheet not checked (--offline)")]
+    source = build_sheet(cfg)
+    out: list[Result] = [(False, f"sheet: {p}") for p in source.check()]
+    try:
+        table = source.table()
+    except ScanError as exc:
+        return out + [(False, f"sheet {source.describe()}: {exc.message}")]
+    out.append((True, f"sheet {table.source}: {len(table.rows)} barcodes, name from "
+                      f"{', '.join(c for c, _ in table.name_columns()) or '(barcode only)'}"))
+    out.extend((False, f"sheet: {p}") for p in table.problems)
+    for col in layout_columns(cfg.storage.layout):
+        if col not in table.columns:
+            out.append((False, f"storage.layout names column {col!r}, which the sheet {table.source} does not have "
+                               f"(columns: {', '.join(table.columns)})"))
+    return out
+
+
+def _alert_checks(cfg: AgentConfig) -> list[Result]:
+    from .agent import build_channels
+
+    try:
+        channels = build_channels(cfg)
+    except Exception as exc:  # noqa: BLE001
+        return [(False, f"alerts: {exc}")]
+    if not channels:
+        return [(True, "alerts: no Slack or e-mail configured (failures are only in the journal and Prefect)")]
+    out: list[Result] = []
+    for ch in channels:
+        problems = ch.check()
+        out += [(False, p) for p in problems] or [(True, f"alerts: {ch.name} works (nothing was sent)")]
+    return out
+
+
+def _prefect_check(cfg: AgentConfig) -> Result:
+    url = os.environ.get("PREFECT_API_URL") or cfg.prefect.api_url
+    if not url:
+        return True, "prefect: no server configured; runs use Prefect's embedded API on this host"
+    import httpx
+    import prefect
+
+    try:
+        r = httpx.get(url.rstrip("/") + "/health", timeout=5)
+        r.raise_for_status()
+        v = httpx.get(url.rstrip("/") + "/admin/version", timeout=5).json()
+    except Exception as exc:  # noqa: BLE001
+        return False, f"prefect: server {url} does not answer: {exc}"
+    ours = prefect.__version__
+    if str(v).split(".")[0] != ours.split(".")[0]:
+        return False, f"prefect: server {url} runs {v}, this agent has {ours}: major versions differ"
+    return True, f"prefect: server {url} answers (version {v}; agent {ours})"

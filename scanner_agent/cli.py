@@ -1,0 +1,250 @@
+"""The ``scanner-agent`` command: run, process, status, check, retry, reconcile, simulate, demo.
+
+Exit codes: 0 success; 1 something needs a person (a scan held or failed, a check failed);
+2 the command itself was wrong (bad config, bad arguments).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from .errors import ConfigError
+
+log = logging.getLogger("scanner_agent")
+
+
+def _prefect_env() -> None:
+    # Must happen before Prefect configures logging: the agent's own module logs then appear
+    # on each run's page in the UI, not only in journald.
+    extra = os.environ.get("PREFECT_LOGGING_EXTRA_LOGGERS", "")
+    if "scanner_agent" not in extra.split(","):
+        os.environ["PREFECT_LOGGING_EXTRA_LOGGERS"] = ",".join(x for x in (extra, "scanner_agent") if x)
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # The watcher and daemon log outside flow runs too; those lines go to journald, not the API.
+    os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
+
+
+def _setup_logging(verbose: bool, *, quiet_prefect: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    if quiet_prefect:
+        # The demo prints its own story; Prefect's per-task lines (kept in the UI) would drown it.
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+        for h in logging.getLogger().handlers:
+            h.setLevel(logging.WARNING)
+            h.addFilter(lambda r: not r.name.startswith("prefect"))
+    for noisy in ("httpx", "httpcore", "watchdog", "urllib3", "slack_sdk", "google", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _load(args: argparse.Namespace) -> Any:
+    from .config import load_config
+
+    cfg = load_config(args.config)
+    if cfg.prefect.api_url and not os.environ.get("PREFECT_API_URL"):
+        os.environ["PREFECT_API_URL"] = cfg.prefect.api_url
+    if cfg.ui_url() and not os.environ.get("PREFECT_UI_URL"):
+        os.environ["PREFECT_UI_URL"] = cfg.ui_url()
+    return cfg
+
+
+def _refuse_root(cfg: Any) -> None:
+    if hasattr(os, "geteuid") and os.geteuid() == 0 and not cfg.scanner.allow_root \
+            and os.environ.get("SCANNER_AGENT_ALLOW_ROOT") != "1":
+        raise ConfigError("refusing to run as root: run as the scanner-agent service user (see systemd/README.md), "
+                          "or set scanner.allow_root = true / SCANNER_AGENT_ALLOW_ROOT=1 if you really mean it")
+
+
+# --- commands ------------------------------------------------------------------------------
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .agent import Agent
+    from .daemon import Daemon
+
+    cfg = _load(args)
+    _refuse_root(cfg)
+    agent = Agent.from_config(cfg)
+    try:
+        return Daemon(agent).run()
+    finally:
+        agent.close()
+
+
+def cmd_process(args: argparse.Namespace) -> int:
+    """Process the given scans now (backfill), with the same flow the daemon uses."""
+    from .agent import Agent
+    from .daemon import JournalLock
+    from .dispatcher import Dispatcher
+    from .scanunit import ScanUnit
+
+    cfg = _load(args)
+    _refuse_root(cfg)
+    lock = JournalLock(cfg.journal.path)
+    lock.acquire()
+    agent = Agent.from_config(cfg)
+    try:
+        disp = Dispatcher(agent, cfg.scanner.max_parallel)
+        disp.start()
+        ids: list[tuple[str, int]] = []
+        for raw in args.paths:
+            unit = ScanUnit.from_path(Path(raw).absolute())
+            if not unit.exists():
+                print(f"{raw}: no such file or folder", file=sys.stderr)
+                continue
+            fp = unit.fingerprint()
+            rec, new = agent.journal.record_ready(str(unit.primary), fp.total_size, fp.newest_mtime_ns,
+                                                  details={"via": "process"})
+            if not new and rec.state in ("held", "failed"):
+                rec = agent.journal.transition(rec.id, "ready", reason="scanner-agent process", expect=(rec.state,))
+            if rec.state == "ready":
+                disp.submit(rec.id, rec.ready_at)
+            ids.append((raw, rec.id))
+        disp.wait_idle()
+        disp.stop(5)
+        bad = 0
+        for raw, sid in ids:
+            rec = agent.journal.get(sid)
+            assert rec is not None
+            where = rec.dest if rec.state == "stored" else rec.reason
+            print(f"{rec.state:<11} {raw} -> {where}")
+            bad += rec.state != "stored"
+        return 1 if bad else 0
+    finally:
+        agent.close()
+        lock.release()
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .status import gather_status, render_status
+
+    cfg = _load(args)
+    st = gather_status(cfg)
+    print(json.dumps(st, indent=2, default=str) if args.json else render_status(st))
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from .checks import run_checks
+
+    try:
+        cfg = _load(args)
+    except ConfigError as exc:
+        print(f"{args.config}: configuration problems:")
+        for p in exc.problems:
+            print(f"  ✗ {p}")
+        return 1
+    results = run_checks(cfg, network=not args.offline)
+    bad = 0
+    for ok, text in results:
+        print(f"  {'✓' if ok else '✗'} {text}")
+        bad += not ok
+    print(f"{args.config}: {'OK' if not bad else f'{bad} problem(s)'}")
+    return 1 if bad else 0
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    """Put held/failed/quarantined scans back in the queue (the running daemon picks them up)."""
+    from .journal import Journal
+
+    cfg = _load(args)
+    j = Journal(cfg.journal.path)
+    n = 0
+    for rec in j.in_state("held", "failed"):
+        if args.barcode and rec.barcode not in args.barcode:
+            continue
+        j.transition(rec.id, rec.state, reason=rec.reason, kind=rec.kind, next_check=time.time(), expect=(rec.state,))
+        print(f"retry queued: {Path(rec.path).name} ({rec.state}: {rec.reason})")
+        n += 1
+    if not n:
+        print("nothing to retry")
+    return 0
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    from .reconcile import reconcile, render_reconcile
+
+    cfg = _load(args)
+    report = reconcile(cfg)
+    print(json.dumps(report, indent=2, default=str) if args.json else render_reconcile(report))
+    return 1 if report.get("summary", {}).get("stored_twice") else 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from .simulator import SimScan, simulate
+
+    scans = [SimScan(name=n, kind=args.kind, barcode=n if n.isdigit() else None) for n in args.names]
+    simulate(Path(args.watch), scans, chunk_interval=args.chunk_interval, on_progress=print)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(Path(args.config), keep=args.keep)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="scanner-agent", description=__doc__.splitlines()[0])
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def with_config(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sp.add_argument("--config", "-c", required=True, help="the scanner's TOML file, e.g. config/cardinal.toml")
+        return sp
+
+    with_config(sub.add_parser("run", help="run the daemon: watch, process, alert")).set_defaults(func=cmd_run)
+    sp = with_config(sub.add_parser("process", help="process the given scans now (backfill)"))
+    sp.add_argument("paths", nargs="+")
+    sp.set_defaults(func=cmd_process)
+    sp = with_config(sub.add_parser("status", help="journal summary, daemon health, held and failed scans"))
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_status)
+    sp = with_config(sub.add_parser("check", help="validate configuration, folders, sheet, alert channels, Prefect"))
+    sp.add_argument("--offline", action="store_true", help="skip network checks (sheet, Slack, SMTP, Prefect)")
+    sp.set_defaults(func=cmd_check)
+    sp = with_config(sub.add_parser("retry", help="re-check held and failed scans now"))
+    sp.add_argument("--barcode", action="append", help="only this barcode (repeatable)")
+    sp.set_defaults(func=cmd_retry)
+    sp = with_config(sub.add_parser("reconcile", help="sheet vs storage vs journal, per barcode"))
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_reconcile)
+    sp = sub.add_parser("simulate", help="write synthetic slides slowly into a folder, like a scanner")
+    sp.add_argument("--watch", required=True)
+    sp.add_argument("--kind", default="svs", choices=["svs", "mrxs", "corrupt"])
+    sp.add_argument("--chunk-interval", type=float, default=0.2)
+    sp.add_argument("names", nargs="+", help="scan names; all-digit names are used as barcodes")
+    sp.set_defaults(func=cmd_simulate)
+    sp = sub.add_parser("demo", help="run the daemon on a simulated scanner with embedded defaults")
+    sp.add_argument("--config", "-c", default="config/demo.toml")
+    sp.add_argument("--keep", action="store_true", help="keep the previous demo's folders")
+    sp.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    _prefect_env()
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose, quiet_prefect=args.command == "demo" and not args.verbose)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"scanner-agent: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # the daemon logs details; the operator gets one clear line
+        from .daemon import AlreadyRunning
+
+        if isinstance(exc, AlreadyRunning):
+            print(f"scanner-agent: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,331 @@
+"""The long-running agent: watcher -> journal -> dispatcher, plus the timers that keep it honest.
+
+Start-up resumes what a previous process left unfinished (``processing`` rows, stored scans whose
+source was not yet removed, partial files in ``.incoming``) and marks that process's Prefect runs
+Crashed. The main loop pings systemd's watchdog only while the watcher is healthy, re-checks held
+scans against the sheet (without a flow run per check: a run starts only once the row is
+complete), retries transient failures, raises held-too-long and missing-rescan alerts, and
+records health for ``scanner-agent status``. SIGTERM/SIGINT stop intake, let in-flight transfers
+finish within ``stop_timeout_seconds`` and exit 0; anything cut short resumes on the next start.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from . import sdnotify, transfer
+from .agent import Agent
+from .dispatcher import Dispatcher
+from .errors import HeldScan, ScanError
+from .scanunit import ScanUnit
+from .sheet import lookup
+
+log = logging.getLogger(__name__)
+
+_TRUE_WORDS = {"yes", "y", "true", "1", "x", "requested", "rescan", "needed", "required"}
+
+
+class AlreadyRunning(RuntimeError):
+    pass
+
+
+class JournalLock:
+    """One agent per journal: an exclusive flock on ``<journal>.lock`` held for the process's life."""
+
+    def __init__(self, journal_path: Path) -> None:
+        self.path = journal_path.with_suffix(journal_path.suffix + ".lock")
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise AlreadyRunning(f"another scanner-agent is using the journal {self.path.with_suffix('')} "
+                                 f"(lock {self.path} is held)") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+class Daemon:
+    def __init__(self, agent: Agent, *, on_event: Callable[[str], None] | None = None) -> None:
+        from .watcher import ScanWatcher
+
+        self.agent = agent
+        cfg = agent.cfg
+        self.dispatcher = Dispatcher(agent, cfg.scanner.max_parallel)
+        self.watcher = ScanWatcher(cfg.scanner.watch, self._on_ready, patterns=cfg.scanner.patterns,
+                                   observer=cfg.scanner.observer, settle_seconds=cfg.scanner.settle_seconds,
+                                   rescan_seconds=cfg.scanner.rescan_seconds, poll_interval=cfg.scanner.poll_interval,
+                                   on_health_change=self._on_watcher_health)
+        self.stop_event = threading.Event()
+        self._lock = JournalLock(cfg.journal.path)
+        self._say = on_event or (lambda msg: None)
+        self._last_slow = 0.0
+        self._watcher_alerted = False
+
+    # --- life cycle ----------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Run until SIGTERM/SIGINT (or ``stop_event``). Returns the exit code."""
+        self._lock.acquire()
+        try:
+            self._install_signals()
+            self.startup()
+            while not self.stop_event.wait(1.0):
+                self.tick()
+            return self.shutdown()
+        finally:
+            self._lock.release()
+
+    def _install_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def handler(signum: int, _frame: Any) -> None:
+            log.info("received %s: finishing in-flight scans, taking no new ones", signal.Signals(signum).name)
+            self.stop_event.set()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def startup(self) -> None:
+        a = self.agent
+        cfg = a.cfg
+        resumed = a.journal.resume_after_crash()
+        crashed = mark_stale_runs_crashed(a, [r.flow_run_id for r in resumed if r.flow_run_id])
+        if resumed or crashed:
+            log.warning("resuming %d scan(s) left unfinished; marked %d stale Prefect run(s) Crashed", len(resumed), crashed)
+        for rec in a.journal.stored_unremoved():
+            finish_source_removal(a, rec)
+        try:
+            leftovers = transfer.clean_incoming(cfg.storage.root)
+            if leftovers:
+                log.warning("removed %d partial file(s) left in storage by an interrupted transfer", len(leftovers))
+        except OSError as exc:
+            log.warning("could not clean partial files under %s: %s", cfg.storage.root, exc)
+        self.dispatcher.start()
+        for rec in a.journal.ready():
+            self.dispatcher.submit(rec.id, rec.ready_at)
+        self.watcher.start()
+        a.journal.set_health(pid=os.getpid(), started_at=time.time(), observer=self.watcher.health().observer,
+                             watching_since=self.watcher.health().watching_since, watch=str(cfg.scanner.watch),
+                             stopped_at=None)
+        sdnotify.ready(f"watching {cfg.scanner.watch} ({self.watcher.health().observer})")
+        self._say(f"watching {cfg.scanner.watch} with {self.watcher.health().observer}")
+        log.info("scanner-agent for %s watching %s", a.name, cfg.scanner.watch)
+
+    def shutdown(self) -> int:
+        cfg = self.agent.cfg
+        inflight = self.dispatcher.in_flight
+        sdnotify.stopping(f"finishing {len(inflight)} scan(s)")
+        self.watcher.stop()
+        if inflight:
+            log.info("waiting up to %.0f s for %d scan(s) in flight", cfg.scanner.stop_timeout_seconds, len(inflight))
+        clean = self.dispatcher.stop(cfg.scanner.stop_timeout_seconds)
+        if not clean:
+            # Past the bound: the copies are in .incoming (never visible), the rows stay
+            # `processing`, and the next start resumes them. Say so in Prefect now.
+            left = [self.agent.journal.get(i) for i in self.dispatcher.in_flight]
+            ids = [r.flow_run_id for r in left if r and r.flow_run_id]
+            mark_stale_runs_crashed(self.agent, ids, message="scanner-agent stopped before this scan finished; "
+                                    "it resumes when the agent starts again")
+            log.warning("stopped with %d scan(s) unfinished; they resume on the next start", len(left))
+        self.agent.journal.set_health(stopped_at=time.time(), queue=0, in_flight=[])
+        return 0
+
+    # --- events --------------------------------------------------------------------------------
+
+    def _on_ready(self, unit: ScanUnit) -> None:
+        """Watcher thread: a scan looks complete. Record it and queue it; nothing slow here."""
+        fp = unit.fingerprint()
+        rec, new = self.agent.journal.record_ready(str(unit.primary), fp.total_size, fp.newest_mtime_ns)
+        if new:
+            self._say(f"ready: {unit.name}")
+            self.dispatcher.submit(rec.id, rec.ready_at)
+        elif rec.state == "stored" and not rec.source_removed:
+            finish_source_removal(self.agent, rec)
+
+    def _on_watcher_health(self, health: Any) -> None:
+        self.agent.journal.set_health(observer=health.observer, watcher_alive=health.alive,
+                                      watcher_error=health.last_error, watcher_restarts=health.restarts)
+        if not health.alive and not self._watcher_alerted:
+            self._watcher_alerted = True
+            self.agent.alert("watcher_unhealthy", f"The watcher of {self.agent.cfg.scanner.watch} stopped: "
+                             f"{health.last_error or 'observer not running'}. New scans are not being noticed.",
+                             file=str(self.agent.cfg.scanner.watch))
+        elif health.alive and self._watcher_alerted:
+            self._watcher_alerted = False
+            self.agent.alert("watcher_unhealthy", f"The watcher of {self.agent.cfg.scanner.watch} is running again.",
+                             recovery=True, file=str(self.agent.cfg.scanner.watch))
+
+    # --- the main loop ---------------------------------------------------------------------
+
+    def tick(self, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        if self.watcher.healthy():
+            sdnotify.watchdog()
+        recheck_due(self.agent, self.dispatcher, now)
+        if now - self._last_slow >= 30:
+            self._last_slow = now
+            slow_timers(self.agent, now)
+            h = self.watcher.health()
+            self.agent.journal.set_health(queue=self.dispatcher.queue_length, in_flight=self.dispatcher.in_flight,
+                                          observer=h.observer, watcher_alive=h.alive, last_full_scan=h.last_full_scan,
+                                          pending=h.pending, watcher_error=h.last_error)
+            c = self.agent.journal.counts()
+            sdnotify.status(f"stored {c['stored']}, held {c['held']}, failed {c['failed']}, "
+                            f"queue {self.dispatcher.queue_length}, in flight {len(self.dispatcher.in_flight)}")
+
+
+def recheck_due(agent: Agent, dispatcher: Dispatcher, now: float) -> int:
+    """Held scans whose sheet row is now complete, and transient failures whose time has come,
+    go back to ``ready``. A held scan whose row is still missing waits another interval: no
+    flow run per check, so the UI shows one run per decision, not one per poll."""
+    queued = 0
+    for rec in agent.journal.due(now):
+        if rec.state == "held" and rec.barcode:
+            try:
+                lookup(agent.sheet.table(want=rec.barcode), rec.barcode)
+            except HeldScan as exc:
+                agent.journal.transition(rec.id, "held", reason=exc.message, kind=exc.kind, expect=("held",),
+                                         next_check=now + agent.cfg.sheet.recheck_seconds)
+                continue
+            except ScanError as exc:  # sheet unreachable and no cache: try again later
+                agent.journal.transition(rec.id, "held", reason=exc.message, kind=exc.kind, expect=("held",),
+                                         next_check=now + agent.cfg.sheet.recheck_seconds)
+                continue
+        reason = "sheet row complete" if rec.state == "held" else f"retrying after: {rec.reason}"
+        agent.journal.transition(rec.id, "ready", reason=reason, expect=(rec.state,), ready_at=now)
+        dispatcher.submit(rec.id, now)
+        queued += 1
+    return queued
+
+
+def slow_timers(agent: Agent, now: float) -> None:
+    """Every ~30 s: re-send queued alerts, held-too-long, rescan requests from the sheet, missing rescans."""
+    j = agent.journal
+    try:
+        agent.alerter.retry_pending()
+    except Exception:  # noqa: BLE001
+        log.exception("retrying queued alerts failed")
+    limit = agent.cfg.sheet.hold_alert_hours * 3600
+    for rec in j.in_state("held"):
+        if rec.held_since and now - rec.held_since >= limit and not rec.details.get("hold_alerted"):
+            agent.alert("held_too_long", f"{Path(rec.path).name} has been held for {(now - rec.held_since) / 3600:.1f} h: "
+                        f"{rec.reason}", barcode=rec.barcode, file=Path(rec.path).name,
+                        run_url=agent.run_url(rec.flow_run_id), details={"held since": time.ctime(rec.held_since)})
+            j.update(rec.id, details={"hold_alerted": now})
+    sweep_rescan_requests(agent, now)
+    for req in j.overdue_rescans(now):
+        agent.alert("missing_rescan", f"A rescan of {req['barcode']} was requested by {req['requested_by']} on "
+                    f"{time.ctime(req['requested_at'])} ({req.get('reason') or 'no reason given'}) and has not arrived "
+                    f"within {agent.cfg.rescans.deadline_hours:g} h.", barcode=req["barcode"],
+                    details={"requested by": req["requested_by"], "requested": time.ctime(req["requested_at"])})
+        j.mark_rescan_alerted(req["barcode"])
+
+
+def sweep_rescan_requests(agent: Agent, now: float) -> int:
+    """Rows whose rescan column says yes become rescan requests (once per barcode)."""
+    column = agent.cfg.rescans.column
+    try:
+        table = agent.sheet.table()
+    except ScanError:
+        return 0
+    if column not in table.columns:
+        return 0
+    known = {r["barcode"] for r in agent.journal.open_rescans()}
+    added = 0
+    for barcode, row in table.rows.items():
+        value = (row.values.get(column) or "").strip().lower()
+        if value in _TRUE_WORDS and barcode not in known and not agent.journal.rescan_known(barcode):
+            notes = row.values.get("Notes", "")
+            agent.journal.request_rescan(barcode, by=f"the sheet ({column}, row {row.row_number})",
+                                         reason=notes or value, deadline=now + agent.cfg.rescans.deadline_hours * 3600)
+            added += 1
+    return added
+
+
+def finish_source_removal(agent: Agent, rec: Any) -> None:
+    """A stored scan whose source is still on the scanner (the agent stopped between the two steps)."""
+    unit = ScanUnit.from_path(rec.path)
+    if not unit.exists():
+        agent.journal.update(rec.id, source_removed=1)
+        return
+    try:
+        fp = unit.fingerprint()
+        if (fp.total_size, fp.newest_mtime_ns) != (rec.size, rec.mtime_ns):
+            log.warning("%s changed after it was stored; leaving it for the watcher", rec.path)
+            return
+        if not rec.dest or not Path(rec.dest).exists():
+            log.error("journal says %s is stored at %s but that is missing; keeping the source", rec.path, rec.dest)
+            return
+        transfer.remove_unit(unit)
+        agent.journal.update(rec.id, source_removed=1)
+        log.info("removed %s (stored earlier as %s)", rec.path, rec.dest)
+    except (OSError, ScanError) as exc:
+        log.warning("could not remove stored source %s: %s", rec.path, exc)
+
+
+def mark_stale_runs_crashed(agent: Agent, run_ids: list[str], *, message: str | None = None) -> int:
+    """Mark this scanner's runs Crashed: the given ids, plus any of its runs still Running/Pending
+    from before this process started (a killed agent cannot say so itself)."""
+    import asyncio
+
+    try:
+        return asyncio.run(_mark_crashed(agent, run_ids, message))
+    except Exception as exc:  # noqa: BLE001 - Prefect down must not stop the agent starting
+        log.warning("could not mark stale Prefect runs Crashed: %s", exc)
+        return 0
+
+
+async def _mark_crashed(agent: Agent, run_ids: list[str], message: str | None) -> int:
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterStartTime,
+                                                FlowRunFilterState, FlowRunFilterStateType)
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Crashed
+
+    msg = message or "scanner-agent stopped while this run was active (killed or power loss); the scan was resumed"
+    n = 0
+    async with get_client() as client:
+        ids = {UUID(i) for i in run_ids}
+        if message is None:
+            from datetime import datetime, timezone
+
+            runs = await client.read_flow_runs(
+                flow_filter=FlowFilter(name=FlowFilterName(any_=[agent.cfg.flow_name])),
+                flow_run_filter=FlowRunFilter(
+                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.PENDING])),
+                    start_time=FlowRunFilterStartTime(before_=datetime.fromtimestamp(agent.started_at, tz=timezone.utc)),
+                ),
+                limit=200,
+            )
+            ids |= {r.id for r in runs}
+        for rid in ids:
+            try:
+                run = await client.read_flow_run(rid)
+                if run.state and run.state.is_final():
+                    continue
+                await client.set_flow_run_state(rid, Crashed(message=msg), force=True)
+                n += 1
+            except Exception:  # noqa: BLE001
+                log.debug("could not mark run %s crashed", rid, exc_info=True)
+    return n

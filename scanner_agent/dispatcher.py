@@ -1,0 +1,159 @@
+"""The dispatcher: a bounded pool that turns ready scans into Prefect flow runs, oldest first.
+
+Each worker is a thread with its own event loop that lives as long as the worker, holding
+Prefect's client contexts open: creating API clients per run costs more than the run itself
+(TLS contexts, connection set-up). A burst of 200 scans queues here; the watcher is never blocked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import queue
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from .agent import Agent
+from .scanunit import ScanUnit
+
+log = logging.getLogger(__name__)
+
+_STOP = (float("inf"), -1, -1)
+
+
+class Dispatcher:
+    def __init__(self, agent: Agent, workers: int) -> None:
+        self.agent = agent
+        self.workers = workers
+        self._q: queue.PriorityQueue[tuple[float, int, int]] = queue.PriorityQueue()
+        self._seq = itertools.count()
+        self._lock = threading.Lock()
+        self._queued: set[int] = set()
+        self._inflight: dict[int, float] = {}
+        self._threads: list[threading.Thread] = []
+        self._accepting = True
+        self._idle = threading.Condition(self._lock)
+        self.completed = 0
+
+    # --- control ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        for i in range(self.workers):
+            t = threading.Thread(target=self._worker, name=f"scan-worker-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def submit(self, scan_id: int, ready_at: float | None = None) -> bool:
+        """Queue a scan (by journal id) unless it is already queued or running."""
+        with self._lock:
+            if not self._accepting or scan_id in self._queued or scan_id in self._inflight:
+                return False
+            self._queued.add(scan_id)
+        self._q.put((ready_at if ready_at is not None else time.time(), next(self._seq), scan_id))
+        return True
+
+    def stop(self, timeout: float) -> bool:
+        """Stop taking scans, let in-flight ones finish within ``timeout``. True if all finished."""
+        with self._lock:
+            self._accepting = False
+            self._queued.clear()
+        # Drain what was waiting: those scans stay `ready` in the journal and resume next start.
+        try:
+            while True:
+                self._q.get_nowait()
+        except queue.Empty:
+            pass
+        for _ in self._threads:
+            self._q.put(_STOP)
+        deadline = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in self._threads)
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Block until nothing is queued or running (for `process` and tests)."""
+        end = None if timeout is None else time.monotonic() + timeout
+        with self._idle:
+            while self._queued or self._inflight:
+                left = None if end is None else end - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._idle.wait(left if left is not None else 1.0)
+        return True
+
+    @property
+    def queue_length(self) -> int:
+        with self._lock:
+            return len(self._queued)
+
+    @property
+    def in_flight(self) -> list[int]:
+        with self._lock:
+            return list(self._inflight)
+
+    # --- workers -----------------------------------------------------------------------------
+
+    def _worker(self) -> None:
+        asyncio.run(self._aworker())
+
+    async def _aworker(self) -> None:
+        from prefect.context import AsyncClientContext, SyncClientContext
+
+        with SyncClientContext.get_or_create():
+            async with AsyncClientContext.get_or_create():
+                while True:
+                    _, _, scan_id = await asyncio.to_thread(self._q.get)
+                    if scan_id < 0:
+                        return
+                    with self._lock:
+                        if scan_id not in self._queued:  # dropped by stop()
+                            continue
+                        self._queued.discard(scan_id)
+                        self._inflight[scan_id] = time.time()
+                    try:
+                        await run_scan(self.agent, scan_id)
+                    except Exception:  # noqa: BLE001 - a worker must survive anything one scan does
+                        log.exception("scan %s: the flow run could not be completed", scan_id)
+                    finally:
+                        with self._idle:
+                            self._inflight.pop(scan_id, None)
+                            self.completed += 1
+                            self._idle.notify_all()
+
+
+async def run_scan(agent: Agent, scan_id: int) -> Any:
+    """Run the scan's flow; if Prefect itself fails, the journal still says what happened."""
+    from .flows import run_label, scan_flow_for
+
+    rec = agent.journal.get(scan_id)
+    if rec is None:
+        return None
+    unit = ScanUnit.from_path(rec.path)
+    flow = scan_flow_for(agent.name)
+    try:
+        return await flow(scanner=agent.name, scan_id=scan_id, path=rec.path,
+                          label=run_label(unit, agent), return_state=True)
+    except BaseException as exc:
+        _after_engine_failure(agent, scan_id, exc)
+        if isinstance(exc, Exception):
+            return None
+        raise
+    finally:
+        _after_engine_failure(agent, scan_id, None)
+
+
+def _after_engine_failure(agent: Agent, scan_id: int, exc: BaseException | None) -> None:
+    """A run that ended without the flow recording an outcome (Prefect unreachable, a crash inside
+    the engine) leaves the scan ``processing`` or ``ready``: make it a transient failure instead,
+    so it is retried, and tell a person if Prefect itself is the problem."""
+    rec = agent.journal.get(scan_id)
+    if rec is None or rec.state not in ("processing", "ready"):
+        return
+    why = f"the flow run did not finish: {type(exc).__name__}: {exc}" if exc else "the flow run ended without an outcome"
+    agent.journal.transition(scan_id, "failed", reason=why, kind="prefect_unreachable",
+                             next_check=time.time() + agent.cfg.scanner.retry_seconds)
+    agent.alert("scan_error", f"{Path(rec.path).name}: {why}. The scan stays on the scanner and is retried.",
+                file=Path(rec.path).name)
