@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from .alert_outbox import AlertOutbox
 from .alerts import Alert, Alerter, Channel, EmailChannel, SlackChannel
 from .barcode import compile_barcode_regex
 from .config import AgentConfig
+from .errors import ConfigError
 from .journal import Journal
 from .sheet import CsvSource, MetadataSource
 
@@ -45,6 +47,9 @@ class Agent:
     alerter: Alerter
     barcode_regex: re.Pattern[str]
     started_at: float = field(default_factory=time.time)
+    #: This scanner's Prefect deployment (registered on first use), so runs offer Retry in the UI.
+    deployment_id: Any = None
+    deployment_checked: bool = False
 
     @classmethod
     def from_config(cls, cfg: AgentConfig) -> "Agent":
@@ -110,8 +115,19 @@ def build_channels(cfg: AgentConfig) -> list[Channel]:
     if a.email_to and a.smtp_host:
         channels.append(EmailChannel(a.smtp_host, a.smtp_port, sender=a.email_from, recipients=list(a.email_to),
                                      starttls=a.smtp_starttls, username=a.smtp_username or None,
-                                     password=cfg.smtp_password()))
+                                     password=cfg.smtp_password(), ssl_context=smtp_ssl_context(cfg)))
     return channels
+
+
+def smtp_ssl_context(cfg: AgentConfig) -> ssl.SSLContext | None:
+    """Trust ``alerts.smtp_ca_file`` for STARTTLS when set (else the system store, via EmailChannel)."""
+    ca = cfg.alerts.smtp_ca_file
+    if ca is None:
+        return None
+    try:
+        return ssl.create_default_context(cafile=str(ca))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"alerts.smtp_ca_file: cannot load CA certificates from {ca}: {exc}") from None
 
 
 def build_alerter(cfg: AgentConfig, journal_path: Path) -> Alerter:

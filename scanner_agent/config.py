@@ -96,6 +96,9 @@ class AlertsConfig(_Section):
     smtp_username: str = ""
     smtp_password_file: Path | None = None
     smtp_password: SecretStr | None = None  # environment only
+    #: PEM file of the CA(s) to trust for the SMTP server's STARTTLS certificate (a lab's internal
+    #: CA or a self-signed relay); empty: the system's trust store.
+    smtp_ca_file: Path | None = None
     prefect_ui_url: str = ""
     repeat_after_minutes: float = Field(default=60, ge=0)
 
@@ -114,6 +117,8 @@ class QcConfig(_Section):
 class PrefectConfig(_Section):
     api_url: str = ""  # empty: PREFECT_API_URL, else Prefect's embedded API
     ui_url: str = ""
+    #: How often the agent looks for runs a person pressed Retry on in the UI.
+    retry_poll_seconds: float = Field(default=5, gt=0)
 
 
 class AgentConfig(BaseSettings):
@@ -245,6 +250,7 @@ def _resolve_paths(cfg: AgentConfig) -> None:
     cfg.sheet.credentials_file = _absolute(cfg.sheet.credentials_file)
     cfg.alerts.slack_token_file = _absolute(cfg.alerts.slack_token_file)
     cfg.alerts.smtp_password_file = _absolute(cfg.alerts.smtp_password_file)
+    cfg.alerts.smtp_ca_file = _absolute(cfg.alerts.smtp_ca_file)
 
 
 def static_problems(cfg: AgentConfig) -> list[str]:

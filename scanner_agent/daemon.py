@@ -123,6 +123,7 @@ class Daemon:
         for rec in a.journal.ready():
             self.dispatcher.submit(rec.id, rec.ready_at)
         self.watcher.start()
+        threading.Thread(target=self._retry_poller, name="prefect-retry-poller", daemon=True).start()
         a.journal.set_health(pid=os.getpid(), started_at=time.time(), observer=self.watcher.health().observer,
                              watching_since=self.watcher.health().watching_since, watch=str(cfg.scanner.watch),
                              stopped_at=None)
@@ -173,6 +174,40 @@ class Daemon:
             self._watcher_alerted = False
             self.agent.alert("watcher_unhealthy", f"The watcher of {self.agent.cfg.scanner.watch} is running again.",
                              recovery=True, file=str(self.agent.cfg.scanner.watch))
+
+    def _retry_poller(self) -> None:
+        """Scans whose run a person set to Retry in the Prefect UI go back in the queue."""
+        import asyncio
+
+        interval = self.agent.cfg.prefect.retry_poll_seconds
+        while not self.stop_event.wait(interval):
+            if self.agent.deployment_id is None:
+                continue
+            try:
+                asyncio.run(self._take_retries())
+            except Exception as exc:  # noqa: BLE001 - Prefect down: scans still flow, retries wait
+                log.debug("polling for retries failed: %s", exc)
+
+    async def _take_retries(self) -> None:
+        from .deployment import reject_run, retry_requests
+
+        j = self.agent.journal
+        for run in await retry_requests(self.agent, self.agent.deployment_id):
+            scan_id = (run.parameters or {}).get("scan_id")
+            rec = j.get(int(scan_id)) if isinstance(scan_id, int) or str(scan_id).isdigit() else None
+            if rec is None:
+                await reject_run(run.id, f"scanner-agent on {self.agent.name} has no scan {scan_id!r} in its journal; "
+                                 "start scans by placing them in the scanner's folder or with `scanner-agent process`.")
+                continue
+            if rec.id in self.dispatcher.in_flight:
+                continue
+            if rec.state in ("held", "failed", "processing", "ready"):
+                j.transition(rec.id, "ready", reason="retry requested in the Prefect UI", flow_run_id=str(run.id),
+                             ready_at=time.time())
+            else:  # stored or quarantined: the flow says so on the run (a no-op that explains itself)
+                j.update(rec.id, flow_run_id=str(run.id))
+            log.info("retry requested in the Prefect UI for %s (run %s)", Path(rec.path).name, run.id)
+            self.dispatcher.submit(rec.id, time.time())
 
     # --- the main loop ---------------------------------------------------------------------
 

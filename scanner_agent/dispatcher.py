@@ -126,6 +126,8 @@ class Dispatcher:
 
 async def run_scan(agent: Agent, scan_id: int) -> Any:
     """Run the scan's flow; if Prefect itself fails, the journal still says what happened."""
+    from prefect.flow_engine import run_flow
+
     from .flows import run_label, scan_flow_for
 
     rec = agent.journal.get(scan_id)
@@ -133,9 +135,10 @@ async def run_scan(agent: Agent, scan_id: int) -> Any:
         return None
     unit = ScanUnit.from_path(rec.path)
     flow = scan_flow_for(agent.name)
+    params = {"scanner": agent.name, "scan_id": scan_id, "path": rec.path, "label": run_label(unit, agent)}
     try:
-        return await flow(scanner=agent.name, scan_id=scan_id, path=rec.path,
-                          label=run_label(unit, agent), return_state=True)
+        flow_run = await _flow_run_for(agent, rec, flow, params)
+        return await run_flow(flow, flow_run=flow_run, parameters=params, return_type="state")  # type: ignore[misc]
     except BaseException as exc:
         _after_engine_failure(agent, scan_id, exc)
         if isinstance(exc, Exception):
@@ -143,6 +146,41 @@ async def run_scan(agent: Agent, scan_id: int) -> Any:
         raise
     finally:
         _after_engine_failure(agent, scan_id, None)
+
+
+async def _flow_run_for(agent: Agent, rec: Any, flow: Any, params: dict[str, Any]) -> Any:
+    """The Prefect run for this scan: its earlier run when it has one (released from hold, retried,
+    resumed after a crash: one run per scan, its history in the run's states), else a new run of
+    this scanner's deployment so the UI offers Retry."""
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.states import AwaitingRetry
+
+    from .deployment import ensure_deployment
+
+    if not agent.deployment_checked:
+        agent.deployment_checked = True
+        try:
+            agent.deployment_id = await ensure_deployment(agent)
+        except Exception as exc:  # noqa: BLE001 - runs still work without it; only Retry in the UI does not
+            log.warning("could not register the Prefect deployment (runs will not offer Retry): %s", exc)
+    tags = [f"scanner:{agent.name}"]
+    async with get_client() as client:
+        if rec.flow_run_id:
+            try:
+                run = await client.read_flow_run(UUID(rec.flow_run_id))
+            except Exception:  # noqa: BLE001 - deleted in the UI, or another server: start afresh
+                run = None
+            if run is not None and not (run.state and run.state.is_completed()):
+                if not (run.state and run.state.name == "AwaitingRetry"):
+                    await client.set_flow_run_state(run.id, AwaitingRetry(message=f"scanner-agent: {rec.reason or 'again'}"),
+                                                    force=True)
+                return await client.read_flow_run(run.id)
+        if agent.deployment_id is not None:
+            return await client.create_flow_run_from_deployment(agent.deployment_id, parameters=params,
+                                                                name=params["label"], tags=tags)
+        return await client.create_flow_run(flow, name=params["label"], parameters=params, tags=tags)
 
 
 def _after_engine_failure(agent: Agent, scan_id: int, exc: BaseException | None) -> None:

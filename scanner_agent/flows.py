@@ -139,6 +139,10 @@ async def _run_scan(agent: Agent, scan_id: int, path: Path) -> Any:
         msg = f"{path.name} is already stored as {rec.dest}; nothing to do."
         await _artifact(agent, rec.barcode, path, None, None, msg, t0)
         return Completed(message=msg, name="Already stored")
+    if rec.state == "quarantined":
+        where = rec.details.get("quarantined_to") or "the quarantine folder"
+        return Failed(name="Quarantined", message=f"{path.name} is in quarantine at {where} ({rec.reason}). "
+                      f"Fix it there, then run `scanner-agent process --config <config> {where}` on {_hostname()}.")
     rec = j.transition(scan_id, "processing", reason="flow run started", flow_run_id=run_id,
                        expect=("ready", "held", "failed", "processing"))
     unit = ScanUnit.from_path(path)
