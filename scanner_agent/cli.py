@@ -68,8 +68,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .agent import Agent
     from .daemon import Daemon
 
-    cfg = _load(args)
-    _refuse_root(cfg)
+    import faulthandler
+
+    faulthandler.enable()  # a watchdog kill then leaves every thread's stack in the journal
+    try:
+        cfg = _load(args)
+        _refuse_root(cfg)
+    except ConfigError as exc:
+        # EX_CONFIG: the systemd unit does not restart on it (RestartPreventExitStatus=78).
+        print(f"scanner-agent: {exc}", file=sys.stderr)
+        return 78
     agent = Agent.from_config(cfg)
     try:
         return Daemon(agent).run()
@@ -80,7 +88,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_process(args: argparse.Namespace) -> int:
     """Process the given scans now (backfill), with the same flow the daemon uses."""
     from .agent import Agent
-    from .daemon import JournalLock
+    from .daemon import JournalLock, undecodable_name
     from .dispatcher import Dispatcher
     from .scanunit import ScanUnit
 
@@ -93,10 +101,17 @@ def cmd_process(args: argparse.Namespace) -> int:
         disp = Dispatcher(agent, cfg.scanner.max_parallel)
         disp.start()
         ids: list[tuple[str, int]] = []
+        missing = unnamed = 0  # a path that is not there is a bad argument: never exit 0 over it
         for raw in args.paths:
             unit = ScanUnit.from_path(Path(raw).absolute())
             if not unit.exists():
                 print(f"{raw}: no such file or folder", file=sys.stderr)
+                missing += 1
+                continue
+            shown = undecodable_name(unit.primary)
+            if shown is not None:
+                print(f"{shown}: the name is not valid UTF-8; rename it, then process it again", file=sys.stderr)
+                unnamed += 1
                 continue
             fp = unit.fingerprint()
             rec, new = agent.journal.record_ready(str(unit.primary), fp.total_size, fp.newest_mtime_ns,
@@ -115,7 +130,7 @@ def cmd_process(args: argparse.Namespace) -> int:
             where = rec.dest if rec.state == "stored" else rec.reason
             print(f"{rec.state:<11} {raw} -> {where}")
             bad += rec.state != "stored"
-        return 1 if bad else 0
+        return 2 if missing else 1 if bad or unnamed else 0
     finally:
         agent.close()
         lock.release()
@@ -176,6 +191,27 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     return 1 if report.get("summary", {}).get("stored_twice") else 0
 
 
+def cmd_setup_prefect(args: argparse.Namespace) -> int:
+    """Create or update the Prefect server's automations for this scanner (idempotent)."""
+    from .prefect_setup import SetupError, setup_prefect_sync
+
+    cfg = _load(args)
+    if not os.environ.get("PREFECT_API_URL"):
+        raise ConfigError("setup-prefect needs a Prefect server: set [prefect] api_url (or PREFECT_API_URL); "
+                          "the embedded API has no automations service running between scans")
+    a = cfg.alerts
+    try:
+        done = setup_prefect_sync(scanner=cfg.scanner.name, crash_after_seconds=cfg.prefect.crash_after_seconds,
+                                  notify=args.notify, webhook_url=cfg.notify_webhook_url() if args.notify else None,
+                                  agent_alerts_on=bool(a.slack_channel or a.email_to), ui_url=cfg.ui_url())
+    except SetupError as exc:
+        raise ConfigError(str(exc)) from None
+    for outcome in done:
+        print(f"  ✓ {outcome}")
+    print(f"Prefect server {os.environ['PREFECT_API_URL']}: automations for {cfg.scanner.name} are in place")
+    return 0
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from .simulator import SimScan, simulate
 
@@ -215,6 +251,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp = with_config(sub.add_parser("reconcile", help="sheet vs storage vs journal, per barcode"))
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_reconcile)
+    sp = with_config(sub.add_parser("setup-prefect", help="create/update the Prefect server's automations "
+                                    "(crash runs whose host died; with --notify, post failed runs to a webhook)"))
+    sp.add_argument("--notify", action="store_true", help="also notify the webhook in prefect.notify_webhook_url_file")
+    sp.set_defaults(func=cmd_setup_prefect)
     sp = sub.add_parser("simulate", help="write synthetic slides slowly into a folder, like a scanner")
     sp.add_argument("--watch", required=True)
     sp.add_argument("--kind", default="svs", choices=["svs", "mrxs", "corrupt"])

@@ -29,6 +29,10 @@ from .sheet import lookup
 
 log = logging.getLogger(__name__)
 
+#: A maintenance pass (sheet re-checks, alerts) may take this long before the watchdog stops
+#: being pinged: well past any single bounded network call, well short of "hung for hours".
+MAINTENANCE_STALL_SECONDS = 600.0
+
 _TRUE_WORDS = {"yes", "y", "true", "1", "x", "requested", "rescan", "needed", "required"}
 
 
@@ -77,7 +81,10 @@ class Daemon:
         self._lock = JournalLock(cfg.journal.path)
         self._say = on_event or (lambda msg: None)
         self._last_slow = 0.0
+        self._last_busy: tuple[int, list[int]] | None = None
         self._watcher_alerted = False
+        self._maintained = time.monotonic()
+        self._stall_logged = False
 
     # --- life cycle ----------------------------------------------------------------------------
 
@@ -87,8 +94,10 @@ class Daemon:
         try:
             self._install_signals()
             self.startup()
+            maintenance = threading.Thread(target=self._maintain, name="maintenance", daemon=True)
+            maintenance.start()
             while not self.stop_event.wait(1.0):
-                self.tick()
+                self.heartbeat()
             return self.shutdown()
         finally:
             self._lock.release()
@@ -154,6 +163,13 @@ class Daemon:
 
     def _on_ready(self, unit: ScanUnit) -> None:
         """Watcher thread: a scan looks complete. Record it and queue it; nothing slow here."""
+        shown = undecodable_name(unit.primary)
+        if shown is not None:  # the watcher offers it again only if it changes (or is renamed)
+            log.error("%s: the name is not valid UTF-8, so the scan cannot be recorded; it stays where it is", shown)
+            self.agent.alert("scan_error", f"{shown}: the name is not valid UTF-8 text, so the scan cannot be "
+                             "recorded or named. It stays on the scanner.", file=shown.rsplit("/", 1)[-1],
+                             action="Rename the file (or its folder) with UTF-8 characters; it is picked up once renamed.")
+            return
         fp = unit.fingerprint()
         rec, new = self.agent.journal.record_ready(str(unit.primary), fp.total_size, fp.newest_mtime_ns)
         if new:
@@ -211,10 +227,37 @@ class Daemon:
 
     # --- the main loop ---------------------------------------------------------------------
 
-    def tick(self, now: float | None = None) -> None:
-        now = time.time() if now is None else now
-        if self.watcher.healthy():
+    def heartbeat(self) -> None:
+        """Main thread, every second: systemd's watchdog and the live numbers ``status`` shows.
+
+        The watchdog is pinged only while the watcher is healthy and the maintenance thread is
+        making progress, so a hung agent is restarted; slow work (a sheet read, SMTP) never
+        delays the ping, because it runs on the maintenance thread."""
+        stalled = time.monotonic() - self._maintained > MAINTENANCE_STALL_SECONDS
+        if self.watcher.healthy() and not stalled:
             sdnotify.watchdog()
+        elif stalled and not self._stall_logged:
+            self._stall_logged = True
+            log.error("the maintenance loop has not completed for %.0f s; letting systemd's watchdog restart the agent",
+                      MAINTENANCE_STALL_SECONDS)
+        # `status` reads queue and in-flight from the journal: publish them when they change, not
+        # only every 30 s (else a finished scan is reported in flight for up to half a minute).
+        busy = (self.dispatcher.queue_length, sorted(self.dispatcher.in_flight))
+        if busy != self._last_busy:
+            self._last_busy = busy
+            self.agent.journal.set_health(queue=busy[0], in_flight=busy[1])
+
+    def _maintain(self) -> None:
+        while not self.stop_event.wait(1.0):
+            try:
+                self.tick()
+            except Exception:  # noqa: BLE001 - one bad pass must not end the timers
+                log.exception("maintenance pass failed")
+            self._maintained = time.monotonic()
+
+    def tick(self, now: float | None = None) -> None:
+        """One maintenance pass: held and transient re-checks every second, slower timers every 30 s."""
+        now = time.time() if now is None else now
         recheck_due(self.agent, self.dispatcher, now)
         if now - self._last_slow >= 30:
             self._last_slow = now
@@ -226,6 +269,18 @@ class Daemon:
             c = self.agent.journal.counts()
             sdnotify.status(f"stored {c['stored']}, held {c['held']}, failed {c['failed']}, "
                             f"queue {self.dispatcher.queue_length}, in flight {len(self.dispatcher.in_flight)}")
+
+
+def undecodable_name(path: Path) -> str | None:
+    """``path`` with its undecodable bytes shown as escapes, if its name is not valid UTF-8; else None.
+
+    Such a name (a share mounted with the wrong charset) cannot go into the journal, Prefect or an
+    alert, which all carry text: the scan is refused by name instead of failing on every listing."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(path).decode("utf-8", "backslashreplace")
+    return None
 
 
 def recheck_due(agent: Agent, dispatcher: Dispatcher, now: float) -> int:
@@ -267,6 +322,10 @@ def slow_timers(agent: Agent, now: float) -> None:
                         run_url=agent.run_url(rec.flow_run_id), details={"held since": time.ctime(rec.held_since)})
             j.update(rec.id, details={"hold_alerted": now})
     sweep_rescan_requests(agent, now)
+    # The scanner's daily table in Prefect's Artifacts page: at most every 5 min, in the background.
+    from .daily_report import maybe_publish as publish_daily_report
+
+    publish_daily_report(agent.name, agent.cfg.journal.path)
     for req in j.overdue_rescans(now):
         agent.alert("missing_rescan", f"A rescan of {req['barcode']} was requested by {req['requested_by']} on "
                     f"{time.ctime(req['requested_at'])} ({req.get('reason') or 'no reason given'}) and has not arrived "

@@ -41,6 +41,7 @@ class Dispatcher:
     # --- control ------------------------------------------------------------------------------
 
     def start(self) -> None:
+        start_embedded_api()
         for i in range(self.workers):
             t = threading.Thread(target=self._worker, name=f"scan-worker-{i}", daemon=True)
             t.start()
@@ -122,6 +123,18 @@ class Dispatcher:
                             self._inflight.pop(scan_id, None)
                             self.completed += 1
                             self._idle.notify_all()
+
+
+def start_embedded_api() -> None:
+    """With no Prefect server configured, start Prefect's embedded API once, here, before any
+    worker thread needs it: each thread would otherwise race to start its own on one port."""
+    from prefect.settings import PREFECT_API_URL
+
+    if PREFECT_API_URL.value():
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    SubprocessASGIServer().start()
 
 
 async def run_scan(agent: Agent, scan_id: int) -> Any:

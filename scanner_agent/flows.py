@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, task
 from prefect.artifacts import acreate_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.client.schemas.objects import State, StateType
+from prefect.client.schemas.objects import State
 from prefect.runtime import flow_run as runtime_flow_run
 from prefect.states import Completed, Failed
 
@@ -35,9 +34,6 @@ from .sheet import SheetRow, SheetTable, lookup
 from .slide import SlideInfo, validate_slide
 
 log = logging.getLogger(__name__)
-
-_TRUE_WORDS = {"yes", "y", "true", "1", "x", "requested", "rescan", "needed"}
-
 
 def _is_transient(task: Any, task_run: Any, state: State) -> bool:
     """Retry only what a retry can fix: a sheet or storage that blinked, not a corrupt slide."""
@@ -92,9 +88,28 @@ def build_destination(agent: Agent, unit: ScanUnit, barcode: str, row: SheetRow,
 
 
 def _move(agent: Agent, unit: ScanUnit, dest: Path, sidecar: dict[str, Any], supersede: Path | None,
-          label: str | None) -> transfer.TransferResult:
+          label: str | None, judged: tuple[int, int] | None = None) -> transfer.TransferResult:
+    if judged is not None:
+        _require_judged_version(unit, judged)
+    # storage_root: an unmounted share must fail, not be recreated as local folders under its mount point;
+    # margin: the configured reserve (the transfer's own default ignored storage.reserve_bytes).
     return transfer.place_scan(unit, dest.parent, dest.name, sidecar=sidecar, supersede=supersede,
-                               superseded_label=label)
+                               superseded_label=label, storage_root=agent.cfg.storage.root,
+                               margin=agent.cfg.storage.reserve_bytes)
+
+
+def _require_judged_version(unit: ScanUnit, judged: tuple[int, int]) -> None:
+    """The scan must still be the version judged complete (journal size, mtime): a scanner that resumed
+    writing may have left it half-written, and a task retry would otherwise store whatever is there now."""
+    try:
+        fp = unit.fingerprint()
+    except OSError:
+        return  # vanished: place_scan says so
+    if (fp.total_size, fp.newest_mtime_ns) != judged:
+        err = SourceChanged(f"{unit.primary} changed after it was judged complete ({judged[0]} -> {fp.total_size} "
+                            "bytes); not storing a version that may be half-written", path=str(unit.primary))
+        err.transient = False  # only the new version, once settled (a new journal row), may be stored
+        raise err
 
 
 move_image = task(name="Move Image", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=_is_transient, **_OPTS)(_move)
@@ -107,12 +122,22 @@ def free_scanner_disk(agent: Agent, unit: ScanUnit, result: transfer.TransferRes
     transfer.remove_source(unit, result)
 
 
-@dataclass
-class Outcome:
-    state: str
-    barcode: str | None = None
-    dest: str | None = None
-    message: str = ""
+def _refuse_links(unit: ScanUnit) -> None:
+    """A scan that is, or holds, a symbolic link is refused before anything reads it: a link can point
+    anywhere (outside the scanner's folder), and the copy skips links, so a MIRAX folder with a linked
+    data file would be stored incomplete while its source was removed."""
+    import os
+
+    links = [r for r in unit.roots() if r.is_symlink()]
+    for root in unit.roots():
+        if root.is_dir() and not root.is_symlink():
+            for dirpath, dirnames, filenames in os.walk(root):
+                links += [Path(dirpath, n) for n in dirnames + filenames if Path(dirpath, n).is_symlink()]
+    if links:
+        raise ScanError(f"{unit.primary} is or holds a symbolic link ({links[0]}); links are never followed "
+                        "or stored", path=str(unit.primary),
+                        action="Put the real files in the scanner's folder in place of the link, then run "
+                               "`scanner-agent retry`; nothing was read through the link or stored.")
 
 
 def scan_flow_for(scanner: str) -> Any:
@@ -143,12 +168,14 @@ async def _run_scan(agent: Agent, scan_id: int, path: Path) -> Any:
         where = rec.details.get("quarantined_to") or "the quarantine folder"
         return Failed(name="Quarantined", message=f"{path.name} is in quarantine at {where} ({rec.reason}). "
                       f"Fix it there, then run `scanner-agent process --config <config> {where}` on {_hostname()}.")
+    held_kind = rec.details.get("held_kind") if rec.held_since else None
     rec = j.transition(scan_id, "processing", reason="flow run started", flow_run_id=run_id,
                        expect=("ready", "held", "failed", "processing"))
     unit = ScanUnit.from_path(path)
     barcode: str | None = rec.barcode
     info: SlideInfo | None = None
     try:
+        _refuse_links(unit)
         if not unit.exists():
             raise SourceChanged(f"{path} is no longer on the scanner's disk", path=str(path),
                                 action="Check whether someone moved or deleted the scan; nothing was stored.")
@@ -165,7 +192,8 @@ async def _run_scan(agent: Agent, scan_id: int, path: Path) -> Any:
         sidecar = _sidecar(agent, rec, unit, barcode, bc, row, table, info, qc)
         mover = move_rescanned_images if earlier else move_image
         result = mover(agent, unit, dest, sidecar, supersede,
-                       time.strftime("%Y%m%dT%H%M%S", time.localtime(earlier[-1].stored_at)) if earlier and earlier[-1].stored_at else None)
+                       time.strftime("%Y%m%dT%H%M%S", time.localtime(earlier[-1].stored_at)) if earlier and earlier[-1].stored_at else None,
+                       (rec.size, rec.mtime_ns))
         j.transition(scan_id, "stored", reason="stored" + (" (rescan)" if earlier else ""), dest=str(result.dest),
                      sha256=result.sha256, barcode=barcode, flow_run_id=run_id,
                      details={"superseded": [str(p) for p in result.superseded], "bytes": result.total_size,
@@ -182,7 +210,7 @@ async def _run_scan(agent: Agent, scan_id: int, path: Path) -> Any:
                         path=str(path))
         err.transient = rec.attempts < 5
         return await _failed(agent, scan_id, unit, barcode, err, run_id, info, t0)
-    return await _stored(agent, scan_id, unit, barcode, result, qc, earlier, run_id, info, t0)
+    return await _stored(agent, scan_id, unit, barcode, result, qc, earlier, run_id, info, t0, held_kind)
 
 
 def _sidecar(agent: Agent, rec: Any, unit: ScanUnit, barcode: str, bc: BarcodeResult, row: SheetRow,
@@ -205,7 +233,8 @@ def _sidecar(agent: Agent, rec: Any, unit: ScanUnit, barcode: str, bc: BarcodeRe
 
 
 async def _stored(agent: Agent, scan_id: int, unit: ScanUnit, barcode: str, result: transfer.TransferResult,
-                  qc: Any, earlier: list[Any], run_id: str | None, info: SlideInfo | None, t0: float) -> Any:
+                  qc: Any, earlier: list[Any], run_id: str | None, info: SlideInfo | None, t0: float,
+                  held_kind: str | None) -> Any:
     j = agent.journal
     rec = j.get(scan_id)
     assert rec is not None
@@ -215,7 +244,8 @@ async def _stored(agent: Agent, scan_id: int, unit: ScanUnit, barcode: str, resu
     if rec.held_since:
         waited = (rec.stored_at or time.time()) - rec.held_since
         notes.append(f"Waited {_duration(waited)} for its sheet row before it was stored.")
-        agent.alert(rec.kind or "held", f"{barcode} stored after {_duration(waited)} held", recovery=True,
+        # The recovery carries the kind of the alert it answers, so each problem is closed once.
+        agent.alert(held_kind or "held", f"{barcode} stored after {_duration(waited)} held", recovery=True,
                     barcode=barcode, file=unit.name, run_url=url)
     if earlier:
         notes.append(f"Rescan: the earlier image moved to {', '.join(str(p) for p in result.superseded) or 'superseded/'}.")
@@ -257,6 +287,7 @@ async def _failed(agent: Agent, scan_id: int, unit: ScanUnit, barcode: str | Non
     next_check = None
     if state == "held":
         next_check = now + agent.cfg.sheet.recheck_seconds
+        details["held_kind"] = exc.kind
     elif state == "failed" and exc.transient:
         next_check = now + min(3600.0, agent.cfg.scanner.retry_seconds * 2 ** min(rec.attempts - 1, 6))
     j.transition(scan_id, state, reason=exc.message, kind=exc.kind, next_check=next_check, barcode=barcode,
@@ -341,7 +372,10 @@ def run_label(unit: ScanUnit, agent: Agent) -> str:
     """The run's name: the barcode when the file name has one (cheap), else the file name."""
     from .barcode import barcode_from_name
 
-    return barcode_from_name(unit.name, agent.barcode_regex) or unit.name
+    try:
+        return barcode_from_name(unit.name, agent.barcode_regex) or unit.name
+    except ValueError:  # two barcodes, or look-alike digits: the run itself says why; name it by its file
+        return unit.name
 
 
-__all__ = ["scan_image_flow", "scan_flow_for", "run_label", "Outcome", "StateType"]
+__all__ = ["scan_image_flow", "scan_flow_for", "run_label"]
