@@ -134,6 +134,9 @@ class Alert:
     thumbnail_png: bytes | None = None
     recovery: bool = False
     details: dict[str, str] = field(default_factory=dict)
+    #: Which scan this is about (the journal's scan id), when it is about one: a rescan under the
+    #: same file name is a new scan, and its problems (or its arrival) are news again.
+    scan: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind == "recovered":
@@ -152,10 +155,11 @@ class Alert:
 
     def problem_key(self) -> str:
         """The key of the problem this alert is (or, for a recovery, resolves)."""
-        return "|".join([self.kind, self.scanner, self.barcode or "", self.file or ""])
+        return "|".join([self.kind, self.scanner, self.barcode or "", self.file or ""]
+                        + ([self.scan] if self.scan else []))
 
     def key(self) -> str:
-        """Dedupe key: kind + scanner + barcode + file; a recovery has its own key."""
+        """Dedupe key: kind + scanner + barcode + file (+ scan); a recovery has its own key."""
         base = self.problem_key()
         return f"recovered|{base}" if self.recovery else base
 

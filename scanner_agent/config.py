@@ -119,6 +119,13 @@ class PrefectConfig(_Section):
     ui_url: str = ""
     #: How often the agent looks for runs a person pressed Retry on in the UI.
     retry_poll_seconds: float = Field(default=5, gt=0)
+    #: `scanner-agent setup-prefect`: a Running scan run with no heartbeat for this long is set
+    #: Crashed by the server (its host died). Must exceed twice PREFECT_FLOWS_HEARTBEAT_FREQUENCY (180 s).
+    crash_after_seconds: float = Field(default=600, ge=10)
+    #: `setup-prefect --notify`: a file holding a Slack incoming-webhook URL (or any webhook taking
+    #: Slack's {"text": ...} JSON); or SCANNER_AGENT_PREFECT__NOTIFY_WEBHOOK_URL (environment only).
+    notify_webhook_url_file: Path | None = None
+    notify_webhook_url: SecretStr | None = None
 
 
 class AgentConfig(BaseSettings):
@@ -176,6 +183,13 @@ class AgentConfig(BaseSettings):
             return self.alerts.smtp_password.get_secret_value()
         if self.alerts.smtp_password_file:
             return read_secret_file(self.alerts.smtp_password_file, "alerts.smtp_password_file")
+        return None
+
+    def notify_webhook_url(self) -> str | None:
+        if self.prefect.notify_webhook_url is not None:
+            return self.prefect.notify_webhook_url.get_secret_value()
+        if self.prefect.notify_webhook_url_file:
+            return read_secret_file(self.prefect.notify_webhook_url_file, "prefect.notify_webhook_url_file")
         return None
 
     def ui_url(self) -> str:
@@ -251,6 +265,7 @@ def _resolve_paths(cfg: AgentConfig) -> None:
     cfg.alerts.slack_token_file = _absolute(cfg.alerts.slack_token_file)
     cfg.alerts.smtp_password_file = _absolute(cfg.alerts.smtp_password_file)
     cfg.alerts.smtp_ca_file = _absolute(cfg.alerts.smtp_ca_file)
+    cfg.prefect.notify_webhook_url_file = _absolute(cfg.prefect.notify_webhook_url_file)
 
 
 def static_problems(cfg: AgentConfig) -> list[str]:

@@ -246,14 +246,14 @@ async def _stored(agent: Agent, scan_id: int, unit: ScanUnit, barcode: str, resu
         notes.append(f"Waited {_duration(waited)} for its sheet row before it was stored.")
         # The recovery carries the kind of the alert it answers, so each problem is closed once.
         agent.alert(held_kind or "held", f"{barcode} stored after {_duration(waited)} held", recovery=True,
-                    barcode=barcode, file=unit.name, run_url=url)
+                    barcode=barcode, file=unit.name, run_url=url, scan=str(scan_id))
     if earlier:
         notes.append(f"Rescan: the earlier image moved to {', '.join(str(p) for p in result.superseded) or 'superseded/'}.")
     request = j.satisfy_rescan(barcode)
     if request:
         notes.append(f"Satisfies the rescan requested by {request['requested_by']} ({request.get('reason') or 'no reason given'}).")
         agent.alert("rescan_received", f"The requested rescan of {barcode} arrived and is stored as {result.dest.name}",
-                    recovery=True, barcode=barcode, file=unit.name, run_url=url)
+                    recovery=True, barcode=barcode, file=unit.name, run_url=url, scan=str(scan_id))
     state: Any = Completed(message=f"Stored {barcode} as {result.dest}")
     if qc is not None and not qc.passed:
         reason = "; ".join(qc.reasons) or "failed QC"
@@ -261,7 +261,7 @@ async def _stored(agent: Agent, scan_id: int, unit: ScanUnit, barcode: str, resu
         j.request_rescan(barcode, by="qc", reason=reason, deadline=deadline)
         j.update(scan_id, details={"qc_failed": reason})
         agent.alert("qc_failed", f"{barcode} was stored but failed quality control: {reason}. A rescan is requested.",
-                    barcode=barcode, file=unit.name, run_url=url, thumbnail_png=thumb)
+                    barcode=barcode, file=unit.name, run_url=url, thumbnail_png=thumb, scan=str(scan_id))
         notes.append(f"QC failed ({reason}); a rescan was requested.")
         state = Completed(message=f"Stored {barcode} as {result.dest}, but QC failed: {reason}", name="Stored, QC failed")
     await _artifact(agent, barcode, unit.primary, result, qc, "\n".join(notes) or "Stored.", t0)
@@ -295,7 +295,7 @@ async def _failed(agent: Agent, scan_id: int, unit: ScanUnit, barcode: str | Non
     url = agent.run_url(run_id)
     extra = {"where": details["quarantined_to"]} if "quarantined_to" in details else {}
     agent.alert(exc.kind, exc.message, action=exc.action, barcode=barcode, file=unit.name, run_url=url,
-                thumbnail_png=info.thumbnail_png if info else None, details=extra)
+                thumbnail_png=info.thumbnail_png if info else None, details=extra, scan=str(scan_id))
     what = {"held": "Held", "quarantined": "Quarantined"}.get(state, "Failed")
     await _artifact(agent, barcode, unit.primary, None, None, f"**{what}**: {exc.message}\n\n**What to do:** {exc.action}", t0)
     return Failed(message=str(exc), name=what if what != "Failed" else None)
