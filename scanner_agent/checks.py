@@ -39,7 +39,9 @@ def run_checks(cfg: AgentConfig, *, network: bool = True) -> list[Result]:
     out.append(_writable_dir(cfg.scanner.watch, "scanner.watch"))
     out.append(_writable_dir(cfg.storage.root, "storage.root"))
     out.append(_writable_dir(cfg.state_dir, "journal folder", create=True))
-    out.append(_writable_dir(cfg.quarantine_dir, "quarantine folder", create=True))
+    # Create it only inside a folder that exists: creating <missing watch>/.quarantine would also
+    # create the missing scanner.watch, and the next `check` would hide the typo (or unmounted share).
+    out.append(_writable_dir(cfg.quarantine_dir, "quarantine folder", create=cfg.quarantine_dir.parent.is_dir()))
     if hasattr(os, "geteuid") and os.geteuid() == 0 and not cfg.scanner.allow_root:
         out.append((False, "running as root: `run` will refuse; use the scanner-agent service user"))
     for path, key in ((cfg.sheet.credentials_file, "sheet.credentials_file"),

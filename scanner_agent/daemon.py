@@ -12,6 +12,7 @@ finish within ``stop_timeout_seconds`` and exit 0; anything cut short resumes on
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
 import signal
@@ -122,12 +123,15 @@ class Daemon:
             log.warning("resuming %d scan(s) left unfinished; marked %d stale Prefect run(s) Crashed", len(resumed), crashed)
         for rec in a.journal.stored_unremoved():
             finish_source_removal(a, rec)
-        try:
-            leftovers = transfer.clean_incoming(cfg.storage.root)
-            if leftovers:
-                log.warning("removed %d partial file(s) left in storage by an interrupted transfer", len(leftovers))
-        except OSError as exc:
-            log.warning("could not clean partial files under %s: %s", cfg.storage.root, exc)
+        # Partials a killed transfer left behind: only where resumed scans were headed (a resumed
+        # transfer also replaces its own partial), never a walk of the whole share.
+        for folder in sorted({Path(r.details["planned_dest"]).parent for r in resumed if r.details.get("planned_dest")}):
+            try:
+                leftovers = transfer.clean_incoming(folder, recursive=False)
+                if leftovers:
+                    log.warning("removed %d partial file(s) left in %s by an interrupted transfer", len(leftovers), folder)
+            except OSError as exc:
+                log.warning("could not clean partial files in %s: %s", folder, exc)
         self.dispatcher.start()
         for rec in a.journal.ready():
             self.dispatcher.submit(rec.id, rec.ready_at)
@@ -211,6 +215,13 @@ class Daemon:
         for run in await retry_requests(self.agent, self.agent.deployment_id):
             scan_id = (run.parameters or {}).get("scan_id")
             rec = j.get(int(scan_id)) if isinstance(scan_id, int) or str(scan_id).isdigit() else None
+            if rec is not None and (run.parameters or {}).get("path") not in (None, rec.path):
+                # Scan ids restart in a new journal: the same id may be another file here.
+                await reject_run(run.id, f"scanner-agent on {self.agent.name}: this run is for "
+                                 f"{run.parameters['path']}, but scan {scan_id} in its journal is {rec.path}; "
+                                 "the run is from an earlier journal or another host. Process that file with "
+                                 "`scanner-agent process` on the host that has it.")
+                continue
             if rec is None:
                 await reject_run(run.id, f"scanner-agent on {self.agent.name} has no scan {scan_id!r} in its journal; "
                                  "start scans by placing them in the scanner's folder or with `scanner-agent process`.")
@@ -369,9 +380,18 @@ def finish_source_removal(agent: Agent, rec: Any) -> None:
         if not rec.dest or not Path(rec.dest).exists():
             log.error("journal says %s is stored at %s but that is missing; keeping the source", rec.path, rec.dest)
             return
-        transfer.remove_unit(unit)
+        # Compare the stored copy with the source once more before deleting the only other copy.
+        dest = Path(rec.dest)
+        sidecar_path = dest.with_suffix(".json") if dest.suffix else dest.parent / f"{dest.name}.json"
+        try:
+            sidecar = json.loads(sidecar_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            sidecar = {"barcode": rec.barcode, "scanner": agent.name, "source_path": rec.path}
+        result = transfer.place_scan(unit, dest.parent, dest.name, sidecar=sidecar,
+                                     storage_root=agent.cfg.storage.root, margin=0)
+        transfer.remove_source(unit, result)
         agent.journal.update(rec.id, source_removed=1)
-        log.info("removed %s (stored earlier as %s)", rec.path, rec.dest)
+        log.info("removed %s (stored earlier as %s, verified again)", rec.path, rec.dest)
     except (OSError, ScanError) as exc:
         log.warning("could not remove stored source %s: %s", rec.path, exc)
 
@@ -395,7 +415,7 @@ async def _mark_crashed(agent: Agent, run_ids: list[str], message: str | None) -
     from prefect.client.schemas.filters import (FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterStartTime,
                                                 FlowRunFilterState, FlowRunFilterStateType)
     from prefect.client.schemas.objects import StateType
-    from prefect.states import Crashed
+    from prefect.states import Completed, Crashed
 
     msg = message or "scanner-agent stopped while this run was active (killed or power loss); the scan was resumed"
     n = 0
@@ -417,6 +437,14 @@ async def _mark_crashed(agent: Agent, run_ids: list[str], message: str | None) -
             try:
                 run = await client.read_flow_run(rid)
                 if run.state and run.state.is_final():
+                    continue
+                rec = agent.journal.by_flow_run(str(rid))
+                if rec is not None and rec.state == "stored":
+                    # Stored and recorded; the agent only died before Prefect was told. "Crashed"
+                    # would send a person looking for a resumed run that will never come.
+                    await client.set_flow_run_state(rid, Completed(
+                        message=f"Stored {rec.barcode or Path(rec.path).name} as {rec.dest} (the agent stopped "
+                                "before it could report it)"), force=True)
                     continue
                 await client.set_flow_run_state(rid, Crashed(message=msg), force=True)
                 n += 1

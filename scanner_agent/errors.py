@@ -66,7 +66,9 @@ class SheetMalformed(HeldScan):
 class NoBarcode(ScanError):
     kind = "no_barcode"
     state = "quarantined"
-    action = "Rename the file so it contains the barcode (or fix the slide label) and run `scanner-agent retry`; the scan is kept in quarantine."
+    # Not `retry`: that re-queues held and failed scans only; a quarantined scan is re-submitted by path.
+    action = ("Rename the file in the quarantine folder so it contains the barcode (or fix the slide label), then run "
+              "`scanner-agent process --config <config> <renamed file>`; the scan is kept in quarantine.")
 
 
 class CorruptSlide(ScanError):

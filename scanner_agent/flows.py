@@ -112,8 +112,10 @@ def _require_judged_version(unit: ScanUnit, judged: tuple[int, int]) -> None:
         raise err
 
 
-move_image = task(name="Move Image", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=_is_transient, **_OPTS)(_move)
-move_rescanned_images = task(name="Move Rescanned Images", retries=2, retry_delay_seconds=[5, 30],
+# One quick retry for a share that blinked; a longer outage is the journal's job (it retries with
+# backoff up to an hour) so a worker is not tied up waiting inside a run.
+move_image = task(name="Move Image", retries=1, retry_delay_seconds=5, retry_condition_fn=_is_transient, **_OPTS)(_move)
+move_rescanned_images = task(name="Move Rescanned Images", retries=1, retry_delay_seconds=5,
                              retry_condition_fn=_is_transient, **_OPTS)(_move)
 
 
@@ -187,6 +189,7 @@ async def _run_scan(agent: Agent, scan_id: int, path: Path) -> Any:
         info = validate(agent, unit)
         qc = check_quality(agent, info) if agent.cfg.qc.enabled else None
         dest = build_destination(agent, unit, barcode, row, table)
+        j.update(scan_id, details={"planned_dest": str(dest)})  # so a restart knows where a partial may be
         earlier = [r for r in j.stored_for_barcode(barcode) if r.id != scan_id and r.dest]
         supersede = Path(earlier[-1].dest) if earlier and Path(earlier[-1].dest).exists() else None  # type: ignore[arg-type]
         sidecar = _sidecar(agent, rec, unit, barcode, bc, row, table, info, qc)

@@ -1,0 +1,276 @@
+"""The ``scanner-agent`` console script as an operator runs it: a real subprocess, real files, real Prefect.
+
+The subprocess inherits ``PREFECT_API_URL`` from the test session (the ``prefect_api`` fixture
+starts that server), so its flow runs land on the same server the tests read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scanner_agent.journal import Journal
+from scanner_agent.synthetic import write_svs
+from tests.harness import SAMPLE_SHEET, dump_toml, write_config
+
+SCRIPT = Path(sys.executable).with_name("scanner-agent")
+STORED_NAME = "Prec01_Run-2_P1_Cardinal_620995.svs"
+
+
+def cli(*args: str | os.PathLike[str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run the installed console script; the operator's environment, minus any root override."""
+    env = {k: v for k, v in os.environ.items() if k != "SCANNER_AGENT_ALLOW_ROOT"}
+    return subprocess.run([str(SCRIPT), *map(str, args)], env=env, capture_output=True, text=True,
+                          timeout=timeout, cwd="/")
+
+
+def patch_config(cfg: Path, section: str, **values: Any) -> Path:
+    """Change keys of one section of a config written by ``write_config`` (whose ``sheet=`` is the CSV text)."""
+    import tomllib
+
+    data = tomllib.loads(cfg.read_text(encoding="utf-8"))
+    data.setdefault(section, {}).update(values)
+    cfg.write_text(dump_toml(data), encoding="utf-8")
+    return cfg
+
+
+def svs(path: Path, barcode: str | None) -> Path:
+    return write_svs(path, barcode=barcode, width=1024, height=768)
+
+
+@dataclass
+class Site:
+    base: Path
+    cfg: Path
+    stored_src: Path
+    held_src: Path
+    process: subprocess.CompletedProcess[str]
+
+    def journal(self) -> Journal:
+        return Journal(self.base / "state" / "cardinal.sqlite")
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory, prefect_api: str) -> Site:
+    """One scanner after `scanner-agent process` of a scan with a sheet row and one without."""
+    base = tmp_path_factory.mktemp("cli-site")
+    cfg = write_config(base)
+    good = svs(base / "scanner" / "620995_a.svs", "620995")
+    unknown = svs(base / "scanner" / "999999_a.svs", "999999")
+    return Site(base, cfg, good, unknown, cli("process", "--config", cfg, good, unknown))
+
+
+# --------------------------------------------------------------------------- process
+
+
+def test_process_stores_and_exits_0(tmp_path: Path, prefect_api: str) -> None:
+    cfg = write_config(tmp_path)
+    src = svs(tmp_path / "scanner" / "620995_a.svs", "620995")
+    data = src.read_bytes()
+    r = cli("process", "--config", cfg, src)
+    assert r.returncode == 0, r.stdout + r.stderr
+    dest = tmp_path / "storage" / "Prec01" / "Run-2" / STORED_NAME
+    assert r.stdout.splitlines() == [f"stored      {src} -> {dest}"]
+    assert dest.read_bytes() == data and not src.exists()
+
+
+def test_process_exits_1_when_a_scan_is_held_and_says_why(site: Site) -> None:
+    r = site.process
+    assert r.returncode == 1, r.stdout + r.stderr
+    lines = r.stdout.splitlines()
+    dest = site.base / "storage" / "Prec01" / "Run-2" / STORED_NAME
+    assert lines[0] == f"stored      {site.stored_src} -> {dest}"
+    assert lines[1].startswith(f"held        {site.held_src} -> No row for barcode 999999 in {site.base / 'sheet.csv'}")
+    assert len(lines) == 2
+    assert site.held_src.exists() and dest.exists() and not site.stored_src.exists()
+
+
+def test_process_names_a_path_that_does_not_exist(tmp_path: Path, prefect_api: str) -> None:
+    cfg = write_config(tmp_path)
+    missing = tmp_path / "scanner" / "nope.svs"
+    r = cli("process", "--config", cfg, missing)
+    assert f"{missing}: no such file or folder" in r.stderr
+    assert r.returncode == 2 and r.stdout == ""  # a bad argument, not a silent success
+
+
+# --------------------------------------------------------------------------- status
+
+
+def test_status_lists_counts_and_held_scans_with_their_reason(site: Site) -> None:
+    r = cli("status", "--config", site.cfg)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "scanner-agent for Cardinal" in out and "daemon: not running" in out
+    assert "scans: stored 1, held 1, failed 0" in out
+    assert "stored today: 1" in out
+    assert f"last stored: 620995 -> {site.base / 'storage' / 'Prec01' / 'Run-2' / STORED_NAME}" in out
+    assert "held (waiting for the sheet):" in out
+    assert "999999_a.svs [999999] unknown_barcode: No row for barcode 999999" in out
+
+
+def test_status_json_has_counts_and_the_held_list(site: Site) -> None:
+    r = cli("status", "--config", site.cfg, "--json")
+    assert r.returncode == 0, r.stderr
+    st = json.loads(r.stdout)
+    assert st["scanner"] == "Cardinal"
+    assert st["counts"]["stored"] == 1 and st["counts"]["held"] == 1 and st["counts"]["failed"] == 0
+    assert st["stored_today"]["scans"] == 1
+    assert st["last_stored"]["barcode"] == "620995"
+    [held] = st["held"]
+    assert held["file"] == "999999_a.svs" and held["barcode"] == "999999" and held["kind"] == "unknown_barcode"
+    assert held["reason"].startswith("No row for barcode 999999") and held["next_check"]
+    assert held["flow_run_id"]
+    assert st["failed"] == [] and st["quarantined"] == []
+    assert st["daemon"]["running"] is False
+
+
+# --------------------------------------------------------------------------- check
+
+
+def test_check_passes_on_a_good_config(tmp_path: Path, prefect_api: str) -> None:
+    cfg = write_config(tmp_path)
+    r = cli("check", "--config", cfg)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "✗" not in r.stdout
+    assert r.stdout.rstrip().endswith(f"{cfg}: OK")
+    assert f"prefect: server {prefect_api} answers" in r.stdout
+
+
+def _bad_unknown_key(base: Path) -> tuple[Path, list[str]]:
+    cfg = write_config(base, scanner={"colour": "red"})
+    return cfg, ["scanner.colour", "unknown key"]
+
+
+def _bad_missing_folder(base: Path) -> tuple[Path, list[str]]:
+    cfg = write_config(base, scanner={"watch": str(base / "no-such-scanner")})
+    return cfg, [f"scanner.watch {base / 'no-such-scanner'} does not exist",
+                 f"quarantine folder {base / 'no-such-scanner' / '.quarantine'} does not exist"]
+
+
+def _bad_layout_column(base: Path) -> tuple[Path, list[str]]:
+    cfg = write_config(base, storage={"layout": "{Study}/{Lab}"})
+    return cfg, ["storage.layout names column 'Lab'", str(base / "sheet.csv")]
+
+
+def _bad_csv_not_utf8(base: Path) -> tuple[Path, list[str]]:
+    cfg = write_config(base)
+    (base / "sheet.csv").write_bytes(SAMPLE_SHEET.replace("Prec01,Run 2", "Préc01,Run 2").encode("latin-1"))
+    return cfg, [str(base / "sheet.csv"), "not UTF-8"]
+
+
+def _bad_csv_missing(base: Path) -> tuple[Path, list[str]]:
+    cfg = patch_config(write_config(base), "sheet", csv=str(base / "gone.csv"))
+    return cfg, [str(base / "gone.csv")]
+
+
+def _bad_regex_no_group(base: Path) -> tuple[Path, list[str]]:
+    cfg = write_config(base, scanner={"barcode_regex": r"(\d{6})"})
+    return cfg, ["scanner.barcode_regex", "no named group 'barcode'"]
+
+
+def _bad_regex_invalid(base: Path) -> tuple[Path, list[str]]:
+    cfg = write_config(base, scanner={"barcode_regex": r"(?P<barcode>\d{6}"})
+    return cfg, ["scanner.barcode_regex", "not a valid regular expression"]
+
+
+@pytest.mark.parametrize("make", [_bad_unknown_key, _bad_missing_folder, _bad_layout_column, _bad_csv_not_utf8,
+                                  _bad_csv_missing, _bad_regex_no_group, _bad_regex_invalid],
+                         ids=lambda f: f.__name__.removeprefix("_bad_"))
+def test_check_fails_on_a_bad_config_naming_what_is_wrong(tmp_path: Path, make: Any) -> None:
+    cfg, wanted = make(tmp_path)
+    r = cli("check", "--config", cfg, "--offline")
+    out = r.stdout + r.stderr
+    assert r.returncode != 0, out
+    for text in wanted:
+        assert text in out, f"{text!r} not in:\n{out}"
+    assert "Traceback" not in out
+    assert not (tmp_path / "no-such-scanner").exists()  # check changes nothing, so the next check still sees it
+
+
+def test_check_reports_a_rejected_slack_token_without_printing_it(tmp_path: Path, prefect_api: str) -> None:
+    from tests.servers.slack_api import SlackApiServer
+
+    secret = "xoxb-wrong-4f9c2e7a1b"
+    token_file = tmp_path / "slack-token"
+    token_file.write_text(secret + "\n")
+    token_file.chmod(0o600)
+    with SlackApiServer(token="xoxb-the-right-one") as slack:
+        cfg = write_config(tmp_path, alerts={"slack_channel": "#slide-scanning", "slack_api_url": slack.url,
+                                             "slack_token_file": str(token_file)})
+        r = cli("check", "--config", cfg)
+    out = r.stdout + r.stderr
+    assert r.returncode == 1, out
+    assert "✗ Slack auth.test failed" in out
+    assert secret not in out and secret[5:] not in out
+
+
+# --------------------------------------------------------------------------- retry
+
+
+def test_retry_requeues_held_scans_now(tmp_path: Path, prefect_api: str) -> None:
+    cfg = patch_config(write_config(tmp_path), "sheet", recheck_seconds=3600)
+    src = svs(tmp_path / "scanner" / "999999_a.svs", "999999")
+    assert cli("process", "--config", cfg, src).returncode == 1
+    j = Journal(tmp_path / "state" / "cardinal.sqlite")
+    try:
+        [rec] = j.in_state("held")
+        assert rec.next_check > time.time() + 3000  # held for an hour
+
+        r = cli("retry", "--config", cfg, "--barcode", "123456")
+        assert (r.returncode, r.stdout.strip()) == (0, "nothing to retry")
+        assert j.get(rec.id).next_check == rec.next_check
+
+        before = time.time()
+        r = cli("retry", "--config", cfg, "--barcode", "999999")
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.startswith("retry queued: 999999_a.svs (held: No row for barcode 999999")
+        after = j.get(rec.id)
+        assert after.state == "held" and after.reason == rec.reason and after.kind == rec.kind
+        assert before - 1 <= after.next_check <= time.time()  # due now: the daemon's next tick takes it
+        assert [r.id for r in j.due()] == [rec.id]
+        assert src.exists()
+    finally:
+        j.close()
+
+
+def test_quarantined_scan_is_recovered_the_way_its_action_says(tmp_path: Path, prefect_api: str) -> None:
+    from scanner_agent.errors import NoBarcode
+
+    cfg = write_config(tmp_path)
+    src = svs(tmp_path / "scanner" / "slide_abc.svs", None)
+    data = src.read_bytes()
+    r = cli("process", "--config", cfg, src)
+    assert r.returncode == 1 and r.stdout.startswith(f"quarantined {src} -> No barcode for {src}")
+    moved = tmp_path / "scanner" / ".quarantine" / "slide_abc.svs"
+    assert moved.read_bytes() == data
+
+    # `retry` only re-queues held and failed scans, so the action must not send a person there.
+    assert "scanner-agent process" in NoBarcode.action and "retry" not in NoBarcode.action
+    assert cli("retry", "--config", cfg).stdout.strip() == "nothing to retry"
+    fixed = moved.with_name("620995_abc.svs")
+    moved.rename(fixed)
+    r = cli("process", "--config", cfg, fixed)
+    assert r.returncode == 0, r.stdout + r.stderr
+    dest = tmp_path / "storage" / "Prec01" / "Run-2" / STORED_NAME
+    assert r.stdout.strip() == f"stored      {fixed} -> {dest}"
+    assert dest.read_bytes() == data and not fixed.exists()
+
+
+# --------------------------------------------------------------------------- run
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="only meaningful when run as root")
+def test_run_refuses_root_without_allow_root(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, scanner={"allow_root": False})
+    r = cli("run", "--config", cfg, timeout=60)
+    assert r.returncode == 78, r.stdout + r.stderr  # EX_CONFIG: the systemd unit does not restart on it
+    assert "refusing to run as root" in r.stderr and "allow_root" in r.stderr
+    assert not (tmp_path / "state").exists()  # it stopped before opening the journal or watching anything
