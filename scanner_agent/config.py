@@ -35,7 +35,7 @@ DEFAULT_PATTERNS = ["*.svs", "*.tif", "*.tiff", "*.ndpi", "*.bif", "*.mrxs", "*.
 class ScannerConfig(_Section):
     name: str = Field(min_length=1, max_length=64)
     watch: Path
-    barcode_regex: str = r"(?P<barcode>\d{6})"
+    barcode_regex: str = r"(?<!\d)(?P<barcode>\d{6})(?!\d)"  # six digits, not inside a longer number
     observer: Literal["auto", "inotify", "polling"] = "auto"
     settle_seconds: float = Field(default=30, ge=0)
     rescan_seconds: float = Field(default=300, gt=0)

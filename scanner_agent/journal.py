@@ -122,6 +122,11 @@ class Journal:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         created = not self.path.exists()
+        if created:  # 0600 before SQLite opens it: its -wal and -shm files copy the database file's mode
+            try:
+                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            except FileExistsError:  # another process (status, retry) created it first
+                created = False
         self._lock = threading.RLock()
         self._clock = clock
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
@@ -188,6 +193,9 @@ class Journal:
 
     def latest_for_path(self, path: str) -> ScanRecord | None:
         return self._one("SELECT * FROM scans WHERE path=? ORDER BY id DESC LIMIT 1", (path,))
+
+    def by_flow_run(self, flow_run_id: str) -> ScanRecord | None:
+        return self._one("SELECT * FROM scans WHERE flow_run_id=? ORDER BY id DESC LIMIT 1", (flow_run_id,))
 
     def transition(self, scan_id: int, state: str, *, reason: str | None = None, kind: str | None = None,
                    expect: tuple[str, ...] | None = None, next_check: float | None = None,

@@ -88,15 +88,15 @@ class ScanUnit:
     def fingerprint(self) -> Fingerprint:
         total = 0
         count = 0
-        newest = 0
+        newest: int | None = None  # not 0: a scanner clock before 1970 gives negative mtimes, kept in the identity
         h = 0
         for fp, rel in self.files():
             st = fp.stat()
             total += st.st_size
             count += 1
-            newest = max(newest, st.st_mtime_ns)
+            newest = st.st_mtime_ns if newest is None else max(newest, st.st_mtime_ns)
             h = hash((h, rel, st.st_size, st.st_mtime_ns))
-        return Fingerprint(total, count, newest, h)
+        return Fingerprint(total, count, 0 if newest is None else newest, h)
 
     def total_size(self) -> int:
         return sum(fp.stat().st_size for fp, _ in self.files())

@@ -79,6 +79,21 @@ def prefect_api() -> str:
     return wait_for_prefect()
 
 
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Send Prefect's queued logs and events while the server is still up: otherwise its workers
+    retry against a stopped server at exit, which costs a minute and prints errors."""
+    if "proc" not in _STATE:
+        return
+    try:
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
+
+        APILogWorker.drain_all(timeout=10)
+        EventsWorker.drain_all(timeout=10)
+    except Exception:  # noqa: BLE001 - best effort at teardown
+        pass
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     proc = _STATE.get("proc")
     if proc is not None:
