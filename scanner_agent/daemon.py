@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -94,14 +95,29 @@ class Daemon:
         self._lock.acquire()
         try:
             self._install_signals()
-            self.startup()
-            maintenance = threading.Thread(target=self._maintain, name="maintenance", daemon=True)
-            maintenance.start()
-            while not self.stop_event.wait(1.0):
-                self.heartbeat()
+            try:
+                self.startup()
+                maintenance = threading.Thread(target=self._maintain, name="maintenance", daemon=True)
+                maintenance.start()
+                while not self.stop_event.wait(1.0):
+                    self.heartbeat()
+            except sqlite3.Error as exc:
+                return self._journal_failed(exc)
             return self.shutdown()
         finally:
             self._lock.release()
+
+    def _journal_failed(self, exc: sqlite3.Error) -> int:
+        """The journal cannot be written (its disk is full, read-only or failing): stop rather than move
+        scans without a record. Exit status 1, so systemd restarts the agent, which resumes what was cut short."""
+        log.critical("cannot write the journal %s (%s): stopping, so that no scan is moved without a record. "
+                     "Free space on (or repair) the journal's disk; the agent resumes unfinished scans when it "
+                     "starts again.", self.agent.cfg.journal.path, exc)
+        self.stop_event.set()
+        self.watcher.stop()
+        # Workers must be told to stop, or the process cannot exit (they wait on the queue in threads).
+        self.dispatcher.stop(min(30.0, self.agent.cfg.scanner.stop_timeout_seconds))
+        return 1
 
     def _install_signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -185,6 +201,8 @@ class Daemon:
     def _on_watcher_health(self, health: Any) -> None:
         self.agent.journal.set_health(observer=health.observer, watcher_alive=health.alive,
                                       watcher_error=health.last_error, watcher_restarts=health.restarts)
+        if self.stop_event.is_set():
+            return  # the daemon is stopping its own watcher: no fault to alert a person about
         if not health.alive and not self._watcher_alerted:
             self._watcher_alerted = True
             self.agent.alert("watcher_unhealthy", f"The watcher of {self.agent.cfg.scanner.watch} stopped: "

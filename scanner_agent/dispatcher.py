@@ -191,9 +191,14 @@ async def _flow_run_for(agent: Agent, rec: Any, flow: Any, params: dict[str, Any
                                                     force=True)
                 return await client.read_flow_run(run.id)
         if agent.deployment_id is not None:
-            return await client.create_flow_run_from_deployment(agent.deployment_id, parameters=params,
-                                                                name=params["label"], tags=tags)
-        return await client.create_flow_run(flow, name=params["label"], parameters=params, tags=tags)
+            run = await client.create_flow_run_from_deployment(agent.deployment_id, parameters=params,
+                                                               name=params["label"], tags=tags)
+        else:
+            run = await client.create_flow_run(flow, name=params["label"], parameters=params, tags=tags)
+    # Recorded before the flow starts: an agent killed in between then continues this run on its
+    # next start, instead of leaving it Scheduled (then Late) for ever and creating a second one.
+    agent.journal.update(rec.id, flow_run_id=str(run.id))
+    return run
 
 
 def _after_engine_failure(agent: Agent, scan_id: int, exc: BaseException | None) -> None:
