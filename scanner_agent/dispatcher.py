@@ -178,7 +178,9 @@ async def _flow_run_for(agent: Agent, rec: Any, flow: Any, params: dict[str, Any
             agent.deployment_id = await ensure_deployment(agent)
         except Exception as exc:  # noqa: BLE001 - runs still work without it; only Retry in the UI does not
             log.warning("could not register the Prefect deployment (runs will not offer Retry): %s", exc)
-    tags = [f"scanner:{agent.name}"]
+    from .flows import run_tags
+
+    tags = run_tags(agent, params["label"])
     async with get_client() as client:
         if rec.flow_run_id:
             try:

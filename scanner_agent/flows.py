@@ -305,18 +305,21 @@ async def _failed(agent: Agent, scan_id: int, unit: ScanUnit, barcode: str | Non
 
 
 async def _tag_run(run_id: str | None, scanner: str, study: str) -> None:
-    """Tag the run with its scanner and study (the study is known only after the sheet is read)."""
-    if not run_id:
+    """Tag the run with its study when the dispatcher could not already (barcode only in the
+    slide's metadata, or the row filled since): one PATCH, and none in the usual case."""
+    if not run_id or not study:
+        return
+    current = set(runtime_flow_run.tags or [])
+    tags = current | {f"scanner:{scanner}", f"study:{study}"}
+    if tags == current:
         return
     from uuid import UUID
 
     from prefect.client.orchestration import get_client
 
-    tags = [f"scanner:{scanner}"] + ([f"study:{study}"] if study else [])
     try:
         async with get_client() as client:
-            run = await client.read_flow_run(UUID(run_id))
-            await client.update_flow_run(UUID(run_id), tags=sorted(set(run.tags) | set(tags)))
+            await client.update_flow_run(UUID(run_id), tags=sorted(tags))
     except Exception:  # noqa: BLE001 - tags are a convenience; never fail a scan over them
         log.debug("could not tag flow run %s", run_id, exc_info=True)
 
@@ -381,4 +384,15 @@ def run_label(unit: ScanUnit, agent: Agent) -> str:
         return unit.name
 
 
-__all__ = ["scan_image_flow", "scan_flow_for", "run_label"]
+def run_tags(agent: Agent, label: str) -> list[str]:
+    """Tags for a new run: the scanner, and the study when the (cached) sheet already knows the
+    barcode, so the run needs no second API call to be tagged."""
+    tags = [f"scanner:{agent.name}"]
+    try:
+        study = lookup(agent.sheet.table(), label).values.get("Study", "")
+    except Exception:  # noqa: BLE001 - unknown yet: Read Sheet Metadata tags it, or says why not
+        study = ""
+    return tags + ([f"study:{study}"] if study else [])
+
+
+__all__ = ["scan_image_flow", "scan_flow_for", "run_label", "run_tags"]
