@@ -38,6 +38,11 @@ def run_checks(cfg: AgentConfig, *, network: bool = True) -> list[Result]:
     out: list[Result] = [(True, f"configuration {cfg.source_file} is valid (scanner {cfg.scanner.name})")]
     out.append(_writable_dir(cfg.scanner.watch, "scanner.watch"))
     out.append(_writable_dir(cfg.storage.root, "storage.root"))
+    if cfg.storage.marker_file:
+        marker = cfg.storage.root / cfg.storage.marker_file
+        out.append((marker.exists(), f"storage.marker_file {marker} " + (
+            "is there (the share is mounted)" if marker.exists() else
+            "is missing: is the share mounted? (for a new storage location: touch it once)")))
     out.append(_writable_dir(cfg.state_dir, "journal folder", create=True))
     # Create it only inside a folder that exists: creating <missing watch>/.quarantine would also
     # create the missing scanner.watch, and the next `check` would hide the typo (or unmounted share).

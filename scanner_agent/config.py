@@ -64,6 +64,10 @@ class StorageConfig(_Section):
     layout: str = "{Study}/{Experiment}"
     #: Bytes of free space to keep beyond the scan's size before copying.
     reserve_bytes: int = Field(default=1 << 30, ge=0)
+    #: A file that must exist in ``root`` before anything is written (e.g. ".scanner-agent-storage",
+    #: created once on the share). Guards against writing into the empty mount point of an
+    #: unmounted share. Empty: no check.
+    marker_file: str = ""
 
 
 class SheetConfig(_Section):

@@ -23,11 +23,12 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State
 from prefect.runtime import flow_run as runtime_flow_run
 from prefect.states import Completed, Failed
+from prefect.utilities.annotations import quote
 
 from . import transfer
 from .agent import Agent, get_agent
 from .barcode import BarcodeResult, find_barcode
-from .errors import ScanError, SourceChanged
+from .errors import ScanError, SourceChanged, StorageUnavailable
 from .naming import build_folder, build_name, destination
 from .scanunit import ScanUnit
 from .sheet import SheetRow, SheetTable, lookup
@@ -91,11 +92,26 @@ def _move(agent: Agent, unit: ScanUnit, dest: Path, sidecar: dict[str, Any], sup
           label: str | None, judged: tuple[int, int] | None = None) -> transfer.TransferResult:
     if judged is not None:
         _require_judged_version(unit, judged)
+    require_storage_marker(agent.cfg.storage.root, agent.cfg.storage.marker_file)
     # storage_root: an unmounted share must fail, not be recreated as local folders under its mount point;
     # margin: the configured reserve (the transfer's own default ignored storage.reserve_bytes).
     return transfer.place_scan(unit, dest.parent, dest.name, sidecar=sidecar, supersede=supersede,
                                superseded_label=label, storage_root=agent.cfg.storage.root,
                                margin=agent.cfg.storage.reserve_bytes)
+
+
+def require_storage_marker(root: Path, marker: str) -> None:
+    """With ``storage.marker_file`` set, storage is only written when that file is there: a share
+    that is not mounted leaves an empty mount point that looks like an empty, writable storage
+    root, and a scan stored into it would be hidden on the local disk once the share returns."""
+    if not marker:
+        return
+    if not (root / marker).exists():
+        raise StorageUnavailable(
+            f"storage root {root} has no {marker}: the share looks unmounted, so nothing is written there",
+            path=str(root), action=f"Mount the storage share at {root} (it holds {marker}); the scan stays on "
+                                   "the scanner and is retried. For a new, empty storage location, create the "
+                                   f"marker once: touch {root / marker}")
 
 
 def _require_judged_version(unit: ScanUnit, judged: tuple[int, int]) -> None:
@@ -188,7 +204,9 @@ async def _run_scan(agent: Agent, scan_id: int, path: Path) -> Any:
         await _tag_run(run_id, agent.name, row.values.get("Study", ""))
         info = validate(agent, unit)
         qc = check_quality(agent, info) if agent.cfg.qc.enabled else None
-        dest = build_destination(agent, unit, barcode, row, table)
+        # quote(): Prefect walks every task argument (for the UI's graph); a whole sheet of a few
+        # thousand rows costs ~0.3 s of CPU per call that way, and the GIL makes workers wait on it.
+        dest = build_destination(agent, unit, barcode, row, quote(table))
         j.update(scan_id, details={"planned_dest": str(dest)})  # so a restart knows where a partial may be
         earlier = [r for r in j.stored_for_barcode(barcode) if r.id != scan_id and r.dest]
         supersede = Path(earlier[-1].dest) if earlier and Path(earlier[-1].dest).exists() else None  # type: ignore[arg-type]

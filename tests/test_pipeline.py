@@ -519,3 +519,23 @@ def test_sidecar_records_where_the_scan_came_from_and_what_was_stored(scanner: S
     assert side["name"] == dest.name and side["size"] == size and side["sha256"] == digest == rec.sha256
     assert side["files"] == [{"rel": dest.name, "size": size, "sha256": digest}]
     assert side["stored_at"] and side["transfer_seconds"] >= 0
+
+
+# --------------------------------------------------------------------------- storage marker
+
+
+def test_storage_without_its_marker_file_is_never_written_and_the_scan_waits(make_scanner: Any) -> None:
+    # An unmounted share leaves an empty, writable mount point: with storage.marker_file set,
+    # the agent writes nothing there until the marker (on the real share) is visible again.
+    scanner = make_scanner(storage={"marker_file": ".scanner-agent-storage"})
+    src = scanner.svs("620995_a.svs", barcode="620995")
+    digest = sha256(src)
+    [rec] = process(scanner.agent, src)
+    assert rec.state == "failed" and rec.kind == "storage_unavailable", (rec.state, rec.reason)
+    assert ".scanner-agent-storage" in rec.reason and str(scanner.storage) in rec.reason
+    assert rec.next_check is not None and sha256(src) == digest
+    assert not [p for p in scanner.storage.rglob("*") if p.is_file()], "something was written to storage"
+    (scanner.storage / ".scanner-agent-storage").touch()  # the share is back
+    [rec] = process(scanner.agent, src)
+    assert rec.state == "stored", rec.reason
+    assert sha256(Path(rec.dest)) == digest and not src.exists()
