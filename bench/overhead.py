@@ -1,0 +1,207 @@
+"""Benchmark: what orchestration adds per scan, over the bare verified move of the same file.
+
+    .venv/bin/python -m bench.overhead [--scans 20] [--warmup 2] [--sheet-rows 2000]
+
+In-process, as the daemon does it: an ``Agent`` from a real configuration, a ``Dispatcher``
+with one worker, and for each 1 MiB slide (a real SVS padded to 1 MiB) ``record_ready`` +
+``submit`` and a wait until it is stored: the whole pipeline, a Prefect flow run with its
+tasks against a local server. Measured in the same run on identical files:
+
+* ``place_scan``: the bare verified move into storage, nothing else (the baseline);
+* ``work``: the same steps the tasks do (barcode, sheet row, OpenSlide validation, QC, name,
+  ``place_scan``, source removal), called as plain functions with no Prefect;
+* ``plain``: the same pipeline by a second agent whose runs have no deployment (no Retry in
+  the UI), to show what the deployment path costs per run.
+
+Overhead = pipeline - place_scan (target: median <= 0.4 s), and Prefect's own share =
+pipeline - work. The breakdown splits a run into its Prefect-recorded parts (run creation
+and start, the tasks, the flow body between tasks, completion), median over the scans.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench._prefect import count_client_retries, prefect_api, server_log_count
+from bench.latency import one_mb_slide, pct
+
+
+def _bare_work(agent: Any, path: Path) -> float:
+    """The flow's steps as plain calls (``Task.fn``): no runs, no states, no API."""
+    from scanner_agent import flows, transfer
+    from scanner_agent.scanunit import ScanUnit
+
+    t = time.perf_counter()
+    unit = ScanUnit.from_path(path)
+    bc = flows.identify_barcode.fn(agent, unit)
+    row, table = flows.read_sheet_metadata.fn(agent, bc.barcode)
+    info = flows.validate.fn(agent, unit)
+    if agent.cfg.qc.enabled:
+        flows.check_quality.fn(agent, info)
+    dest = flows.build_destination.fn(agent, unit, bc.barcode, row, table)
+    dest = dest.with_name("work_" + dest.name)
+    result = transfer.place_scan(unit, dest.parent, dest.name, sidecar={"bench": True})
+    transfer.remove_source(unit, result)
+    return time.perf_counter() - t
+
+
+def _bare_place(path: Path, dest: Path) -> float:
+    from scanner_agent.scanunit import ScanUnit
+    from scanner_agent.transfer import place_scan
+
+    t = time.perf_counter()
+    place_scan(ScanUnit.from_path(path), dest, path.name, sidecar={"bench": True})
+    return time.perf_counter() - t
+
+
+def _through_dispatcher(agent: Any, disp: Any, src: Path, blob: bytes) -> tuple[float, Any]:
+    """Record the scan ready and submit it, as the daemon does; seconds until its run is over."""
+    src.write_bytes(blob)
+    st = src.stat()
+    t = time.perf_counter()
+    rec, _ = agent.journal.record_ready(str(src), st.st_size, st.st_mtime_ns)
+    disp.submit(rec.id, rec.ready_at)
+    disp.wait_idle()
+    wall = time.perf_counter() - t
+    rec = agent.journal.get(rec.id)
+    assert rec is not None and rec.state == "stored", (rec.state, rec.reason) if rec else None
+    return wall, rec
+
+
+def _breakdown(run_ids: list[str], walls: list[float]) -> dict[str, list[float]]:
+    """Per run: the run's Prefect-recorded span (Running -> Completed), the time outside it
+    (creating the run, starting and finishing the engine), and the seconds in each task."""
+    import asyncio
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    async def go() -> dict[str, list[float]]:
+        out: dict[str, list[float]] = {}
+        async with get_client() as c:
+            for rid, wall in zip(run_ids, walls):
+                run = await c.read_flow_run(UUID(rid))
+                trs = await c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
+                done = sorted((tr for tr in trs if tr.start_time and tr.end_time), key=lambda tr: tr.start_time)
+                if not (run.start_time and run.end_time):
+                    continue
+                span = (run.end_time - run.start_time).total_seconds()
+                tasks = [(tr.name.rsplit("-", 1)[0], (tr.end_time - tr.start_time).total_seconds()) for tr in done]
+                out.setdefault("outside the run's Running span (create run, engine start/end)", []).append(wall - span)
+                out.setdefault("flow run Running -> Completed", []).append(span)
+                out.setdefault("  flow body between tasks (journal, tags, artifact, states)", []).append(
+                    span - sum(d for _, d in tasks))
+                for name, d in tasks:
+                    out.setdefault(f"  task {name}", []).append(d)
+        return out
+
+    return asyncio.run(go())
+
+
+def run(args: argparse.Namespace) -> None:
+    from scanner_agent.dispatcher import Dispatcher
+    from tests.daemon_helpers import sheet_csv, unique_scanner_name
+    from tests.harness import make_agent, write_config
+
+    n = args.scans + args.warmup
+    base = Path(tempfile.mkdtemp(prefix="bench-overhead-", dir=args.dir))
+    agents: list[Any] = []
+    try:
+        barcodes = [f"{600000 + i}" for i in range(n)]
+        filler = [f"{700000 + i}" for i in range(max(0, args.sheet_rows - n))]  # a lab's sheet has history
+        sheet = sheet_csv(barcodes + filler)
+        agent = make_agent(write_config(base, name=unique_scanner_name("Overhead"), sheet=sheet))
+        # The same pipeline without a deployment: Prefect 3.8 starts a suspension observer (a thread,
+        # its own event loop and a websocket to the server) for every run that has a deployment.
+        plain = make_agent(write_config(base / "plain", name=unique_scanner_name("OverheadPlain"), sheet=sheet))
+        plain.deployment_checked, plain.deployment_id = True, None
+        agents += [agent, plain]
+        watch = base / "scanner"
+        blobs = {bc: one_mb_slide(base / "tmp.svs", bc) for bc in barcodes}
+        disp, plain_disp = Dispatcher(agent, 1), Dispatcher(plain, 1)
+        disp.start()
+        plain_disp.start()
+        plains: list[float] = []
+        walls: list[float] = []
+        run_ids: list[str] = []
+        places: list[float] = []
+        works: list[float] = []
+        locked_before = server_log_count("database is locked")
+        retries = count_client_retries()
+        for i, bc in enumerate(barcodes):
+            # Interleaved, so drift on a shared machine hits all three alike.
+            p = base / "place-src" / f"{bc}.svs"
+            p.parent.mkdir(exist_ok=True)
+            p.write_bytes(blobs[bc])
+            place = _bare_place(p, base / "place-dest")
+            w = watch / f"work_{bc}.svs"
+            w.write_bytes(blobs[bc])
+            work = _bare_work(agent, w)
+            plain_wall, _ = _through_dispatcher(plain, plain_disp, base / "plain" / "scanner" / f"{bc}.svs", blobs[bc])
+            wall, rec = _through_dispatcher(agent, disp, watch / f"{bc}.svs", blobs[bc])
+            if i >= args.warmup:
+                plains.append(plain_wall)
+                walls.append(wall)
+                places.append(place)
+                works.append(work)
+                run_ids.append(rec.flow_run_id or "")
+        disp.stop(30)
+        plain_disp.stop(30)
+        locked = server_log_count("database is locked")
+        parts = _breakdown(run_ids, walls)
+    finally:
+        for a in agents:
+            a.close()
+        shutil.rmtree(base, ignore_errors=True)
+
+    over = [w - p for w, p in zip(walls, places)]
+    prefect_share = [w - k for w, k in zip(walls, works)]
+    print(f"\n{args.scans} scans of 1 MiB through Dispatcher -> run_scan -> flow run, sheet of "
+          f"{max(n, args.sheet_rows):,} rows ({args.warmup} warm-up not counted); seconds")
+    print(f"  {'':62s} {'p50':>7s} {'p90':>7s} {'max':>7s}")
+
+    def row(label: str, vals: list[float]) -> None:
+        print(f"  {label:62s} {statistics.median(vals):7.3f} {pct(vals, 0.9):7.3f} {max(vals):7.3f}")
+
+    row("pipeline (submit -> stored, whole flow run)", walls)
+    row("baseline: bare place_scan", places)
+    row("work: the tasks' functions called directly, no Prefect", works)
+    row("OVERHEAD = pipeline - place_scan", over)
+    row("  Prefect's own share = pipeline - work", prefect_share)
+    row("pipeline without a deployment (plain flow run, no UI Retry)", plains)
+    row("  cost of the deployment path = pipeline - plain", [w - p for w, p in zip(walls, plains)])
+    print("  breakdown from the Prefect API:")
+    for label, vals in parts.items():
+        row("  " + label, vals)
+    med = statistics.median(over)
+    print(f"\n  overhead median {med:.3f} s (target <= 0.4 s: {'met' if med <= 0.4 else 'NOT met'}), "
+          f"p90 {pct(over, 0.9):.3f} s; pipeline is {statistics.median(walls) / statistics.median(places):.0f}x "
+          f"the bare place_scan")
+    print(f"  client retries after a 503/429 from the server (each sleeps ~2-4 s): {retries.count}", end="")
+    if locked is not None and locked_before is not None:
+        print(f"; 'database is locked' tracebacks in the server log: {locked - locked_before}", end="")
+    print()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scans", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=2, help="first scans not counted (deployment, imports)")
+    ap.add_argument("--sheet-rows", type=int, default=0, help="pad the sheet to this many rows (e.g. 2000)")
+    ap.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()))
+    args = ap.parse_args()
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # the per-task lines would bury the table
+    with prefect_api():
+        run(args)
+
+
+if __name__ == "__main__":
+    main()

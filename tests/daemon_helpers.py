@@ -1,0 +1,232 @@
+"""Run ``scanner-agent run`` as a real process and watch what it does through its journal.
+
+Shared by ``tests/test_daemon.py`` and the ``bench/`` scripts: start and signal the daemon,
+wait on its journal (SQLite in WAL mode, so a second reader never blocks it), write scans the
+way a scanner does, and read its flow runs back from the Prefect API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from scanner_agent.config import AgentConfig, load_config
+from scanner_agent.journal import Journal, ScanRecord
+
+T = TypeVar("T")
+
+SCANNER_AGENT = Path(sys.executable).with_name("scanner-agent")
+FLAGS_ROW = "Include in Name?,REQUIRED,REQUIRED,REQUIRED,REQUIRED,,,"
+HEADER_ROW = "Barcode,Study,Experiment,Panel,Scanner,Scan Date,Rescan Requested,Notes"
+
+
+def sheet_csv(barcodes: Iterable[str], *, study: str = "Prec01", experiment: str = "Run 2") -> str:
+    """A metadata sheet (flags row, header row) with one complete row per barcode."""
+    rows = [FLAGS_ROW, HEADER_ROW] + [f"{b},{study},{experiment},P1,Cardinal,,," for b in barcodes]
+    return "\n".join(rows) + "\n"
+
+
+def sheet_row(barcode: str, *, study: str = "Prec01", experiment: str = "Run 2") -> str:
+    return f"{barcode},{study},{experiment},P1,Cardinal,,,\n"
+
+
+def unique_scanner_name(prefix: str = "Daemon") -> str:
+    """A scanner name no other test uses, so its flow ("Scan Image Flow: <name>") has only its runs."""
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def wait_for(check: Callable[[], T], timeout: float, what: str, *, interval: float = 0.1,
+             alive: "DaemonProcess | None" = None) -> T:
+    """Poll ``check`` until it returns something truthy; fail naming ``what`` after ``timeout``.
+
+    With ``alive``, fail at once (with the daemon's log) if that daemon exits meanwhile.
+    """
+    end = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if alive is not None and alive.returncode() is not None:
+            raise AssertionError(f"daemon exited ({alive.returncode()}) while waiting for {what}\n{alive.log_tail()}")
+        if time.monotonic() > end:
+            tail = f"\n{alive.log_tail()}" if alive is not None else ""
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}{tail}")
+        time.sleep(interval)
+
+
+class DaemonProcess:
+    """``scanner-agent run --config <toml>`` as a child process in its own session, logging to a file.
+
+    Inherits the environment (``PREFECT_API_URL`` from the test session or the benchmark).
+    Used as a context manager it is killed on exit if still running, so a failing test leaves
+    no daemon behind.
+    """
+
+    def __init__(self, config: Path, log_path: Path | None = None, *, extra_args: Iterable[str] = ()) -> None:
+        self.config = Path(config)
+        self.cfg: AgentConfig = load_config(self.config)
+        self.log_path = log_path or self.config.with_suffix(f".{uuid.uuid4().hex[:6]}.log")
+        self.extra_args = list(extra_args)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log: Any = None
+
+    def __enter__(self) -> "DaemonProcess":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(30)
+        if self._log is not None:
+            self._log.close()
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self) -> "DaemonProcess":
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([str(SCANNER_AGENT), *self.extra_args, "run", "--config", str(self.config)],
+                                     stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+                                     env=dict(os.environ))
+        return self
+
+    def returncode(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
+
+    def wait_watching(self, timeout: float = 120) -> None:
+        """Until this process has finished its start-up catch-up and says it is watching."""
+        def watching() -> bool:
+            if not self.cfg.journal.path.exists():
+                return False
+            h = read_health(self.cfg.journal.path)
+            return h.get("pid") == self.pid and bool(h.get("watching_since")) and not h.get("stopped_at")
+
+        wait_for(watching, timeout, f"the daemon (pid {self.pid}) to start watching", alive=self, interval=0.1)
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, sig)
+
+    def kill(self) -> int:
+        """SIGKILL: the daemon gets no chance to tidy up (as on power loss or the OOM killer)."""
+        self.signal(signal.SIGKILL)
+        return self.wait(30)
+
+    def terminate(self, timeout: float = 300) -> int:
+        self.signal(signal.SIGTERM)
+        return self.wait(timeout)
+
+    def wait(self, timeout: float) -> int:
+        assert self.proc is not None
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"daemon did not exit within {timeout:.0f} s\n{self.log_tail()}") from None
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "--- daemon log (tail) ---\n" + "\n".join(self.log_text().splitlines()[-lines:])
+
+
+def read_health(journal_path: Path) -> dict[str, Any]:
+    j = Journal(journal_path)
+    try:
+        return j.health()
+    finally:
+        j.close()
+
+
+def records(journal_path: Path) -> list[ScanRecord]:
+    """Every scan row, read through the journal's own class on a fresh connection."""
+    j = Journal(journal_path)
+    try:
+        return j.all()
+    finally:
+        j.close()
+
+
+def rows_for(journal_path: Path, path: Path) -> list[ScanRecord]:
+    return [r for r in records(journal_path) if r.path == str(path)]
+
+
+def stored(journal_path: Path) -> list[ScanRecord]:
+    return [r for r in records(journal_path) if r.state == "stored"]
+
+
+def write_slowly(data: bytes, dest: Path, *, chunk: int, interval: float,
+                 between_chunks: Callable[[], None] | None = None) -> float:
+    """Write ``data`` to ``dest`` through one handle, ``chunk`` bytes every ``interval`` s, as a
+    scanner does; call ``between_chunks`` after each chunk. Returns the time (``time.time()``)
+    of the last write, taken before the handle is closed."""
+    with open(dest, "wb") as fh:
+        for off in range(0, len(data), chunk):
+            if off:
+                time.sleep(interval)
+            fh.write(data[off:off + chunk])
+            fh.flush()
+            if between_chunks is not None:
+                between_chunks()
+        last = time.time()
+    return last
+
+
+def partials(storage_root: Path) -> list[Path]:
+    """Half-written copies in the storage's ``.incoming`` folders."""
+    return [p for p in storage_root.rglob("*") if ".incoming" in p.parts and p.name != ".incoming"]
+
+
+def flow_runs(flow_name: str) -> list[Any]:
+    """Every flow run of ``flow_name`` on the Prefect server (``PREFECT_API_URL``)."""
+    async def go() -> list[Any]:
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+        from prefect.client.schemas.sorting import FlowRunSort
+
+        out: list[Any] = []
+        async with get_client() as client:
+            while True:  # the API answers at most 200 per request
+                page = await client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])),
+                                                   sort=FlowRunSort.ID_DESC, limit=200, offset=len(out))
+                out += page
+                if len(page) < 200:
+                    return out
+
+    return asyncio.run(go())
+
+
+def rss_peak_kib(pid: int) -> int:
+    """The process's peak resident set (``VmHWM``) in KiB."""
+    return _status_field(pid, "VmHWM")
+
+
+def rss_now_kib(pid: int) -> int:
+    return _status_field(pid, "VmRSS")
+
+
+def _status_field(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(f"{field} not in /proc/{pid}/status")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far (``/proc/<pid>/stat`` utime + stime)."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    fields = text[text.rindex(")") + 2:].split()  # the command name may hold spaces
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
