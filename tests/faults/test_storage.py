@@ -149,6 +149,15 @@ def _gone_repair(site: Site, o: Outcome) -> None:
     (site.base / "storage.away").rename(site.storage)
 
 
+MARKER = ".scanner-agent-storage"
+
+
+def _mount_marked_share(site: Site, o: Outcome) -> None:
+    """The share as a lab sets it up with storage.marker_file: the marker lives on the share."""
+    _mount_share(site, o)
+    (site.storage / MARKER).touch()
+
+
 def _unmounted_break(site: Site, o: Outcome) -> None:
     umount(site.storage)  # the share drops; its empty mount point stays behind
     site.mounts.remove(site.storage)
@@ -156,8 +165,7 @@ def _unmounted_break(site: Site, o: Outcome) -> None:
 
 def _unmounted_repair(site: Site, o: Outcome) -> None:
     o.notes["under_mount_point"] = stored_files(site.storage)
-    mount_tmpfs(site.storage, "size=64m")
-    site.mounts.append(site.storage)
+    _mount_marked_share(site, o)
 
 
 def _nothing(site: Site, o: Outcome) -> None:
@@ -168,7 +176,7 @@ SCENARIOS: dict[str, Scenario] = {
     "full": Scenario(BIG, _full_prepare, _full_break, _full_repair),
     "read-only": Scenario(SMALL, _mount_share, _ro_break, _ro_repair),
     "root-removed": Scenario(SMALL, _nothing, _gone_break, _gone_repair),
-    "unmounted": Scenario(SMALL, _mount_share, _unmounted_break, _unmounted_repair),
+    "unmounted": Scenario(SMALL, _mount_marked_share, _unmounted_break, _unmounted_repair),
 }
 
 
@@ -222,8 +230,11 @@ def storage_faults(tmp_path_factory: pytest.TempPathFactory, prefect_api: str, s
     try:
         for key, sc in SCENARIOS.items():
             site = sites[key] = Site(f"Storage-{key}-{uuid.uuid4().hex[:6]}", base / key)
+            storage: dict[str, Any] = {"reserve_bytes": 0}
+            if key == "unmounted":
+                storage["marker_file"] = MARKER
             cfg = write_config(site.base, name=site.name, sheet=sheet_csv([BARCODE]),
-                               storage={"reserve_bytes": 0}, alerts=alerts_section(slack, site.base / "slack-token"))
+                               storage=storage, alerts=alerts_section(slack, site.base / "slack-token"))
             sc.prepare(site, outcomes[key])
             site.agent = make_agent(cfg)
         threads = [threading.Thread(target=_run, args=(sc, sites[k], outcomes[k], slides, slack), name=f"scenario {k}")
@@ -294,15 +305,14 @@ def test_removed_storage_root_is_not_recreated_and_the_scan_is_stored_once_it_is
     _assert_stored_once(o)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "An unmounted share leaves its empty mount point, which the agent cannot tell from storage: it "
-    "stores the scan onto the local disk under it and removes the source; once the share is mounted "
-    "again the stored copy is hidden beneath it. Needs a way to recognise real storage (e.g. a marker "
-    "file in storage.root, or storage.require_mount = true)."))
 def test_unmounted_share_is_not_mistaken_for_storage(storage_faults: dict[str, Outcome]) -> None:
     o = storage_faults["unmounted"]
     if o.error is not None:
         raise o.error
     assert o.failed is not None and o.failed.state == "failed", (
         f"{o.failed and o.failed.state}: stored under the bare mount point: {o.notes.get('under_mount_point')}")
+    assert MARKER in (o.failed.reason or ""), o.failed.reason
     assert o.source_sha_during == o.original_sha
+    assert o.notes.get("under_mount_point") == [], "something was written into the bare mount point"
+    assert o.final is not None and o.final.state == "stored", o.final and o.final.reason
+    assert not o.source_exists_after and o.leftovers_after == []
