@@ -1,5 +1,8 @@
 # make demo / make test are all a new user needs: each builds .venv from pyproject.toml when missing.
-PYTHON ?= $(shell command -v python3.12 || command -v python3.11 || command -v python3)
+# The first interpreter that actually runs and is 3.11+: a pyenv shim answers `command -v` for
+# versions it cannot start, so asking the name is not enough.
+PYTHON ?= $(shell for p in python3.12 python3.11 python3.13 python3; do \
+	$$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1 && { command -v $$p; break; }; done)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
@@ -7,6 +10,7 @@ STAMP  := $(VENV)/.installed
 .PHONY: demo test test-slow test-all bench check-unit clean
 
 $(STAMP): pyproject.toml
+	@test -n "$(PYTHON)" || { echo "scanner-agent needs Python 3.11 or newer (python3.12, python3.11 or python3)"; exit 1; }
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "scanner-agent needs Python 3.11 or newer")'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
