@@ -1,7 +1,8 @@
-"""The ``scanner-agent`` command: run, process, status, check, retry, reconcile, simulate, demo.
+"""The ``scanner-agent`` command: run, process, status, check, retry, reconcile, setup-prefect, simulate, demo.
 
 Exit codes: 0 success; 1 something needs a person (a scan held or failed, a check failed);
-2 the command itself was wrong (bad config, bad arguments).
+2 the command itself was wrong (bad config, bad arguments); ``run`` exits 78 (EX_CONFIG) on a
+bad configuration, which its systemd unit does not restart.
 """
 
 from __future__ import annotations

@@ -74,7 +74,8 @@ class Daemon:
 
         self.agent = agent
         cfg = agent.cfg
-        self.dispatcher = Dispatcher(agent, cfg.scanner.max_parallel)
+        self.dispatcher = Dispatcher(agent, cfg.scanner.max_parallel, on_journal_error=self._journal_broken)
+        self._journal_error: sqlite3.Error | None = None
         self.watcher = ScanWatcher(cfg.scanner.watch, self._on_ready, patterns=cfg.scanner.patterns,
                                    observer=cfg.scanner.observer, settle_seconds=cfg.scanner.settle_seconds,
                                    rescan_seconds=cfg.scanner.rescan_seconds, poll_interval=cfg.scanner.poll_interval,
@@ -103,9 +104,17 @@ class Daemon:
                     self.heartbeat()
             except sqlite3.Error as exc:
                 return self._journal_failed(exc)
+            if self._journal_error is not None:
+                return self._journal_failed(self._journal_error)
             return self.shutdown()
         finally:
             self._lock.release()
+
+    def _journal_broken(self, exc: sqlite3.Error) -> None:
+        """Any thread: a journal write failed. The main loop then stops the agent (``_journal_failed``)."""
+        if self._journal_error is None:
+            self._journal_error = exc
+        self.stop_event.set()
 
     def _journal_failed(self, exc: sqlite3.Error) -> int:
         """The journal cannot be written (its disk is full, read-only or failing): stop rather than move
@@ -191,7 +200,11 @@ class Daemon:
                              action="Rename the file (or its folder) with UTF-8 characters; it is picked up once renamed.")
             return
         fp = unit.fingerprint()
-        rec, new = self.agent.journal.record_ready(str(unit.primary), fp.total_size, fp.newest_mtime_ns)
+        try:
+            rec, new = self.agent.journal.record_ready(str(unit.primary), fp.total_size, fp.newest_mtime_ns)
+        except sqlite3.Error as exc:  # not recorded: the watcher offers it again; the agent stops meanwhile
+            self._journal_broken(exc)
+            raise
         if new:
             self._say(f"ready: {unit.name}")
             self.dispatcher.submit(rec.id, rec.ready_at)
@@ -280,6 +293,9 @@ class Daemon:
         while not self.stop_event.wait(1.0):
             try:
                 self.tick()
+            except sqlite3.Error as exc:
+                log.exception("maintenance pass failed: the journal cannot be written")
+                self._journal_broken(exc)
             except Exception:  # noqa: BLE001 - one bad pass must not end the timers
                 log.exception("maintenance pass failed")
             self._maintained = time.monotonic()

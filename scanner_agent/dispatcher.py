@@ -11,10 +11,11 @@ import asyncio
 import itertools
 import logging
 import queue
+import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .agent import Agent
 from .scanunit import ScanUnit
@@ -25,9 +26,12 @@ _STOP = (float("inf"), -1, -1)
 
 
 class Dispatcher:
-    def __init__(self, agent: Agent, workers: int) -> None:
+    def __init__(self, agent: Agent, workers: int, *,
+                 on_journal_error: Callable[[sqlite3.Error], None] | None = None) -> None:
         self.agent = agent
         self.workers = workers
+        #: Told when a scan could not be recorded (the journal's disk is full): the daemon stops.
+        self.on_journal_error = on_journal_error
         self._q: queue.PriorityQueue[tuple[float, int, int]] = queue.PriorityQueue()
         self._seq = itertools.count()
         self._lock = threading.Lock()
@@ -116,8 +120,10 @@ class Dispatcher:
                         self._inflight[scan_id] = time.time()
                     try:
                         await run_scan(self.agent, scan_id)
-                    except Exception:  # noqa: BLE001 - a worker must survive anything one scan does
+                    except Exception as exc:  # noqa: BLE001 - a worker must survive anything one scan does
                         log.exception("scan %s: the flow run could not be completed", scan_id)
+                        if isinstance(exc, sqlite3.Error) and self.on_journal_error is not None:
+                            self.on_journal_error(exc)
                     finally:
                         with self._idle:
                             self._inflight.pop(scan_id, None)
