@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,29 @@ Barcode,Study,Experiment,Panel,Scanner,Scan Date,Rescan Requested,Notes
 754788,Prec01,Run 2,P1,Cardinal,,,
 545891,Prec01,Run 3,P2,Raven,,yes,blurry on first scan
 """
+
+
+@dataclass
+class Folders:
+    """Where ``write_config`` puts one scanner's folders under ``base``; tests' site objects extend it."""
+
+    base: Path
+
+    @property
+    def watch(self) -> Path:
+        return self.base / "scanner"
+
+    @property
+    def storage(self) -> Path:
+        return self.base / "storage"
+
+    @property
+    def quarantine(self) -> Path:
+        return self.watch / ".quarantine"
+
+    @property
+    def sheet(self) -> Path:
+        return self.base / "sheet.csv"
 
 
 def _toml_value(v: Any) -> str:
@@ -42,15 +66,16 @@ def write_config(base: Path, *, name: str = "Cardinal", sheet: str = SAMPLE_SHEE
                  **sections: dict[str, Any]) -> Path:
     """Folders under ``base`` (scanner/, storage/, state/) and a TOML config; returns its path.
     Keyword arguments are sections whose keys override the defaults, e.g. ``scanner={"settle_seconds": 1}``."""
+    at = Folders(base)
     base.mkdir(parents=True, exist_ok=True)
-    (base / "scanner").mkdir(exist_ok=True)
-    (base / "storage").mkdir(exist_ok=True)
-    (base / "sheet.csv").write_text(sheet, encoding="utf-8")
+    at.watch.mkdir(exist_ok=True)
+    at.storage.mkdir(exist_ok=True)
+    at.sheet.write_text(sheet, encoding="utf-8")
     data: dict[str, dict[str, Any]] = {
-        "scanner": {"name": name, "watch": str(base / "scanner"), "settle_seconds": 0.5, "rescan_seconds": 5,
+        "scanner": {"name": name, "watch": str(at.watch), "settle_seconds": 0.5, "rescan_seconds": 5,
                     "max_parallel": 2, "allow_root": True, "retry_seconds": 1},
-        "storage": {"root": str(base / "storage"), "layout": "{Study}/{Experiment}", "reserve_bytes": 0},
-        "sheet": {"csv": str(base / "sheet.csv"), "recheck_seconds": 1},
+        "storage": {"root": str(at.storage), "layout": "{Study}/{Experiment}", "reserve_bytes": 0},
+        "sheet": {"csv": str(at.sheet), "recheck_seconds": 1},
         "journal": {"path": str(base / "state" / f"{name.lower()}.sqlite")},
     }
     for section, values in sections.items():

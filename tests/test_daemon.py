@@ -2,8 +2,8 @@
 
 Scans are written the way scanners write them (slowly, through one handle; MIRAX file by file)
 or dropped in bursts, and the daemon is stopped the hard ways (SIGKILL mid-copy or while a
-Prefect run is being created, SIGTERM mid-copy). Every check waits on the journal or the filesystem with a generous timeout; none
-asserts how fast anything happened. The mid-copy tests watch a folder on /dev/shm and store
+Prefect run is being created, SIGTERM mid-copy). Every check waits on the journal or the
+filesystem with a generous timeout; none asserts how fast anything happened. The mid-copy tests watch a folder on /dev/shm and store
 to disk, so each ~100 MB copy crosses filesystems and lasts long enough to be interrupted.
 """
 
@@ -396,7 +396,7 @@ def test_a_second_daemon_on_the_same_journal_refuses_to_start(tmp_path: Path, pr
         assert d.terminate() == 0
 
 
-def status_json(cfg: Path) -> dict:
+def status_json(cfg: Path) -> dict[str, Any]:
     out = subprocess.run([str(SCANNER_AGENT), "status", "--json", "--config", str(cfg)], capture_output=True,
                          text=True, timeout=WAIT, check=True)
     return json.loads(out.stdout)

@@ -26,7 +26,7 @@ import pytest
 
 from scanner_agent import errors
 from scanner_agent.synthetic import write_corrupt, write_mrxs, write_svs
-from tests.harness import SAMPLE_SHEET, make_agent, process, write_config
+from tests.harness import SAMPLE_SHEET, Folders, make_agent, process, write_config
 
 W, H = 1024, 768
 STORED_NAME = "Prec01_Run-2_P1_Cardinal_620995"
@@ -106,24 +106,11 @@ def sheet_with(*rows: str) -> str:
 
 
 @dataclass
-class Scanner:
+class Scanner(Folders):
     """One scanner's folders, config and a real Agent built from it."""
 
-    base: Path
     cfg: Path
     agent: Any
-
-    @property
-    def watch(self) -> Path:
-        return self.base / "scanner"
-
-    @property
-    def storage(self) -> Path:
-        return self.base / "storage"
-
-    @property
-    def quarantine(self) -> Path:
-        return self.watch / ".quarantine"
 
     def svs(self, name: str, **kw: Any) -> Path:
         kw.setdefault("width", W)

@@ -30,7 +30,7 @@ from typing import Any
 from scanner_agent.journal import ScanRecord
 from scanner_agent.scanunit import ScanUnit
 from scanner_agent.synthetic import write_corrupt, write_mrxs, write_svs
-from tests.harness import make_agent, process, write_config
+from tests.harness import Folders, make_agent, process, write_config
 
 W, H = 1024, 768
 FLAGS = ("Include in Name?", "REQUIRED", "REQUIRED", "REQUIRED", "REQUIRED", "", "", "")
@@ -59,28 +59,11 @@ def sheet_csv(rows: Iterable[Sequence[str]], *, flags: Sequence[str] | None = FL
 
 
 @dataclass
-class Site:
+class Site(Folders):
     """One scanner: folders, sheet, a real Agent, and a valid slide to copy from."""
 
-    base: Path
     agent: Any
     template: Path
-
-    @property
-    def watch(self) -> Path:
-        return self.base / "scanner"
-
-    @property
-    def storage(self) -> Path:
-        return self.base / "storage"
-
-    @property
-    def quarantine(self) -> Path:
-        return self.watch / ".quarantine"
-
-    @property
-    def sheet(self) -> Path:
-        return self.base / "sheet.csv"
 
     @property
     def outside(self) -> Path:

@@ -45,7 +45,7 @@ from tests.faults.tools import (
     stored_files,
     umount,
 )
-from tests.harness import make_agent, process, write_config
+from tests.harness import Folders, make_agent, process, write_config
 
 BARCODE = "620995"
 #: Several 8 MiB copy chunks, so "full" can strike between two of them (~13 MB).
@@ -54,21 +54,12 @@ SMALL = (1024, 768)
 
 
 @dataclass
-class Site:
+class Site(Folders):
     """One scanner: its folders, its config and its real Agent."""
 
-    name: str
-    base: Path
+    name: str = ""
     agent: Any = None
     mounts: list[Path] = field(default_factory=list)
-
-    @property
-    def watch(self) -> Path:
-        return self.base / "scanner"
-
-    @property
-    def storage(self) -> Path:
-        return self.base / "storage"
 
     @property
     def dest_dir(self) -> Path:
@@ -229,7 +220,7 @@ def storage_faults(tmp_path_factory: pytest.TempPathFactory, prefect_api: str, s
     outcomes = {key: Outcome() for key in SCENARIOS}
     try:
         for key, sc in SCENARIOS.items():
-            site = sites[key] = Site(f"Storage-{key}-{uuid.uuid4().hex[:6]}", base / key)
+            site = sites[key] = Site(base / key, name=f"Storage-{key}-{uuid.uuid4().hex[:6]}")
             storage: dict[str, Any] = {"reserve_bytes": 0}
             if key == "unmounted":
                 storage["marker_file"] = MARKER
