@@ -237,8 +237,10 @@ def test_each_scanner_has_its_own_flow_with_runs_named_by_barcode(lab: Lab) -> N
     for scanner, rec, barcode, study in ((lab.cardinal, c, "620995", "Prec01"), (lab.raven, r, "545891", "Prec01")):
         runs = flow_runs(scanner.flow_name)
         assert [run.name for run in runs] == [barcode], f"{scanner.flow_name} should hold exactly its own scan's run"
-        run = runs[0]
-        assert str(run.id) == rec.flow_run_id and run.state.is_completed()
+        # The journal says "stored" a moment before the run proposes its final state.
+        run = wait_for(lambda: (r := flow_run(rec.flow_run_id)) and r.state.is_final() and r, 30,
+                       f"run {barcode} to finish")
+        assert str(run.id) == str(runs[0].id) and run.state.is_completed()
         assert f"scanner:{scanner.name}" in run.tags and f"study:{study}" in run.tags
         assert run.deployment_id is not None, "runs must belong to the scanner's deployment, or the UI offers no Retry"
         assert run.parameters["scanner"] == scanner.name

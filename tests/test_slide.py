@@ -189,7 +189,7 @@ def test_bomb_is_refused_without_a_huge_allocation(tmp_path: Path) -> None:
     """In a fresh process: refusing a 200000 x 200000 single-level TIFF keeps memory small."""
     p = synthetic.write_corrupt(tmp_path / "bomb.tif", "bomb_tiled")
     code = (
-        "import json, resource, sys\n"
+        "import json, sys\n"
         "from scanner_agent import errors\n"
         "from scanner_agent.scanunit import ScanUnit\n"
         "from scanner_agent.slide import validate_slide\n"
@@ -197,7 +197,10 @@ def test_bomb_is_refused_without_a_huge_allocation(tmp_path: Path) -> None:
         "    validate_slide(ScanUnit.from_path(sys.argv[1])); outcome = 'accepted'\n"
         "except errors.CorruptSlide as e:\n"
         "    outcome = str(e)\n"
-        "print(json.dumps([outcome, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss]))\n"
+        # VmHWM, not ru_maxrss: Linux carries the parent's peak across exec into ru_maxrss, so a child of a
+        # big pytest process would report the parent's size.
+        "hwm = next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM:'))\n"
+        "print(json.dumps([outcome, hwm]))\n"
     )
     out = subprocess.run([sys.executable, "-c", code, str(p)], capture_output=True, text=True, check=True)
     outcome, maxrss_kb = json.loads(out.stdout)
