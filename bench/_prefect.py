@@ -7,6 +7,7 @@ home removed) when the context exits. Daemons started afterwards inherit the env
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import socket
@@ -87,3 +88,27 @@ def server_log_count(needle: str) -> int | None:
     if log is None or not log.exists():
         return None
     return log.read_text(errors="replace").count(needle)
+
+
+class RetryCounter(logging.Handler):
+    """Counts the Prefect client's retries on 503 (SQLite's "database is locked", answered by the
+    server as Service Unavailable) and 429, which the client logs at DEBUG before sleeping."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "retryable status code" in record.getMessage():
+            self.count += 1
+
+
+def count_client_retries() -> RetryCounter:
+    """Attach a ``RetryCounter`` to this process's Prefect client logger (its DEBUG lines are
+    counted, not printed)."""
+    counter = RetryCounter()
+    logger = logging.getLogger("prefect.client")
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False  # the DEBUG lines would otherwise reach Prefect's console handler
+    logger.addHandler(counter)
+    return counter

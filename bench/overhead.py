@@ -1,6 +1,6 @@
 """Benchmark: what orchestration adds per scan, over the bare verified move of the same file.
 
-    .venv/bin/python -m bench.overhead [--scans 20] [--warmup 2] [--sheet-rows 2000]
+    .venv/bin/python -m bench.overhead [--scans 20] [--warmup 2] [--pause 3] [--sheet-rows 2000]
 
 In-process, as the daemon does it: an ``Agent`` from a real configuration, a ``Dispatcher``
 with one worker, and for each 1 MiB slide (a real SVS padded to 1 MiB) ``record_ready`` +
@@ -14,8 +14,11 @@ tasks against a local server. Measured in the same run on identical files:
   the UI), to show what the deployment path costs per run.
 
 Overhead = pipeline - place_scan (target: median <= 0.4 s), and Prefect's own share =
-pipeline - work. The breakdown splits a run into its Prefect-recorded parts (run creation
-and start, the tasks, the flow body between tasks, completion), median over the scans.
+pipeline - work. Runs go back to back by default (as in a burst); on Prefect's SQLite server
+the first API write after a run often waits ~2 s while the server records that run's events,
+so ``--pause 3`` shows an isolated scan (as in a trickle) for comparison. The breakdown splits
+a run into its Prefect-recorded parts (run creation and start, the tasks, the flow body
+between tasks, completion), median over the scans.
 """
 
 from __future__ import annotations
@@ -61,8 +64,9 @@ def _bare_place(path: Path, dest: Path) -> float:
     return time.perf_counter() - t
 
 
-def _through_dispatcher(agent: Any, disp: Any, src: Path, blob: bytes) -> tuple[float, Any]:
+def _through_dispatcher(agent: Any, disp: Any, src: Path, blob: bytes, pause: float = 0) -> tuple[float, Any]:
     """Record the scan ready and submit it, as the daemon does; seconds until its run is over."""
+    time.sleep(pause)
     src.write_bytes(blob)
     st = src.stat()
     t = time.perf_counter()
@@ -145,8 +149,15 @@ def run(args: argparse.Namespace) -> None:
             w = watch / f"work_{bc}.svs"
             w.write_bytes(blobs[bc])
             work = _bare_work(agent, w)
-            plain_wall, _ = _through_dispatcher(plain, plain_disp, base / "plain" / "scanner" / f"{bc}.svs", blobs[bc])
-            wall, rec = _through_dispatcher(agent, disp, watch / f"{bc}.svs", blobs[bc])
+            # Alternate which goes first: the first API write after a run can wait ~2 s for the
+            # SQLite server's own flush of that run's events, and that should not land on one side only.
+            plain_src = base / "plain" / "scanner" / f"{bc}.svs"
+            if i % 2:
+                wall, rec = _through_dispatcher(agent, disp, watch / f"{bc}.svs", blobs[bc], args.pause)
+                plain_wall, _ = _through_dispatcher(plain, plain_disp, plain_src, blobs[bc], args.pause)
+            else:
+                plain_wall, _ = _through_dispatcher(plain, plain_disp, plain_src, blobs[bc], args.pause)
+                wall, rec = _through_dispatcher(agent, disp, watch / f"{bc}.svs", blobs[bc], args.pause)
             if i >= args.warmup:
                 plains.append(plain_wall)
                 walls.append(wall)
@@ -164,8 +175,9 @@ def run(args: argparse.Namespace) -> None:
 
     over = [w - p for w, p in zip(walls, places)]
     prefect_share = [w - k for w, k in zip(walls, works)]
+    spacing = f"{args.pause:g} s quiet before each run" if args.pause else "runs back to back"
     print(f"\n{args.scans} scans of 1 MiB through Dispatcher -> run_scan -> flow run, sheet of "
-          f"{max(n, args.sheet_rows):,} rows ({args.warmup} warm-up not counted); seconds")
+          f"{max(n, args.sheet_rows):,} rows, {spacing} ({args.warmup} warm-up not counted); seconds")
     print(f"  {'':62s} {'p50':>7s} {'p90':>7s} {'max':>7s}")
 
     def row(label: str, vals: list[float]) -> None:
@@ -195,6 +207,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scans", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=2, help="first scans not counted (deployment, imports)")
+    ap.add_argument("--pause", type=float, default=0,
+                    help="seconds of quiet before each run (0: back to back, as in a burst; 3: an isolated scan)")
     ap.add_argument("--sheet-rows", type=int, default=0, help="pad the sheet to this many rows (e.g. 2000)")
     ap.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()))
     args = ap.parse_args()
