@@ -29,6 +29,7 @@ from . import transfer
 from .agent import Agent, get_agent
 from .barcode import BarcodeResult, find_barcode
 from .errors import ScanError, SourceChanged, StorageUnavailable
+from .humanize import age_text
 from .naming import build_folder, build_name, destination
 from .scanunit import ScanUnit
 from .sheet import SheetRow, SheetTable, lookup
@@ -264,9 +265,9 @@ async def _stored(agent: Agent, scan_id: int, unit: ScanUnit, barcode: str, resu
     notes: list[str] = []
     if rec.held_since:
         waited = (rec.stored_at or time.time()) - rec.held_since
-        notes.append(f"Waited {_duration(waited)} for its sheet row before it was stored.")
+        notes.append(f"Waited {age_text(waited)} for its sheet row before it was stored.")
         # The recovery carries the kind of the alert it answers, so each problem is closed once.
-        agent.alert(held_kind or "held", f"{barcode} stored after {_duration(waited)} held", recovery=True,
+        agent.alert(held_kind or "held", f"{barcode} stored after {age_text(waited)} held", recovery=True,
                     barcode=barcode, file=unit.name, run_url=url, scan=str(scan_id))
     if earlier:
         notes.append(f"Rescan: the earlier image moved to {', '.join(str(p) for p in result.superseded) or 'superseded/'}.")
@@ -368,14 +369,6 @@ def _artifact_key(s: str) -> str:
     import re
 
     return re.sub(r"[^a-z0-9-]+", "-", s.lower()).strip("-")[:60] or "scan"
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 def _iso(t: float | None) -> str | None:

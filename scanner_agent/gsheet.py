@@ -61,6 +61,7 @@ from gspread.utils import absolute_range_name
 from requests.adapters import HTTPAdapter
 
 from .errors import SheetMalformed, SheetUnavailable
+from .humanize import age_text
 from .sheet import SheetTable, parse_table
 
 log = logging.getLogger(__name__)
@@ -307,7 +308,7 @@ class GoogleSheetSource:
             log.error("%s The sheet was malformed when last read, so scans stay held.", e.message)
         elif good is not None:
             age = max(0.0, self._clock() - good.fetched_at)
-            log.warning("%s Using the last good copy, read %s ago.", e.message, _age(age))
+            log.warning("%s Using the last good copy, read %s ago.", e.message, age_text(age))
         else:
             log.error("%s No cached copy: scans are held until the sheet can be read.", e.message)
 
@@ -539,7 +540,7 @@ class GoogleSheetSource:
             return
         if self._good is not None:
             log.info("Loaded the cached copy of %s, read %s ago.", self._good.source,
-                     _age(max(0.0, self._clock() - self._good.fetched_at)))
+                     age_text(max(0.0, self._clock() - self._good.fetched_at)))
 
     def _write_disk_cache(self) -> None:
         if self.cache_path is None:
@@ -578,13 +579,3 @@ def _atomic_write_json(path: Path, data: dict[str, Any]) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-
-
-def _age(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} days"

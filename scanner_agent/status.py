@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import AgentConfig
+from .humanize import age_text
 from .journal import Journal
 
 
@@ -69,12 +70,8 @@ def _ago(t: float | None) -> str:
     if not t:
         return "never"
     d = time.time() - t
-    if d < 120:
-        return f"{d:.0f} s ago"
-    if d < 7200:
-        return f"{d / 60:.0f} min ago"
     if d < 172800:
-        return f"{d / 3600:.1f} h ago"
+        return f"{age_text(d)} ago"
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(t))
 
 
@@ -88,7 +85,7 @@ def render_status(st: dict[str, Any]) -> str:
                    + (f" ({d['watcher_error']})" if d["watcher_error"] and not d["watcher_alive"] else ""))
         out.append(f"  queue: {d['queue']} waiting, {len(d['in_flight'])} in flight; last report {_ago(d['last_report'])}")
     else:
-        out.append(f"  daemon: not running" + (f" (stopped {_ago(d['stopped_at'])})" if d.get("stopped_at") else ""))
+        out.append("  daemon: not running" + (f" (stopped {_ago(d['stopped_at'])})" if d.get("stopped_at") else ""))
     out.append("  scans: " + ", ".join(f"{k} {v}" for k, v in c.items() if v or k in ("stored", "held", "failed")))
     s = st["stored_today"]
     out.append(f"  stored today: {s['scans']} ({s['bytes'] / 1e9:.2f} GB)")
