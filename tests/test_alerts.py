@@ -22,6 +22,7 @@ from scanner_agent.alerts import (
     EmailChannel,
     SlackChannel,
 )
+from tests.servers import slack, smtp  # noqa: F401 - fixtures, with this module's credentials
 from tests.servers.slack_api import SlackApiServer
 from tests.servers.smtp import SmtpServer
 
@@ -61,19 +62,6 @@ def unknown_barcode_alert(**kw: object) -> Alert:
         file="/scans/Cardinal/545891.svs", run_url=RUN_URL, details={"held for": "3 h"})
     base.update(kw)
     return Alert(**base)  # type: ignore[arg-type]
-
-
-@pytest.fixture
-def slack() -> Iterator[SlackApiServer]:
-    with SlackApiServer(token=TOKEN) as server:
-        yield server
-
-
-@pytest.fixture
-def smtp(tmp_path: Path) -> Iterator[SmtpServer]:
-    server = SmtpServer(tmp_path / "tls", user=SMTP_USER, password=SMTP_PASSWORD).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ import pytest
 from scanner_agent.agent import Agent
 from scanner_agent.synthetic import write_corrupt, write_svs
 from tests.harness import SAMPLE_SHEET, make_agent, process, write_config
+from tests.servers import slack, smtp  # noqa: F401 - fixtures, with this module's credentials
 from tests.servers.slack_api import SlackApiServer
 from tests.servers.smtp import SmtpServer
 
@@ -89,19 +90,6 @@ def header(post: dict[str, Any]) -> str:
 
 def mail_text(msg: EmailMessage) -> str:
     return msg.get_body(("plain",)).get_content()  # type: ignore[union-attr]
-
-
-@pytest.fixture
-def slack() -> Iterator[SlackApiServer]:
-    with SlackApiServer(token=TOKEN) as server:
-        yield server
-
-
-@pytest.fixture
-def smtp(tmp_path: Path) -> Iterator[SmtpServer]:
-    server = SmtpServer(tmp_path / "tls", user=SMTP_USER, password=SMTP_PASSWORD).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

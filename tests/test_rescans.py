@@ -19,7 +19,8 @@ import pytest
 from scanner_agent.daemon import slow_timers, sweep_rescan_requests
 from tests.harness import SAMPLE_SHEET, process
 # The Slack/SMTP servers and the Lab builder are shared with the alert tests (fixtures by import).
-from tests.test_alerts_e2e import Lab, button_url, header, mail_text, make_lab, post_text, slack, smtp  # noqa: F401
+from tests.test_alerts_e2e import (SMTP_PASSWORD, SMTP_USER, TOKEN, Lab, button_url, header,  # noqa: F401
+                                   mail_text, make_lab, post_text, slack, smtp)  # the fixtures read TOKEN etc. here
 
 NO_SHEET_REQUESTS = SAMPLE_SHEET.replace(",yes,blurry on first scan", ",,")
 CARDINAL_ROW = ("Prec01", "Run-2", "P1", "Cardinal")   # the sample sheet's rows for Run 2

@@ -9,19 +9,7 @@ import pytest
 
 from scanner_agent.errors import IncompleteRow, SheetMalformed, SheetUnavailable, UnknownBarcode
 from scanner_agent.sheet import CsvSource, SheetTable, column_letter, lookup, parse_table
-
-# The shape of /work/shared/sample-sheet.csv, copied so the tests stand alone.
-SAMPLE_CSV = """\
-Include in Name?,REQUIRED,REQUIRED,REQUIRED,REQUIRED,,,
-Barcode,Study,Experiment,Panel,Scanner,Scan Date,Rescan Requested,Notes
-620995,Prec01,Run 2,P1,Cardinal,,,
-645750,Prec01,Run 2,P1,Cardinal,,,
-317335,Prec01,Run 2,P1,Cardinal,,,
-407871,Prec01,Run 2,P1,Cardinal,,,
-465551,Prec01,Run 2,P1,Cardinal,,,
-754788,Prec01,Run 2,P1,Cardinal,,,
-545891,Prec01,Run 3,P2,Raven,,yes,blurry on first scan
-"""
+from tests.harness import SAMPLE_SHEET  # the shape of /work/shared/sample-sheet.csv
 
 FLAGS = ["Include in Name?", "REQUIRED", "REQUIRED", "OPTIONAL", ""]
 HEADER = ["Barcode", "Study", "Experiment", "Panel", "Notes"]
@@ -42,7 +30,7 @@ def write(path: Path, text: str) -> Path:
 
 # -- parsing ----------------------------------------------------------------------------------------
 def test_sample_sheet_shape() -> None:
-    t = parse_table(rows(SAMPLE_CSV), source="sample.csv", fetched_at=123.0)
+    t = parse_table(rows(SAMPLE_SHEET), source="sample.csv", fetched_at=123.0)
     assert t.columns == ("Barcode", "Study", "Experiment", "Panel", "Scanner", "Scan Date",
                          "Rescan Requested", "Notes")
     assert t.name_columns() == [("Study", True), ("Experiment", True), ("Panel", True), ("Scanner", True)]
@@ -187,7 +175,7 @@ def test_column_letters() -> None:
 
 # -- the CSV source ---------------------------------------------------------------------------------
 def test_csv_source_reads_the_sample(tmp_path: Path) -> None:
-    src = CsvSource(write(tmp_path / "sheet.csv", SAMPLE_CSV))
+    src = CsvSource(write(tmp_path / "sheet.csv", SAMPLE_SHEET))
     t = src.table()
     assert lookup(t, "545891").values["Scanner"] == "Raven"
     assert t.source == str(tmp_path / "sheet.csv") == src.describe()
@@ -196,14 +184,14 @@ def test_csv_source_reads_the_sample(tmp_path: Path) -> None:
 
 
 def test_csv_source_sees_edits_between_calls(tmp_path: Path) -> None:
-    path = write(tmp_path / "sheet.csv", SAMPLE_CSV)
+    path = write(tmp_path / "sheet.csv", SAMPLE_SHEET)
     src = CsvSource(path)
     with pytest.raises(UnknownBarcode):
         lookup(src.table(), "999999")
-    write(path, SAMPLE_CSV + "999999,Prec02,Run 1,P3,Raven,,,\n")
+    write(path, SAMPLE_SHEET + "999999,Prec02,Run 1,P3,Raven,,,\n")
     assert lookup(src.table(want="999999"), "999999").values["Study"] == "Prec02"
     # Same size, same second: the stat still changes (ns mtime/ctime), so the edit is seen.
-    text = SAMPLE_CSV.replace("Run 3", "Run 4")
+    text = SAMPLE_SHEET.replace("Run 3", "Run 4")
     write(path, text)
     assert lookup(src.table(), "545891").values["Experiment"] == "Run 4"
 
@@ -231,7 +219,7 @@ def test_csv_source_empty_file_and_recovery(tmp_path: Path) -> None:
         src.table()
     with pytest.raises(SheetMalformed):  # still malformed, same answer without re-reading
         src.table()
-    write(path, SAMPLE_CSV)
+    write(path, SAMPLE_SHEET)
     assert len(src.table().rows) == 7
 
 
@@ -243,14 +231,14 @@ def test_csv_source_missing_file(tmp_path: Path) -> None:
 
 
 def test_csv_source_check_lists_problems(tmp_path: Path) -> None:
-    path = write(tmp_path / "s.csv", SAMPLE_CSV + "620995,Prec01,Run 9,P1,Cardinal,,,\n")
+    path = write(tmp_path / "s.csv", SAMPLE_SHEET + "620995,Prec01,Run 9,P1,Cardinal,,,\n")
     problems = CsvSource(path).check()
     assert len(problems) == 1 and "barcode 620995 is on rows 3, 10" in problems[0]
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
 def test_csv_source_unreadable(tmp_path: Path) -> None:
-    path = write(tmp_path / "s.csv", SAMPLE_CSV)
+    path = write(tmp_path / "s.csv", SAMPLE_SHEET)
     path.chmod(0)
     with pytest.raises(SheetUnavailable, match="Permission denied"):
         CsvSource(path).table()

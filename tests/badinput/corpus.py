@@ -22,7 +22,7 @@ import hashlib
 import io
 import os
 import shutil
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -207,6 +207,18 @@ def run_cases(site: Site, cases: Sequence[Case], *, first_row: int = 3, workers:
     for o in out.values():
         o.run = runs.get(str(o.rec.flow_run_id), {})
     return out
+
+
+def run_corpus(base: Path, cases: Sequence[Case], *, workers: int = 2) -> Iterator[tuple[dict[str, Outcome], Site]]:
+    """A module's corpus fixture: one site holding every case's row, every case run, the table
+    printed, the agent closed at the end."""
+    site = make_site(base, rows=[c.row for c in cases if c.row])
+    try:
+        outcomes = run_cases(site, cases, workers=workers)
+        print("\n" + summary(outcomes))
+        yield outcomes, site
+    finally:
+        site.agent.close()
 
 
 def read_runs(run_ids: Sequence[str | None]) -> dict[str, dict[str, str]]:

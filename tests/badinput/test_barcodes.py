@@ -8,9 +8,11 @@ a near miss in the sheet is pointed at rather than taken.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
-from tests.badinput.corpus import Case, Outcome, Site, check_outcome, check_storage, make_site, row, run_cases, summary
+from tests.badinput.corpus import Case, Outcome, Site, check_outcome, check_storage, row, run_corpus
 
 Q, NB, HELD, UB = "quarantined", "no_barcode", "held", "unknown_barcode"
 
@@ -70,14 +72,8 @@ ALL = CASES + [SEVEN_DIGITS]
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory, prefect_api: str) -> tuple[dict[str, Outcome], Site]:
-    site = make_site(tmp_path_factory.mktemp("barcodes"), rows=[c.row for c in ALL if c.row])
-    try:
-        outcomes = run_cases(site, ALL)
-        print("\n" + summary(outcomes))
-        yield outcomes, site
-    finally:
-        site.agent.close()
+def corpus(tmp_path_factory: pytest.TempPathFactory, prefect_api: str) -> Iterator[tuple[dict[str, Outcome], Site]]:
+    yield from run_corpus(tmp_path_factory.mktemp("barcodes"), ALL)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

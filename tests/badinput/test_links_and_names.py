@@ -20,8 +20,8 @@ from typing import Any, Iterator
 import pytest
 
 from scanner_agent.completeness import discover_units, unit_for_path
-from tests.badinput.corpus import (Case, Outcome, Site, check_outcome, check_storage, make_site, row, run_cases, sha256,
-                                   sheet_csv, summary)
+from tests.badinput.corpus import (Case, Outcome, Site, check_outcome, check_storage, make_site, row, run_corpus,
+                                   sha256, sheet_csv)
 from tests.servers.slack_api import SlackApiServer
 
 FAILED, LINK = "failed", "scan_error"
@@ -148,13 +148,7 @@ CASES: list[Case] = [
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory, prefect_api: str) -> Iterator[tuple[dict[str, Outcome], Site]]:
-    site = make_site(tmp_path_factory.mktemp("links"), rows=[c.row for c in CASES if c.row])
-    try:
-        outcomes = run_cases(site, CASES, workers=1)  # the hard-link pair must run in order
-        print("\n" + summary(outcomes))
-        yield outcomes, site
-    finally:
-        site.agent.close()
+    yield from run_corpus(tmp_path_factory.mktemp("links"), CASES, workers=1)  # the hard-link pair must run in order
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

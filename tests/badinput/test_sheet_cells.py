@@ -9,13 +9,15 @@ scan held, the reason naming the sheet, row and column. Nothing is ever written 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import os
 import unicodedata
 from pathlib import Path
 
 import pytest
 
-from tests.badinput.corpus import Case, Outcome, Site, check_outcome, check_storage, make_site, row, run_cases, summary
+from tests.badinput.corpus import Case, Outcome, Site, check_outcome, check_storage, row, run_corpus
 
 HELD, BAD = "held", "sheet_malformed"
 BIG = "S" * 10_000
@@ -119,14 +121,8 @@ CASES: list[Case] = [
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory, prefect_api: str) -> tuple[dict[str, Outcome], Site]:
-    site = make_site(tmp_path_factory.mktemp("cells"), rows=[c.row for c in CASES if c.row])
-    try:
-        outcomes = run_cases(site, CASES)
-        print("\n" + summary(outcomes))
-        yield outcomes, site
-    finally:
-        site.agent.close()
+def corpus(tmp_path_factory: pytest.TempPathFactory, prefect_api: str) -> Iterator[tuple[dict[str, Outcome], Site]]:
+    yield from run_corpus(tmp_path_factory.mktemp("cells"), CASES)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

@@ -7,6 +7,8 @@ scans missing their data. One scanner processes the whole table in one batch.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import io
 from pathlib import Path
 
@@ -15,7 +17,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from tests.badinput.corpus import Case, Outcome, Site, check_outcome, check_storage, make_site, row, run_cases, summary
+from tests.badinput.corpus import Case, Outcome, Site, check_outcome, check_storage, row, run_corpus
 
 
 def _png_bytes() -> bytes:
@@ -112,14 +114,8 @@ CASES: list[Case] = [
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory, prefect_api: str) -> tuple[dict[str, Outcome], Site]:
-    site = make_site(tmp_path_factory.mktemp("slides"), rows=[c.row for c in CASES if c.row])
-    try:
-        outcomes = run_cases(site, CASES)
-        print("\n" + summary(outcomes))
-        yield outcomes, site
-    finally:
-        site.agent.close()
+def corpus(tmp_path_factory: pytest.TempPathFactory, prefect_api: str) -> Iterator[tuple[dict[str, Outcome], Site]]:
+    yield from run_corpus(tmp_path_factory.mktemp("slides"), CASES)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
