@@ -12,6 +12,9 @@ process dies right after it:
    ``DestinationCollision``. Nothing in storage is ever overwritten.
 3. **Stage** into ``dest_dir/.incoming/<name>.partial`` (a folder for multi-file scans).
    Across filesystems: copy, hashing the source in the same read pass, fsync every file.
+   Four threads overlap per file: a reader fills buffers ahead, the writer writes them (and asks
+   the kernel to start writing each chunk back at once, so a window's ``fdatasync`` finds it
+   mostly on the device), a hasher hashes them, and the verifier re-reads a window behind.
    On the same filesystem: *hard-link* each file instead of renaming it. A link is as cheap
    and atomic as a rename, but the scan also stays where the scanner wrote it until
    ``remove_source`` (step 7), so there is one protocol for both cases and every crash point
@@ -165,6 +168,10 @@ def _on_source(path: Path) -> Iterator[None]:
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _renameat2 = getattr(_libc, "renameat2", None)
+_sync_file_range = getattr(_libc, "sync_file_range", None)
+if _sync_file_range is not None:
+    _sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+_SYNC_FILE_RANGE_WRITE = 2
 _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
 
@@ -361,12 +368,14 @@ def _copy_fds(sfd: int, wfd: int, src: SourceFile, dst: Path, bufsize: int, veri
               on_chunk: ChunkHook | None) -> str:
     window_chunks = max(1, VERIFY_WINDOW // bufsize)
     free: queue.Queue[bytearray] = queue.Queue()
-    for _ in range(window_chunks + 2):  # one window under verification, one hashing, one reading
+    # One window under verification, one being written behind it, and a few read ahead: the
+    # writer never waits for the verifier's fdatasync of the window before.
+    for _ in range(2 * window_chunks + 2):
         free.put(bytearray(bufsize))
     verifier = _Verifier(wfd, dst, bufsize, window_chunks, verify_from_disk, free)
     verifier.start()
     try:
-        source_sha, copied = _pump(sfd, wfd, src, dst, free, verifier, on_chunk)
+        source_sha, copied = _pump(sfd, wfd, src, dst, free, verifier, on_chunk, verify_from_disk)
         with _on_storage(dst):
             os.utime(wfd, ns=(src.mtime_ns, src.mtime_ns))  # keep the scan time on the stored file
             os.fsync(wfd)
@@ -387,48 +396,103 @@ def _copy_fds(sfd: int, wfd: int, src: SourceFile, dst: Path, bufsize: int, veri
     return source_sha
 
 
-def _next_buffer(free: queue.Queue[bytearray], verifier: _Verifier) -> bytearray:
-    """A free buffer; a dead verifier (which would never hand one back) is an error, not a hang."""
-    while True:
+def _next_buffer(free: queue.Queue[bytearray], verifier: _Verifier, stop: threading.Event) -> bytearray | None:
+    """A free buffer, or None once told to stop; a dead verifier (which would never hand one back)
+    is an error, not a hang."""
+    while not stop.is_set():
         try:
-            return free.get(timeout=1.0)
+            return free.get(timeout=0.5)
         except queue.Empty:
             if not verifier.is_alive():
                 raise verifier.error or RuntimeError(f"verifier for {verifier.path} stopped") from None
+    return None
+
+
+#: The reader's item: (buffer, offset, length); length 0 is the end of the file.
+_Chunk = tuple[bytearray, int, int]
+
+
+def _read_ahead(sfd: int, src: SourceFile, free: queue.Queue[bytearray], verifier: _Verifier,
+                out: queue.Queue[_Chunk | BaseException], stop: threading.Event) -> None:
+    """Reader thread: fill free buffers from the source in order, so reading the next chunk
+    overlaps writing this one (a device read and a device write at once, as ``cp`` gets from
+    the kernel's read-ahead and write-back)."""
+    offset = 0
+    try:
+        while True:
+            buf = _next_buffer(free, verifier, stop)
+            if buf is None:
+                return
+            with _on_source(src.path):
+                n = os.readv(sfd, [buf])
+            out.put((buf, offset, n))
+            offset += n
+            if n == 0 or offset > src.size:  # the end, or growing: no point reading the rest
+                return
+    except BaseException as exc:  # handed to the writer, which raises it in its own thread
+        out.put(exc)
+
+
+def _start_writeback(wfd: int, offset: int, n: int) -> None:
+    """Ask the kernel to start writing this range now (``sync_file_range(WRITE)``, which does not
+    wait), so the verifier's ``fdatasync`` of the window finds it mostly on the device already."""
+    if _sync_file_range is not None:
+        _sync_file_range(wfd, ctypes.c_int64(offset), ctypes.c_int64(n), _SYNC_FILE_RANGE_WRITE)
 
 
 def _pump(sfd: int, wfd: int, src: SourceFile, dst: Path, free: queue.Queue[bytearray],
-          verifier: _Verifier, on_chunk: ChunkHook | None) -> tuple[str, int]:
-    """Read the source once; hash each chunk on a helper thread while writing it and reading the next.
+          verifier: _Verifier, on_chunk: ChunkHook | None, early_writeback: bool) -> tuple[str, int]:
+    """Read the source once; hash each chunk on a helper thread while writing it, with the next
+    chunks read ahead on another.
 
-    hashlib and os.read/os.write release the GIL, so the source hash, the I/O and the verifier's
-    re-read run at once. A chunk goes to the verifier (which recycles its buffer) only once hashed.
+    hashlib and os.read/os.write release the GIL, so reading, the source hash, writing and the
+    verifier's re-read run at once. A chunk goes to the verifier (which recycles its buffer) only once hashed.
     """
     h = hashlib.sha256()
     hashing: Future[None] | None = None
-    pending: tuple[bytearray, int, int] | None = None
+    pending: _Chunk | None = None
     copied = 0
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hash") as hasher:
-        while True:
-            buf = _next_buffer(free, verifier)
-            with _on_source(src.path):
-                n = os.readv(sfd, [buf])
-            if hashing is not None:
-                hashing.result()
-                verifier.chunks.put(pending)
-            if n == 0:
-                free.put(buf)
+    chunks: queue.Queue[_Chunk | BaseException] = queue.Queue()
+    stop = threading.Event()
+    reader = threading.Thread(target=_read_ahead, args=(sfd, src, free, verifier, chunks, stop),
+                              name=f"read {src.path.name}", daemon=True)
+    reader.start()
+    try:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hash") as hasher:
+            while True:
+                item = chunks.get()
+                if isinstance(item, BaseException):
+                    raise item
+                buf, _offset, n = item
+                if hashing is not None:
+                    hashing.result()
+                    verifier.chunks.put(pending)
+                    hashing = None
+                if n == 0:
+                    free.put(buf)
+                    break
+                chunk = memoryview(buf)[:n]
+                hashing = hasher.submit(h.update, chunk)
+                with _on_storage(dst):
+                    _write_all(wfd, chunk)
+                    if early_writeback:
+                        _start_writeback(wfd, copied, n)
+                pending = (buf, copied, n)
+                copied += n
+                if on_chunk is not None:
+                    on_chunk(src.path, copied)
+                if copied > src.size:
+                    break  # growing: no point copying the rest
+    finally:
+        stop.set()
+        reader.join()
+        while True:  # what the reader queued and nobody wrote goes back to the pool
+            try:
+                left = chunks.get_nowait()
+            except queue.Empty:
                 break
-            chunk = memoryview(buf)[:n]
-            hashing = hasher.submit(h.update, chunk)
-            with _on_storage(dst):
-                _write_all(wfd, chunk)
-            pending = (buf, copied, n)
-            copied += n
-            if on_chunk is not None:
-                on_chunk(src.path, copied)
-            if copied > src.size:
-                break  # growing: no point copying the rest
+            if not isinstance(left, BaseException):
+                free.put(left[0])
     if copied != src.size:
         raise SourceChanged(f"source changed during transfer: {src.path} was {src.size} bytes, "
                             f"read {copied}{'+' if copied > src.size else ''}", path=str(src.path))
