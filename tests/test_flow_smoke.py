@@ -42,3 +42,31 @@ def test_scan_is_stored_named_from_the_sheet_and_visible_in_prefect(tmp_path: Pa
             assert t in tasks
     finally:
         agent.close()
+
+
+def test_scan_runs_skip_the_suspension_observer_on_the_pinned_prefect(tmp_path: Path, prefect_api: str) -> None:
+    """The agent's one change to Prefect's engine (scanner_agent/engine_tuning.py) takes effect,
+    and a deployment run still completes with it. If a Prefect upgrade moves the name the change
+    is made on, this fails and says where to look."""
+    import prefect.flow_engine
+
+    from scanner_agent import engine_tuning
+
+    assert engine_tuning.skip_suspension_observer(), "see scanner_agent/engine_tuning.py"
+    assert prefect.flow_engine.observe_flow_run_suspension is engine_tuning._no_suspension_observer
+    agent = make_agent(write_config(tmp_path))
+    try:
+        src = write_svs(tmp_path / "scanner" / "620995_x.svs", barcode="620995", width=512, height=384)
+        [rec] = process(agent, src)
+        assert rec.state == "stored", rec.reason
+
+        async def read_run() -> object:
+            from prefect.client.orchestration import get_client
+
+            async with get_client() as c:
+                return await c.read_flow_run(rec.flow_run_id)
+
+        run = asyncio.run(read_run())
+        assert run.deployment_id is not None and run.state.is_completed()  # type: ignore[attr-defined]
+    finally:
+        agent.close()
