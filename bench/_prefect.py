@@ -1,13 +1,14 @@
 """A Prefect API for a benchmark: ``PREFECT_API_URL`` if set, else a local server started for the run.
 
 Call ``prefect_api()`` before anything imports Prefect (it reads its settings at import). The
-server runs on SQLite in a temporary ``PREFECT_HOME`` with the UI off, and is stopped (and its
-home removed) when the context exits. Daemons started afterwards inherit the environment.
+server runs on SQLite (or on a throw-away PostgreSQL cluster) in a temporary ``PREFECT_HOME``
+with the UI off, and is stopped (and its home removed) when the context exits. Daemons started
+afterwards inherit the environment. The server logs each request it answers with 503 because
+SQLite was busy (the client then sleeps ~2 s and retries), so a benchmark can count them.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import socket
@@ -21,9 +22,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 _OWN_HOME: list[Path] = []  # the PREFECT_HOME of the server this module started, if any
+PG_BIN = Path("/usr/lib/postgresql")
+#: What the server logs (with PREFECT_API_LOG_RETRYABLE_ERRORS) for each request it answers 503.
+RETRYABLE = "Encountered retryable exception in request"
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -38,8 +42,9 @@ def _healthy(url: str) -> bool:
 
 
 @contextmanager
-def prefect_api(timeout: float = 180) -> Iterator[str]:
-    """Yield the API URL in use; start (and finally stop) a server when none is configured."""
+def prefect_api(timeout: float = 180, *, database: str = "sqlite") -> Iterator[str]:
+    """Yield the API URL in use; start (and finally stop) a server when none is configured, on
+    ``database`` "sqlite" (Prefect's default) or "postgres" (a throw-away cluster)."""
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     os.environ["PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW"] = "ignore"
     given = os.environ.get("PREFECT_API_URL")
@@ -49,10 +54,15 @@ def prefect_api(timeout: float = 180) -> Iterator[str]:
         yield given
         return
     home = Path(tempfile.mkdtemp(prefix="scanner-agent-bench-prefect-"))
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}/api"
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_UI_ENABLED": "false",
-           "PREFECT_SERVER_API_HOST": "127.0.0.1"}
+           "PREFECT_SERVER_API_HOST": "127.0.0.1", "PREFECT_API_LOG_RETRYABLE_ERRORS": "true"}
+    pg = None
+    if database == "postgres":
+        os.chmod(home, 0o755)  # the postgres user must reach its cluster below
+        pg = Postgres(home / "pg")
+        env["PREFECT_API_DATABASE_CONNECTION_URL"] = pg.url
     exe = Path(sys.executable).with_name("prefect")
     log = open(home / "server.log", "wb")
     proc = subprocess.Popen([str(exe), "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env,
@@ -79,6 +89,8 @@ def prefect_api(timeout: float = 180) -> Iterator[str]:
             proc.kill()
             proc.wait(10)
         log.close()
+        if pg is not None:
+            pg.stop()
         shutil.rmtree(home, ignore_errors=True)
 
 
@@ -90,25 +102,33 @@ def server_log_count(needle: str) -> int | None:
     return log.read_text(errors="replace").count(needle)
 
 
-class RetryCounter(logging.Handler):
-    """Counts the Prefect client's retries on 503 (SQLite's "database is locked", answered by the
-    server as Service Unavailable) and 429, which the client logs at DEBUG before sleeping."""
+class Postgres:
+    """A throw-away PostgreSQL cluster on 127.0.0.1, run as the ``postgres`` user (it refuses root)."""
 
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.count = 0
+    def __init__(self, base: Path) -> None:
+        versions = sorted(PG_BIN.glob("*/bin/initdb")) if PG_BIN.is_dir() else []
+        if not versions:
+            raise FileNotFoundError("PostgreSQL is not installed (apt-get install postgresql)")
+        self.bin = versions[-1].parent
+        self.data = base / "pgdata"
+        self.port = free_port()
+        base.mkdir(parents=True, exist_ok=True)
+        self.data.mkdir()
+        shutil.chown(base, "postgres")
+        shutil.chown(self.data, "postgres")
+        self._as_pg(str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
+        self._as_pg(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(base / "pg.log"), "-w", "-o",
+                    f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1 -c max_connections=200", "start")
+        for sql in ("CREATE USER prefect PASSWORD 'prefect'", "CREATE DATABASE prefect OWNER prefect"):
+            self._as_pg(str(self.bin / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-c", sql)
+        self.url = f"postgresql+asyncpg://prefect:prefect@127.0.0.1:{self.port}/prefect"
 
-    def emit(self, record: logging.LogRecord) -> None:
-        if "retryable status code" in record.getMessage():
-            self.count += 1
+    def _as_pg(self, *cmd: str) -> None:
+        run = ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else list(cmd)
+        subprocess.run(run, check=True, capture_output=True, cwd="/")
 
-
-def count_client_retries() -> RetryCounter:
-    """Attach a ``RetryCounter`` to this process's Prefect client logger (its DEBUG lines are
-    counted, not printed)."""
-    counter = RetryCounter()
-    logger = logging.getLogger("prefect.client")
-    logger.setLevel(logging.DEBUG)
-    logger.propagate = False  # the DEBUG lines would otherwise reach Prefect's console handler
-    logger.addHandler(counter)
-    return counter
+    def stop(self) -> None:
+        try:
+            self._as_pg(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "stop")
+        except subprocess.CalledProcessError:
+            pass

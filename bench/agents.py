@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,20 +33,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench._prefect import RETRYABLE, Postgres, free_port
 from scanner_agent.journal import Journal
 from scanner_agent.synthetic import write_svs
 from tests.daemon_helpers import DaemonProcess, records, wait_for
 from tests.harness import write_config
 
-PG_BIN = Path("/usr/lib/postgresql")
 HEAD = ("Include in Name?,REQUIRED,REQUIRED,REQUIRED,REQUIRED,,,\n"
         "Barcode,Study,Experiment,Panel,Scanner,Scan Date,Rescan Requested,Notes\n")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes], log: Path) -> None:
@@ -79,7 +72,7 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}/api"
         self.log = home / "server.log"
         env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_UI_ENABLED": "false",
-               "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+               "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_API_LOG_RETRYABLE_ERRORS": "true"}
         env.pop("PREFECT_API_URL", None)
         if db_url:
             env["PREFECT_API_DATABASE_CONNECTION_URL"] = db_url
@@ -91,7 +84,7 @@ class Server:
 
     def locked_503s(self) -> int:
         text = self.log.read_text(errors="replace")
-        return text.count("database is locked")
+        return text.count(RETRYABLE)
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -99,38 +92,6 @@ class Server:
             self.proc.wait(30)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-
-
-class Postgres:
-    """A throw-away PostgreSQL cluster on 127.0.0.1, run as the ``postgres`` user (it refuses root)."""
-
-    def __init__(self, base: Path) -> None:
-        versions = sorted(PG_BIN.glob("*/bin/initdb")) if PG_BIN.is_dir() else []
-        if not versions:
-            raise FileNotFoundError("PostgreSQL is not installed (apt-get install postgresql)")
-        self.bin = versions[-1].parent
-        self.data = base / "pgdata"
-        self.port = free_port()
-        base.mkdir(parents=True, exist_ok=True)
-        self.data.mkdir()
-        shutil.chown(base, "postgres")
-        shutil.chown(self.data, "postgres")
-        self._as_pg(str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
-        self._as_pg(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(base / "pg.log"), "-w", "-o",
-                    f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1 -c max_connections=200", "start")
-        for sql in ("CREATE USER prefect PASSWORD 'prefect'", "CREATE DATABASE prefect OWNER prefect"):
-            self._as_pg(str(self.bin / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-c", sql)
-        self.url = f"postgresql+asyncpg://prefect:prefect@127.0.0.1:{self.port}/prefect"
-
-    def _as_pg(self, *cmd: str) -> None:
-        run = ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else list(cmd)
-        subprocess.run(run, check=True, capture_output=True, cwd="/")
-
-    def stop(self) -> None:
-        try:
-            self._as_pg(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "stop")
-        except subprocess.CalledProcessError:
-            pass
 
 
 # --------------------------------------------------------------------------- agents and scans
