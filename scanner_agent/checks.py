@@ -104,13 +104,20 @@ def _prefect_check(cfg: AgentConfig) -> Result:
     url = os.environ.get("PREFECT_API_URL") or cfg.prefect.api_url
     if not url:
         return True, "prefect: no server configured; runs use Prefect's embedded API on this host"
-    import httpx
     import prefect
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
 
+    # Prefect's own client, so the server is asked the way runs will ask it: with
+    # PREFECT_API_AUTH_STRING or PREFECT_API_KEY, and Prefect's TLS settings. No retries: a
+    # server that is down should be reported now, not after a minute of backoff.
     try:
-        r = httpx.get(url.rstrip("/") + "/health", timeout=5)
-        r.raise_for_status()
-        v = httpx.get(url.rstrip("/") + "/admin/version", timeout=5).json()
+        with temporary_settings(updates={PREFECT_API_URL: url, PREFECT_CLIENT_MAX_RETRIES: 0}):
+            with get_client(sync_client=True) as client:
+                failed = client.api_healthcheck()
+                if failed is not None:
+                    raise failed
+                v = client.api_version()
     except Exception as exc:  # noqa: BLE001
         return False, f"prefect: server {url} does not answer: {exc}"
     ours = prefect.__version__

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -142,6 +143,17 @@ def test_check_passes_on_a_good_config(tmp_path: Path, prefect_api: str) -> None
     assert "✗" not in r.stdout
     assert r.stdout.rstrip().endswith(f"{cfg}: OK")
     assert f"prefect: server {prefect_api} answers" in r.stdout
+
+
+def test_check_reports_a_prefect_server_that_does_not_answer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Asked through Prefect's own client (its auth and TLS settings), without a minute of retries."""
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}/api"
+    monkeypatch.setenv("PREFECT_API_URL", url)
+    r = cli("check", "--config", write_config(tmp_path), timeout=120)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert f"prefect: server {url} does not answer" in r.stdout
 
 
 def _bad_unknown_key(base: Path) -> tuple[Path, list[str]]:
