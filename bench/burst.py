@@ -1,6 +1,6 @@
 """Benchmark: a burst of small scans dropped at once; throughput and the daemon's memory.
 
-    .venv/bin/python -m bench.burst [--burst 500] [--total 2000] [--big] [--workers 2]
+    .venv/bin/python -m bench.burst [--burst 500] [--total 2000] [--big] [--workers 2] [--database postgres]
 
 A real ``scanner-agent run`` watches an empty folder. ``--burst`` small slides (a 256x256 SVS,
 ~220 KB, each under its own barcode, every barcode in the sheet) are renamed into it at once;
@@ -124,9 +124,11 @@ def main() -> None:
     ap.add_argument("--total", type=int, default=2000, help="scans in all, in bursts (the growth check)")
     ap.add_argument("--big", action="store_true", help="5,000 scans in all")
     ap.add_argument("--workers", type=int, default=2, help="scanner.max_parallel")
+    ap.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite",
+                    help="the database of the server started for the run (ignored with PREFECT_API_URL)")
     ap.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()))
     args = ap.parse_args()
-    with prefect_api():
+    with prefect_api(database=args.database):
         run(args)
 
 
