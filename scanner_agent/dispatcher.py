@@ -231,7 +231,7 @@ async def _busy_server_hook(response: Any) -> None:
     then sleeps 2 s before it asks again, unless the answer carries Retry-After, which it
     honours. Measured: 31 of 44 back-to-back runs paid the 2 s (bench.overhead). A 503 means
     nothing was written, so asking again soon is safe; after the first few, the client's own
-    backoff (4, 8, 16 s) applies, so a server that stays busy is still given time.
+    backoff (16 s, then 32 s) applies, so a server that stays busy is still given time.
     """
     if response.status_code != 503 or "Retry-After" in response.headers:
         return

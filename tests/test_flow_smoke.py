@@ -70,3 +70,26 @@ def test_scan_runs_skip_the_suspension_observer_on_the_pinned_prefect(tmp_path: 
         assert run.deployment_id is not None and run.state.is_completed()  # type: ignore[attr-defined]
     finally:
         agent.close()
+
+
+def test_a_busy_server_is_asked_again_within_tenths_of_a_second_then_as_prefect_would() -> None:
+    """The run-creating client's hook: short Retry-After on the first 503s of a request, then none."""
+    import httpx
+
+    from scanner_agent.dispatcher import BUSY_RETRY_AFTER, _busy_server_hook
+
+    request = httpx.Request("POST", "http://127.0.0.1/api/deployments/x/create_flow_run")
+    waits = []
+    for _ in range(len(BUSY_RETRY_AFTER) + 2):
+        response = httpx.Response(503, request=request)
+        asyncio.run(_busy_server_hook(response))
+        waits.append(response.headers.get("Retry-After"))
+    assert waits == [str(w) for w in BUSY_RETRY_AFTER] + [None, None]
+
+    ok = httpx.Response(201, request=httpx.Request("POST", "http://127.0.0.1/api/flow_runs/"))
+    asyncio.run(_busy_server_hook(ok))
+    assert "Retry-After" not in ok.headers
+    told = httpx.Response(503, request=httpx.Request("GET", "http://127.0.0.1/api/health"),
+                          headers={"Retry-After": "7"})
+    asyncio.run(_busy_server_hook(told))
+    assert told.headers["Retry-After"] == "7"  # the server's own answer stands
