@@ -199,7 +199,16 @@ class Daemon:
                              "recorded or named. It stays on the scanner.", file=shown.rsplit("/", 1)[-1],
                              action="Rename the file (or its folder) with UTF-8 characters; it is picked up once renamed.")
             return
-        fp = unit.fingerprint()
+        try:
+            fp = unit.fingerprint()
+        except FileNotFoundError:
+            return
+        if fp.file_count == 0:
+            # Gone since the watcher judged it complete: typically the flow that stored it removed it a
+            # moment ago. Recording it would make a second, empty scan that fails as "no longer on the
+            # scanner's disk" for ever (the fault suite's SIGKILL run caught one). If it comes back, the
+            # watcher offers it again.
+            return
         try:
             rec, new = self.agent.journal.record_ready(str(unit.primary), fp.total_size, fp.newest_mtime_ns)
         except sqlite3.Error as exc:  # not recorded: the watcher offers it again; the agent stops meanwhile

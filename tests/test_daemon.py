@@ -438,3 +438,24 @@ def test_status_shows_a_scan_in_flight_during_its_copy(tmp_path: Path, shm_dir: 
         wait_for(lambda: (s := status_json(cfg)["daemon"])["in_flight"] == [] and s["queue"] == 0, 20,
                  "status to show nothing in flight or queued once all are stored", interval=0.5, alive=d)
         assert d.terminate() == 0
+
+
+def test_a_scan_gone_before_it_is_recorded_is_not_recorded(tmp_path: Path) -> None:
+    """The watcher judged a scan complete just as the flow that stored it removed it: the late
+    callback must not record an empty second scan (it would fail as "no longer on the scanner's
+    disk" for ever). Found by the SIGKILL fault run with SCANNER_AGENT_FAULT_SEED=513910712."""
+    from scanner_agent.daemon import Daemon
+    from scanner_agent.scanunit import ScanUnit
+    from tests.harness import make_agent
+
+    agent = make_agent(write_config(tmp_path))
+    try:
+        daemon = Daemon(agent)
+        src = write_svs(tmp_path / "scanner" / "620995_gone.svs", barcode="620995", width=256, height=256)
+        unit = ScanUnit.from_path(src)
+        src.unlink()
+        daemon._on_ready(unit)
+        assert agent.journal.all() == []
+        assert daemon.dispatcher.queue_length == 0
+    finally:
+        agent.close()
