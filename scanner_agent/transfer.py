@@ -408,15 +408,15 @@ def _next_buffer(free: queue.Queue[bytearray], verifier: _Verifier, stop: thread
     return None
 
 
-#: The reader's item: (buffer, offset, length); length 0 is the end of the file.
+#: A written chunk as the verifier gets it: (buffer, offset in the file, length).
 _Chunk = tuple[bytearray, int, int]
 
 
 def _read_ahead(sfd: int, src: SourceFile, free: queue.Queue[bytearray], verifier: _Verifier,
-                out: queue.Queue[_Chunk | BaseException], stop: threading.Event) -> None:
-    """Reader thread: fill free buffers from the source in order, so reading the next chunk
-    overlaps writing this one (a device read and a device write at once, as ``cp`` gets from
-    the kernel's read-ahead and write-back)."""
+                out: queue.Queue[tuple[bytearray, int] | BaseException], stop: threading.Event) -> None:
+    """Reader thread: fill free buffers from the source in order and queue (buffer, length); a
+    length of 0 is the end of the file. Reading the next chunk so overlaps writing this one (a
+    device read and a device write at once, as ``cp`` gets from read-ahead and write-back)."""
     offset = 0
     try:
         while True:
@@ -425,7 +425,7 @@ def _read_ahead(sfd: int, src: SourceFile, free: queue.Queue[bytearray], verifie
                 return
             with _on_source(src.path):
                 n = os.readv(sfd, [buf])
-            out.put((buf, offset, n))
+            out.put((buf, n))
             offset += n
             if n == 0 or offset > src.size:  # the end, or growing: no point reading the rest
                 return
@@ -452,7 +452,7 @@ def _pump(sfd: int, wfd: int, src: SourceFile, dst: Path, free: queue.Queue[byte
     hashing: Future[None] | None = None
     pending: _Chunk | None = None
     copied = 0
-    chunks: queue.Queue[_Chunk | BaseException] = queue.Queue()
+    chunks: queue.Queue[tuple[bytearray, int] | BaseException] = queue.Queue()
     stop = threading.Event()
     reader = threading.Thread(target=_read_ahead, args=(sfd, src, free, verifier, chunks, stop),
                               name=f"read {src.path.name}", daemon=True)
@@ -463,7 +463,7 @@ def _pump(sfd: int, wfd: int, src: SourceFile, dst: Path, free: queue.Queue[byte
                 item = chunks.get()
                 if isinstance(item, BaseException):
                     raise item
-                buf, _offset, n = item
+                buf, n = item
                 if hashing is not None:
                     hashing.result()
                     verifier.chunks.put(pending)
