@@ -22,7 +22,7 @@ import pytest
 
 from scanner_agent.agent import Agent
 from scanner_agent.synthetic import write_corrupt, write_svs
-from tests.harness import SAMPLE_SHEET, make_agent, process, write_config
+from tests.harness import SAMPLE_SHEET, Folders, make_agent, process, write_config
 from tests.servers import slack, smtp  # noqa: F401 - fixtures, with this module's credentials
 from tests.servers.slack_api import SlackApiServer
 from tests.servers.smtp import SmtpServer
@@ -35,26 +35,17 @@ CHANNEL_ID = "C0SLIDES"  # what the test Slack server calls #slide-scanning
 
 
 @dataclass
-class Lab:
+class Lab(Folders):
     """One scanner's folders and agent, wired to the test Slack and SMTP servers."""
 
-    base: Path
     agent: Agent
     slack: SlackApiServer
     smtp: SmtpServer
 
-    @property
-    def scanner(self) -> Path:
-        return self.base / "scanner"
-
-    @property
-    def storage(self) -> Path:
-        return self.base / "storage"
-
     def scan(self, name: str, **kw: Any) -> Path:
         kw.setdefault("width", 1024)
         kw.setdefault("height", 768)
-        return write_svs(self.scanner / name, **kw)
+        return write_svs(self.watch / name, **kw)
 
     def run_url(self, rec: Any) -> str:
         assert rec.flow_run_id, f"scan {rec.id} has no flow run"
@@ -199,7 +190,7 @@ CASES = {
                            sheet=SAMPLE_SHEET + "111111,Prec01,Run 2,,Cardinal,,,\n"),
     "no_barcode": Case(lambda lab: lab.scan("slide_nolabel.svs"), "slide_nolabel.svs", None,
                        "No barcode found", "No barcode for", "quarantined"),
-    "corrupt_slide": Case(lambda lab: write_corrupt(lab.scanner / "317335_a.svs", "garbage"), "317335", "317335",
+    "corrupt_slide": Case(lambda lab: write_corrupt(lab.watch / "317335_a.svs", "garbage"), "317335", "317335",
                           "Unreadable slide", "317335_a.svs", "quarantined"),
     "destination_collision": Case(_collision, "407871", "407871", "Name already taken",
                                   "already holds a different scan", "failed"),

@@ -33,7 +33,7 @@ import pytest
 
 from scanner_agent.synthetic import write_corrupt, write_svs
 from tests.daemon_helpers import DaemonProcess, records, unique_scanner_name, wait_for
-from tests.harness import dump_toml, make_agent, process, write_config
+from tests.harness import Folders, dump_toml, make_agent, process, write_config
 from tests.servers.sheets_api import FakeSheetsApi, sheets_api_server, write_service_account
 from tests.servers.slack_api import SlackApiServer
 from tests.servers.smtp import SmtpServer
@@ -171,18 +171,13 @@ def prefect_database() -> dict[str, bytes]:
 
 
 @dataclass
-class Lab:
-    base: Path
+class Lab(Folders):
     cfg: Path
     name: str
     planted: Planted
     slack: SlackApiServer
     smtp: SmtpServer
     api: FakeSheetsApi
-
-    @property
-    def watch(self) -> Path:
-        return self.base / "scanner"
 
     @property
     def journal(self) -> Path:
