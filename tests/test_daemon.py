@@ -414,8 +414,10 @@ def test_status_json_reports_the_running_daemon(tmp_path: Path, prefect_api: str
         write_svs(tmp_path / "scanner" / "620995_st.svs", width=512, height=384)
         wait_for(lambda: stored(d.cfg.journal.path), WAIT, "the scan to be stored", alive=d)
         # Once it is stored, status must not go on reporting it in flight.
-        wait_for(lambda: status_json(cfg)["daemon"]["in_flight"] == [], 20,
-                 "status to show nothing in flight once the scan is stored", interval=0.5, alive=d)
+        # Queue and in-flight are published together about once a second: wait for a snapshot taken
+        # after the scan was stored, not one from before a worker picked it up (queue 1, none in flight).
+        wait_for(lambda: (lambda dd: dd["in_flight"] == [] and dd["queue"] == 0)(status_json(cfg)["daemon"]), 20,
+                 "status to show nothing queued or in flight once the scan is stored", interval=0.5, alive=d)
         full = status_json(cfg)
         assert full["counts"]["stored"] == 1 and full["daemon"]["queue"] == 0
         assert d.terminate() == 0
