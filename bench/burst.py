@@ -29,7 +29,7 @@ from bench._prefect import prefect_api, server_log_count
 
 def baseline_rate(template: Path, base: Path, n: int) -> float:
     from scanner_agent.scanunit import ScanUnit
-    from scanner_agent.transfer import place_scan
+    from scanner_agent.storage.transfer import place_scan
 
     src_dir, dest = base / "base-src", base / "base-dest"
     src_dir.mkdir()
@@ -44,8 +44,8 @@ def baseline_rate(template: Path, base: Path, n: int) -> float:
 
 
 def run(args: argparse.Namespace) -> None:
-    from scanner_agent.journal import Journal
-    from scanner_agent.synthetic import write_svs
+    from scanner_agent.journal.store import Journal
+    from scanner_agent.testing.synthetic import write_svs
     from tests.daemon_helpers import (DaemonProcess, rss_now_kib, rss_peak_kib, sheet_csv, unique_scanner_name,
                                       wait_for)
     from tests.harness import write_config

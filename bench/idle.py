@@ -58,7 +58,7 @@ def measure(base: Path, name: str, watch: Path, observer: str, seconds: float, w
 
 
 def listing_seconds(watch: Path, rounds: int = 5) -> float:
-    from scanner_agent.completeness import discover_units
+    from scanner_agent.watch.completeness import discover_units
     from scanner_agent.config import DEFAULT_PATTERNS
 
     times = []

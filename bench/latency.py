@@ -36,7 +36,7 @@ PEERS = (("OMERO.dropbox (fs.dropbox wait)", 60.0), ("LabKey file watcher (quiet
 
 def one_mb_slide(path: Path, barcode: str) -> bytes:
     """A real SVS padded to exactly 1 MiB (OpenSlide never reads past the TIFF's own offsets)."""
-    from scanner_agent.synthetic import write_svs
+    from scanner_agent.testing.synthetic import write_svs
 
     write_svs(path, width=800, height=600, seed=int(barcode) % 1000)
     data = path.read_bytes()
@@ -53,7 +53,7 @@ def pct(values: list[float], q: float) -> float:
 
 def baseline_place(data: list[bytes], base: Path) -> list[float]:
     from scanner_agent.scanunit import ScanUnit
-    from scanner_agent.transfer import place_scan
+    from scanner_agent.storage.transfer import place_scan
 
     out = []
     src_dir, dest = base / "base-src", base / "base-dest"
@@ -69,7 +69,7 @@ def baseline_place(data: list[bytes], base: Path) -> list[float]:
 
 
 def run(args: argparse.Namespace) -> None:
-    from scanner_agent.journal import Journal
+    from scanner_agent.journal.store import Journal
     from tests.daemon_helpers import DaemonProcess, sheet_csv, unique_scanner_name, wait_for, write_slowly
     from tests.harness import write_config
 

@@ -41,7 +41,8 @@ from bench.latency import one_mb_slide, pct
 
 def _bare_work(agent: Any, path: Path) -> float:
     """The flow's steps as plain calls (``Task.fn``): no runs, no states, no API."""
-    from scanner_agent import flows, transfer
+    from scanner_agent.orchestration import flows
+    from scanner_agent.storage import transfer
     from scanner_agent.scanunit import ScanUnit
 
     t = time.perf_counter()
@@ -60,7 +61,7 @@ def _bare_work(agent: Any, path: Path) -> float:
 
 def _bare_place(path: Path, dest: Path) -> float:
     from scanner_agent.scanunit import ScanUnit
-    from scanner_agent.transfer import place_scan
+    from scanner_agent.storage.transfer import place_scan
 
     t = time.perf_counter()
     place_scan(ScanUnit.from_path(path), dest, path.name, sidecar={"bench": True})
@@ -114,7 +115,7 @@ def _breakdown(run_ids: list[str], walls: list[float]) -> dict[str, list[float]]
 
 
 def run(args: argparse.Namespace) -> None:
-    from scanner_agent.dispatcher import Dispatcher
+    from scanner_agent.service.dispatcher import Dispatcher
     from tests.daemon_helpers import sheet_csv, unique_scanner_name
     from tests.harness import make_agent, write_config
 

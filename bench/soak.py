@@ -126,7 +126,7 @@ def _outbox(journal: Path) -> tuple[Counter[str], int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from scanner_agent.synthetic import write_corrupt, write_svs
+    from scanner_agent.testing.synthetic import write_corrupt, write_svs
     from tests.daemon_helpers import DaemonProcess, sheet_csv, unique_scanner_name
     from tests.faults.tools import TOKEN, alerts_section
     from tests.harness import write_config

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from .errors import ConfigError
+from scanner_agent.core.errors import ConfigError
 
 log = logging.getLogger("scanner_agent")
 
@@ -46,7 +46,7 @@ def _setup_logging(verbose: bool, *, quiet_prefect: bool = False) -> None:
 
 
 def _load(args: argparse.Namespace) -> Any:
-    from .config import load_config
+    from scanner_agent.config import load_config
 
     cfg = load_config(args.config)
     if cfg.prefect.api_url and not os.environ.get("PREFECT_API_URL"):
@@ -66,8 +66,8 @@ def _refuse_root(cfg: Any) -> None:
 # --- commands ------------------------------------------------------------------------------
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .agent import Agent
-    from .daemon import Daemon
+    from scanner_agent.service.bootstrap import Agent
+    from scanner_agent.service.daemon import Daemon
 
     import faulthandler
 
@@ -88,10 +88,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_process(args: argparse.Namespace) -> int:
     """Process the given scans now (backfill), with the same flow the daemon uses."""
-    from .agent import Agent
-    from .daemon import JournalLock, undecodable_name
-    from .dispatcher import Dispatcher
-    from .scanunit import ScanUnit
+    from scanner_agent.service.bootstrap import Agent
+    from scanner_agent.service.daemon import JournalLock, undecodable_name
+    from scanner_agent.service.dispatcher import Dispatcher
+    from scanner_agent.scanunit import ScanUnit
 
     cfg = _load(args)
     _refuse_root(cfg)
@@ -138,7 +138,7 @@ def cmd_process(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from .status import gather_status, render_status
+    from scanner_agent.reports.status import gather_status, render_status
 
     cfg = _load(args)
     st = gather_status(cfg)
@@ -147,7 +147,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .checks import run_checks
+    from scanner_agent.reports.checks import run_checks
 
     try:
         cfg = _load(args)
@@ -167,7 +167,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_retry(args: argparse.Namespace) -> int:
     """Put held/failed/quarantined scans back in the queue (the running daemon picks them up)."""
-    from .journal import Journal
+    from scanner_agent.journal.store import Journal
 
     cfg = _load(args)
     j = Journal(cfg.journal.path)
@@ -184,7 +184,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
-    from .reconcile import reconcile, render_reconcile
+    from scanner_agent.reports.reconcile import reconcile, render_reconcile
 
     cfg = _load(args)
     report = reconcile(cfg)
@@ -194,7 +194,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
 def cmd_setup_prefect(args: argparse.Namespace) -> int:
     """Create or update the Prefect server's automations for this scanner (idempotent)."""
-    from .prefect_setup import SetupError, setup_prefect_sync
+    from scanner_agent.orchestration.automations import SetupError, setup_prefect_sync
 
     cfg = _load(args)
     if not os.environ.get("PREFECT_API_URL"):
@@ -214,7 +214,7 @@ def cmd_setup_prefect(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from .simulator import SimScan, simulate
+    from scanner_agent.testing.simulator import SimScan, simulate
 
     scans = [SimScan(name=n, kind=args.kind, barcode=n if n.isdigit() else None) for n in args.names]
     simulate(Path(args.watch), scans, chunk_interval=args.chunk_interval, on_progress=print)
@@ -222,7 +222,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from scanner_agent.testing.demo import run_demo
 
     return run_demo(Path(args.config), keep=args.keep)
 
@@ -279,7 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"scanner-agent: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # the daemon logs details; the operator gets one clear line
-        from .daemon import AlreadyRunning
+        from scanner_agent.service.daemon import AlreadyRunning
 
         if isinstance(exc, AlreadyRunning):
             print(f"scanner-agent: {exc}", file=sys.stderr)

@@ -22,7 +22,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from .errors import ConfigError
+from scanner_agent.core.errors import ConfigError
 
 
 class _Section(BaseModel):
@@ -274,8 +274,8 @@ def _resolve_paths(cfg: AgentConfig) -> None:
 
 def static_problems(cfg: AgentConfig) -> list[str]:
     """Problems visible without touching the network or the filesystem beyond a stat."""
-    from .barcode import compile_barcode_regex
-    from .naming import layout_columns
+    from scanner_agent.core.barcode import compile_barcode_regex
+    from scanner_agent.core.naming import layout_columns
 
     problems: list[str] = []
     try:

@@ -86,7 +86,7 @@ def write_config(base: Path, *, name: str = "Cardinal", sheet: str = SAMPLE_SHEE
 
 
 def make_agent(config_path: Path) -> Any:
-    from scanner_agent.agent import Agent
+    from scanner_agent.service.bootstrap import Agent
     from scanner_agent.config import load_config
 
     return Agent.from_config(load_config(config_path))
@@ -94,7 +94,7 @@ def make_agent(config_path: Path) -> Any:
 
 def process(agent: Any, *paths: Path) -> list[Any]:
     """Record each scan as ready and run its flow (the same path the daemon takes); returns the journal rows."""
-    from scanner_agent.dispatcher import run_scan
+    from scanner_agent.service.dispatcher import run_scan
     from scanner_agent.scanunit import ScanUnit
 
     ids = []

@@ -11,9 +11,9 @@ from typing import Iterator
 import pytest
 from PIL import Image
 
-from scanner_agent import errors
-from scanner_agent.alert_outbox import AlertOutbox
-from scanner_agent.alerts import (
+from scanner_agent.core import errors
+from scanner_agent.journal.outbox import AlertOutbox
+from scanner_agent.alerts.alerter import (
     KINDS,
     Alert,
     AlertDeliveryError,

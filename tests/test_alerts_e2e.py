@@ -20,8 +20,8 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from scanner_agent.agent import Agent
-from scanner_agent.synthetic import write_corrupt, write_svs
+from scanner_agent.service.bootstrap import Agent
+from scanner_agent.testing.synthetic import write_corrupt, write_svs
 from tests.harness import SAMPLE_SHEET, Folders, make_agent, process, write_config
 from tests.servers import slack, smtp  # noqa: F401 - fixtures, with this module's credentials
 from tests.servers.slack_api import SlackApiServer
@@ -134,9 +134,9 @@ def assert_alerted_once(lab: Lab, *, title: str, subject: str, run_url: str, rea
 
 def test_smtp_ca_file_is_what_lets_the_agent_trust_a_private_smtp_certificate(
         tmp_path: Path, smtp: SmtpServer) -> None:
-    from scanner_agent.agent import build_channels
+    from scanner_agent.service.bootstrap import build_channels
     from scanner_agent.config import load_config
-    from scanner_agent.errors import ConfigError
+    from scanner_agent.core.errors import ConfigError
 
     def email_channel(**alerts: Any) -> Any:
         cfg = write_config(tmp_path / "cfg", alerts={"email_to": ["lab@example.org"], "email_from": "scanner@example.org",
@@ -280,8 +280,8 @@ def test_same_unknown_barcode_again_within_the_window_is_not_realerted(make_lab:
 
 
 def test_held_scan_released_later_announces_one_recovery(make_lab: Callable[..., Lab]) -> None:
-    from scanner_agent.daemon import recheck_due
-    from scanner_agent.dispatcher import Dispatcher
+    from scanner_agent.service.daemon import recheck_due
+    from scanner_agent.service.dispatcher import Dispatcher
 
     lab = make_lab()
     src = lab.scan("999999_a.svs", barcode="999999")
@@ -342,7 +342,7 @@ def test_slack_down_email_still_arrives_and_slack_gets_it_on_retry(make_lab: Cal
 
 def test_held_too_long_is_alerted_once_by_the_slow_timers(make_lab: Callable[..., Lab],
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    from scanner_agent.daemon import slow_timers
+    from scanner_agent.service.daemon import slow_timers
 
     # [sheet] keys come from the environment here: the harness's ``sheet`` argument is the CSV text.
     monkeypatch.setenv("SCANNER_AGENT_SHEET__HOLD_ALERT_HOURS", "0.0001")
@@ -365,14 +365,14 @@ def test_held_too_long_is_alerted_once_by_the_slow_timers(make_lab: Callable[...
 
 
 def _health(alive: bool, error: str | None = None) -> Any:
-    from scanner_agent.watcher import WatcherHealth
+    from scanner_agent.watch.watcher import WatcherHealth
 
     return WatcherHealth(observer="inotify", alive=alive, watching_since=None if not alive else time.time(),
                          last_full_scan=None, last_error=error, restarts=0, pending=0)
 
 
 def test_watcher_unhealthy_is_alerted_once_then_recovered_once(make_lab: Callable[..., Lab]) -> None:
-    from scanner_agent.daemon import Daemon
+    from scanner_agent.service.daemon import Daemon
 
     lab = make_lab()
     daemon = Daemon(lab.agent)

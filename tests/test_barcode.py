@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from scanner_agent import errors, synthetic
-from scanner_agent.barcode import (
+from scanner_agent.core import errors
+
+from scanner_agent.testing import synthetic
+from scanner_agent.core.barcode import (
     METADATA_KEYS,
     BarcodeResult,
     barcode_from_name,

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from scanner_agent.journal import Journal
-from scanner_agent.synthetic import write_svs
+from scanner_agent.journal.store import Journal
+from scanner_agent.testing.synthetic import write_svs
 from tests.harness import SAMPLE_SHEET, dump_toml, write_config
 
 SCRIPT = Path(sys.executable).with_name("scanner-agent")
@@ -254,7 +254,7 @@ def test_retry_requeues_held_scans_now(tmp_path: Path, prefect_api: str) -> None
 
 
 def test_quarantined_scan_is_recovered_the_way_its_action_says(tmp_path: Path, prefect_api: str) -> None:
-    from scanner_agent.errors import NoBarcode
+    from scanner_agent.core.errors import NoBarcode
 
     cfg = write_config(tmp_path)
     src = svs(tmp_path / "scanner" / "slide_abc.svs", None)

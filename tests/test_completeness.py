@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from scanner_agent.completeness import (
+from scanner_agent.watch.completeness import (
     DEFAULT_PATTERNS,
     SettleTracker,
     discover_units,

@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 
-from scanner_agent.simulator import SimScan, simulate
-from scanner_agent.synthetic import write_mrxs, write_svs
+from scanner_agent.testing.simulator import SimScan, simulate
+from scanner_agent.testing.synthetic import write_mrxs, write_svs
 from tests.daemon_helpers import (SCANNER_AGENT, DaemonProcess, flow_runs, partials, read_health, records, rows_for,
                                   sheet_csv, sheet_row, stored, unique_scanner_name, wait_for, write_slowly)
 from tests.harness import write_config
@@ -446,7 +446,7 @@ def test_a_scan_gone_before_it_is_recorded_is_not_recorded(tmp_path: Path) -> No
     """The watcher judged a scan complete just as the flow that stored it removed it: the late
     callback must not record an empty second scan (it would fail as "no longer on the scanner's
     disk" for ever). Found by the SIGKILL fault run with SCANNER_AGENT_FAULT_SEED=513910712."""
-    from scanner_agent.daemon import Daemon
+    from scanner_agent.service.daemon import Daemon
     from scanner_agent.scanunit import ScanUnit
     from tests.harness import make_agent
 

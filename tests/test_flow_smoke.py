@@ -6,7 +6,7 @@ import asyncio
 import json
 from pathlib import Path
 
-from scanner_agent.synthetic import write_svs
+from scanner_agent.testing.synthetic import write_svs
 from tests.harness import make_agent, process, write_config
 
 
@@ -45,14 +45,14 @@ def test_scan_is_stored_named_from_the_sheet_and_visible_in_prefect(tmp_path: Pa
 
 
 def test_scan_runs_skip_the_suspension_observer_on_the_pinned_prefect(tmp_path: Path, prefect_api: str) -> None:
-    """The agent's one change to Prefect's engine (scanner_agent/engine_tuning.py) takes effect,
+    """The agent's one change to Prefect's engine (scanner_agent/orchestration/engine_tuning.py) takes effect,
     and a deployment run still completes with it. If a Prefect upgrade moves the name the change
     is made on, this fails and says where to look."""
     import prefect.flow_engine
 
-    from scanner_agent import engine_tuning
+    from scanner_agent.orchestration import engine_tuning
 
-    assert engine_tuning.skip_suspension_observer(), "see scanner_agent/engine_tuning.py"
+    assert engine_tuning.skip_suspension_observer(), "see scanner_agent/orchestration/engine_tuning.py"
     assert prefect.flow_engine.observe_flow_run_suspension is engine_tuning._no_suspension_observer
     agent = make_agent(write_config(tmp_path))
     try:
@@ -76,7 +76,7 @@ def test_a_busy_server_is_asked_again_within_tenths_of_a_second_then_as_prefect_
     """The run-creating client's hook: short Retry-After on the first 503s of a request, then none."""
     import httpx
 
-    from scanner_agent.dispatcher import BUSY_RETRY_AFTER, _busy_server_hook
+    from scanner_agent.service.dispatcher import BUSY_RETRY_AFTER, _busy_server_hook
 
     request = httpx.Request("POST", "http://127.0.0.1/api/deployments/x/create_flow_run")
     waits = []

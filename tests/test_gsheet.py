@@ -16,9 +16,9 @@ from typing import Any, Iterator
 
 import pytest
 
-from scanner_agent.errors import SheetMalformed, SheetUnavailable, UnknownBarcode
-from scanner_agent.gsheet import GoogleSheetSource
-from scanner_agent.sheet import lookup
+from scanner_agent.core.errors import SheetMalformed, SheetUnavailable, UnknownBarcode
+from scanner_agent.sheets.google import GoogleSheetSource
+from scanner_agent.core.sheet_table import lookup
 from tests.servers.sheets_api import FakeSheetsApi, sheets_api_server, write_service_account
 
 KEY = "1AbCdEfGhIjKlMnOpQrStUvWxYz0123456789abcdEF"
@@ -174,7 +174,7 @@ def test_404_wrong_key(make: Any, api: FakeSheetsApi, clock: Clock, caplog: pyte
     src.table()
     api.remove_spreadsheet(KEY)
     clock.advance(120)
-    with caplog.at_level(logging.WARNING, logger="scanner_agent.gsheet"):
+    with caplog.at_level(logging.WARNING, logger="scanner_agent.sheets.google"):
         table = src.table()
     assert len(table.rows) == 7
     assert "was not found (404)" in caplog.text and "read 2 min ago" in caplog.text
@@ -281,7 +281,7 @@ def test_restart_uses_the_disk_cache(make: Any, api: FakeSheetsApi, clock: Clock
     # A restart during an outage serves the disk copy and says how old it is.
     clock.advance(3600)
     api.fail("values", 500, times=None)
-    with caplog.at_level(logging.WARNING, logger="scanner_agent.gsheet"):
+    with caplog.at_level(logging.WARNING, logger="scanner_agent.sheets.google"):
         table = make().table(want="545891")
     assert lookup(table, "545891").values["Experiment"] == "Run 3"
     assert "read 60 min ago" in caplog.text

@@ -28,8 +28,8 @@ from typing import Any
 
 import pytest
 
-from scanner_agent import prefect_setup
-from scanner_agent.synthetic import write_svs
+from scanner_agent.orchestration import automations as prefect_setup
+from scanner_agent.testing.synthetic import write_svs
 from tests.daemon_helpers import SCANNER_AGENT, DaemonProcess, partials, records, wait_for
 from tests.harness import write_config
 
@@ -443,7 +443,7 @@ def _latest_artifact(key: str) -> Any:
 
 
 def test_each_agent_publishes_its_daily_table(lab: Lab) -> None:
-    from scanner_agent.daily_report import artifact_key
+    from scanner_agent.orchestration.daily_report import artifact_key
 
     for s in (lab.cardinal, lab.raven):
         art = wait_for(lambda: _latest_artifact(artifact_key(s.name)), 60, f"{s.name}'s daily artifact")
@@ -454,8 +454,8 @@ def test_daily_report_counts_each_scan_once_per_outcome(tmp_path: Path, prefect_
     from datetime import date, datetime, timedelta
     from datetime import time as dtime
 
-    from scanner_agent.daily_report import DailyReporter, artifact_key, daily_rows
-    from scanner_agent.journal import Journal
+    from scanner_agent.orchestration.daily_report import DailyReporter, artifact_key, daily_rows
+    from scanner_agent.journal.store import Journal
 
     today = date.today()
     clock = [datetime.combine(today - timedelta(days=1), dtime(10)).timestamp()]

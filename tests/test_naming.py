@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from scanner_agent import errors
-from scanner_agent.naming import (
+from scanner_agent.core import errors
+from scanner_agent.core.naming import (
     MAX_COMPONENT,
     MAX_NAME_BYTES,
     build_folder,

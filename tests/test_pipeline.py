@@ -24,8 +24,8 @@ from typing import Any
 import openslide
 import pytest
 
-from scanner_agent import errors
-from scanner_agent.synthetic import write_corrupt, write_mrxs, write_svs
+from scanner_agent.core import errors
+from scanner_agent.testing.synthetic import write_corrupt, write_mrxs, write_svs
 from tests.harness import SAMPLE_SHEET, Folders, make_agent, process, write_config
 
 W, H = 1024, 768
@@ -197,8 +197,8 @@ def test_duplicate_barcode_rows_are_held_naming_the_rows(make_scanner: Any) -> N
 
 
 def test_held_scan_is_released_once_the_row_is_filled(make_scanner: Any) -> None:
-    from scanner_agent.daemon import recheck_due
-    from scanner_agent.dispatcher import Dispatcher
+    from scanner_agent.service.daemon import recheck_due
+    from scanner_agent.service.dispatcher import Dispatcher
 
     s = make_scanner(sheet=sheet_with("645750,Prec01,Run 2,P1,Cardinal,,,"))
     src = s.svs("620995_a.svs", barcode="620995")

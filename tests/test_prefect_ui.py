@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from scanner_agent.synthetic import write_svs
+from scanner_agent.testing.synthetic import write_svs
 from tests.daemon_helpers import SCANNER_AGENT, records
 from tests.harness import write_config
 

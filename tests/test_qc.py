@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageFilter
 
-from scanner_agent.qc import DEFAULT_BLUR_THRESHOLD, QcResult, assess
+from scanner_agent.core.qc import DEFAULT_BLUR_THRESHOLD, QcResult, assess
 
 
 def synthetic_slide(size: int = 512, seed: int = 7) -> tuple[Image.Image, float]:

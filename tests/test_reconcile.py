@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 
-from scanner_agent import transfer
+from scanner_agent.storage import transfer
 from scanner_agent.cli import main as cli_main
 from scanner_agent.config import AgentConfig, load_config
-from scanner_agent.journal import Journal
-from scanner_agent.reconcile import CATEGORIES, reconcile, render_reconcile
+from scanner_agent.journal.store import Journal
+from scanner_agent.reports.reconcile import CATEGORIES, reconcile, render_reconcile
 from scanner_agent.scanunit import ScanUnit
-from scanner_agent.sheet import CsvSource
+from scanner_agent.core.sheet_table import CsvSource
 
 SHEET = """\
 Include in Name?,REQUIRED,REQUIRED,REQUIRED,REQUIRED,,,

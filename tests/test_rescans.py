@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import pytest
 
-from scanner_agent.daemon import slow_timers, sweep_rescan_requests
+from scanner_agent.service.daemon import slow_timers, sweep_rescan_requests
 from tests.harness import SAMPLE_SHEET, process
 # The Slack/SMTP servers and the Lab builder are shared with the alert tests (fixtures by import).
 from tests.test_alerts_e2e import (SMTP_PASSWORD, SMTP_USER, TOKEN, Lab, button_url, header,  # noqa: F401

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from scanner_agent import sdnotify
+from scanner_agent.systemd import notify as sdnotify
 
 
 class Receiver:
@@ -137,7 +137,7 @@ def test_without_a_usable_notify_socket_every_call_is_a_quiet_no(
 def test_a_vanished_socket_returns_false_and_warns_once(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / f"gone-{uuid.uuid4().hex[:8]}"))
-    with caplog.at_level("WARNING", logger="scanner_agent.sdnotify"):
+    with caplog.at_level("WARNING", logger="scanner_agent.systemd.notify"):
         assert sdnotify.watchdog() is False
         assert sdnotify.watchdog() is False
     warnings = [r for r in caplog.records if "NOTIFY_SOCKET" in r.getMessage()]

@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 
-from scanner_agent.synthetic import write_corrupt, write_svs
+from scanner_agent.testing.synthetic import write_corrupt, write_svs
 from tests.daemon_helpers import DaemonProcess, records, unique_scanner_name, wait_for
 from tests.harness import Folders, dump_toml, make_agent, process, write_config
 from tests.servers.sheets_api import FakeSheetsApi, sheets_api_server, write_service_account

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from scanner_agent.errors import IncompleteRow, SheetMalformed, SheetUnavailable, UnknownBarcode
-from scanner_agent.sheet import CsvSource, SheetTable, column_letter, lookup, parse_table
+from scanner_agent.core.errors import IncompleteRow, SheetMalformed, SheetUnavailable, UnknownBarcode
+from scanner_agent.core.sheet_table import CsvSource, SheetTable, column_letter, lookup, parse_table
 from tests.harness import SAMPLE_SHEET  # the shape of /work/shared/sample-sheet.csv
 
 FLAGS = ["Include in Name?", "REQUIRED", "REQUIRED", "OPTIONAL", ""]

@@ -14,9 +14,11 @@ import openslide
 import pytest
 from PIL import Image
 
-from scanner_agent import errors, synthetic
+from scanner_agent.core import errors
+
+from scanner_agent.testing import synthetic
 from scanner_agent.scanunit import ScanUnit
-from scanner_agent.slide import SlideInfo, read_properties, slide_file, validate_slide
+from scanner_agent.slides.validate import SlideInfo, read_properties, slide_file, validate_slide
 
 
 @pytest.fixture(scope="module")
@@ -192,7 +194,7 @@ def test_bomb_is_refused_without_a_huge_allocation(tmp_path: Path) -> None:
         "import json, sys\n"
         "from scanner_agent import errors\n"
         "from scanner_agent.scanunit import ScanUnit\n"
-        "from scanner_agent.slide import validate_slide\n"
+        "from scanner_agent.slides.validate import validate_slide\n"
         "try:\n"
         "    validate_slide(ScanUnit.from_path(sys.argv[1])); outcome = 'accepted'\n"
         "except errors.CorruptSlide as e:\n"

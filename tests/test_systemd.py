@@ -290,7 +290,7 @@ def _check_prefect_flow() -> str:
 
 
 def _serve() -> int:
-    from scanner_agent import sdnotify
+    from scanner_agent.systemd import notify as sdnotify
 
     mdwe = _apply_kernel_mdwe()
     stop = threading.Event()
@@ -338,7 +338,7 @@ def _serve() -> int:
 
 def _hang() -> int:
     """Start, say READY, ping once, then stop pinging: a hung agent the watchdog must catch."""
-    from scanner_agent import sdnotify
+    from scanner_agent.systemd import notify as sdnotify
 
     with open(Path(os.environ["PROBE_STORAGE"]) / "starts", "a") as starts:
         starts.write(f"{os.getpid()}\n")

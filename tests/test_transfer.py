@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from scanner_agent.errors import DestinationCollision, SourceChanged, StorageUnavailable
+from scanner_agent.core.errors import DestinationCollision, SourceChanged, StorageUnavailable
 from scanner_agent.scanunit import ScanUnit
-from scanner_agent.transfer import (
+from scanner_agent.storage.transfer import (
     clean_incoming,
     free_space,
     place_scan,

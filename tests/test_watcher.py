@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from scanner_agent.errors import ConfigError
+from scanner_agent.core.errors import ConfigError
 from scanner_agent.scanunit import ScanUnit
-from scanner_agent.watcher import (
+from scanner_agent.watch.watcher import (
     ScanWatcher,
     WatcherHealth,
     choose_observer,
@@ -389,8 +389,8 @@ def test_unknown_filesystem_polls_and_bad_setting_is_refused() -> None:
 # ---- the simulator, end to end ------------------------------------------------------------------------
 
 def test_simulated_scanner_is_reported_once_per_scan(tmp_path: Path, make_watcher: WatcherFactory) -> None:
-    synthetic = pytest.importorskip("scanner_agent.synthetic")
-    from scanner_agent.simulator import SimScan, simulate
+    synthetic = pytest.importorskip("scanner_agent.testing.synthetic")
+    from scanner_agent.testing.simulator import SimScan, simulate
 
     kinds = ["svs", "corrupt"] + (["mrxs"] if hasattr(synthetic, "write_mrxs") else [])
     watch = tmp_path / "watch"
@@ -415,5 +415,5 @@ def test_simulated_scanner_is_reported_once_per_scan(tmp_path: Path, make_watche
                 assert slide.dimensions[0] > 0
     for unit, _ in reports.items:
         if unit.primary.suffix == ".mrxs":
-            from scanner_agent.completeness import format_says_done
+            from scanner_agent.watch.completeness import format_says_done
             assert format_says_done(unit) is True

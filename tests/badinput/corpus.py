@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scanner_agent.journal import ScanRecord
+from scanner_agent.journal.store import ScanRecord
 from scanner_agent.scanunit import ScanUnit
-from scanner_agent.synthetic import write_corrupt, write_mrxs, write_svs
+from scanner_agent.testing.synthetic import write_corrupt, write_mrxs, write_svs
 from tests.harness import Folders, make_agent, process, write_config
 
 W, H = 1024, 768
@@ -169,7 +169,7 @@ def process_together(agent: Any, paths: Sequence[Path], workers: int) -> list[Sc
     With ``workers=1`` this is ``harness.process`` (scans that depend on each other run in order)."""
     if workers <= 1:
         return process(agent, *paths)
-    from scanner_agent.dispatcher import Dispatcher
+    from scanner_agent.service.dispatcher import Dispatcher
 
     ids = []
     for p in paths:

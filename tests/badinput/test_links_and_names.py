@@ -19,7 +19,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from scanner_agent.completeness import discover_units, unit_for_path
+from scanner_agent.watch.completeness import discover_units, unit_for_path
 from tests.badinput.corpus import (Case, Outcome, Site, check_outcome, check_storage, make_site, row, run_corpus,
                                    sha256, sheet_csv)
 from tests.servers.slack_api import SlackApiServer
@@ -211,7 +211,7 @@ SLACK_TOKEN = "xoxb-links-test-token"
 
 def test_daemon_refuses_a_name_that_is_not_utf8_and_keeps_working(
         tmp_path: Path, prefect_api: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from scanner_agent.daemon import Daemon
+    from scanner_agent.service.daemon import Daemon
 
     monkeypatch.setenv("SLACK_BOT_TOKEN", SLACK_TOKEN)
     with SlackApiServer(token=SLACK_TOKEN) as slack:

@@ -13,7 +13,7 @@ import time
 import uuid
 from pathlib import Path
 
-from scanner_agent.synthetic import write_svs
+from scanner_agent.testing.synthetic import write_svs
 from tests.daemon_helpers import DaemonProcess, flow_runs, records, sheet_csv, wait_for
 from tests.faults.tools import leftovers, scans_left, sha256_bytes, sha256_file, stored_files
 from tests.harness import write_config

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from scanner_agent.synthetic import write_svs
+from scanner_agent.testing.synthetic import write_svs
 from tests.daemon_helpers import DaemonProcess, records, sheet_csv, wait_for
 from tests.faults.tools import (
     OnCreate,

@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from scanner_agent.dispatcher import run_scan
+from scanner_agent.service.dispatcher import run_scan
 from scanner_agent.scanunit import ScanUnit
-from scanner_agent.synthetic import write_svs
+from scanner_agent.testing.synthetic import write_svs
 from tests.daemon_helpers import sheet_csv
 from tests.faults.tools import OnCreate, leftovers, sha256_bytes, sha256_file, stored_files
 from tests.harness import make_agent, process, write_config

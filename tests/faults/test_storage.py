@@ -25,10 +25,10 @@ from typing import Any
 
 import pytest
 
-from scanner_agent.daemon import recheck_due
-from scanner_agent.dispatcher import Dispatcher
-from scanner_agent.journal import ScanRecord
-from scanner_agent.synthetic import write_svs
+from scanner_agent.service.daemon import recheck_due
+from scanner_agent.service.dispatcher import Dispatcher
+from scanner_agent.journal.store import ScanRecord
+from scanner_agent.testing.synthetic import write_svs
 from tests.daemon_helpers import sheet_csv
 from tests.faults.tools import (
     OnCreate,

@@ -13,7 +13,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from scanner_agent.synthetic import write_svs
+from scanner_agent.testing.synthetic import write_svs
 from tests.daemon_helpers import DaemonProcess, read_health, records, sheet_csv, wait_for
 from tests.faults.tools import alerts_section, scans_left, sha256_bytes, sha256_file, slack_posts
 from tests.harness import write_config

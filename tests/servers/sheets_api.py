@@ -1,7 +1,7 @@
 """A fake Google Sheets v4 API and OAuth token endpoint on 127.0.0.1, speaking Google's real JSON.
 
 Real gspread + google-auth talk to it unchanged (the client is pointed here by ``api_url`` and by the
-service-account file's ``token_uri``). It implements what ``scanner_agent.gsheet`` calls:
+service-account file's ``token_uri``). It implements what ``scanner_agent.sheets.google`` calls:
 
 * ``POST /token`` - the JWT-bearer grant: the assertion's RS256 signature is checked against the
   public key of the service account that ``write_service_account`` registered; returns a bearer token.

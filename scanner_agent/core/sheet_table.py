@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Protocol
 
-from .errors import IncompleteRow, SheetMalformed, SheetUnavailable, UnknownBarcode
+from scanner_agent.core.errors import IncompleteRow, SheetMalformed, SheetUnavailable, UnknownBarcode
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ import openslide
 import tifffile
 from PIL import Image
 
-from . import errors
-from .scanunit import ScanUnit
+from scanner_agent.core import errors
+from scanner_agent.scanunit import ScanUnit
 
 #: A smallest level bigger than this (pixels) is refused: a real pyramid always has a small
 #: level, so a huge one means a missing pyramid or a decompression bomb.

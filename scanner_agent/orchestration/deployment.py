@@ -16,7 +16,7 @@ import logging
 from typing import Any
 from uuid import UUID
 
-from .agent import Agent
+from scanner_agent.service.bootstrap import Agent
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ async def ensure_deployment(agent: Agent) -> UUID:
     from prefect.client.orchestration import get_client
     from prefect.utilities.callables import parameter_schema
 
-    from .flows import scan_flow_for
+    from scanner_agent.orchestration.flows import scan_flow_for
 
     flow = scan_flow_for(agent.name)
     async with get_client() as client:
@@ -42,7 +42,7 @@ async def ensure_deployment(agent: Agent) -> UUID:
             description=(f"Scans from {agent.name}'s folder {agent.cfg.scanner.watch}, run by the scanner-agent "
                          "on that host. Press Retry on a failed run once its cause is fixed; the agent that holds "
                          "the scan reprocesses it."),
-            entrypoint="scanner_agent/flows.py:scan_image_flow",
+            entrypoint="scanner_agent/orchestration/flows.py:scan_image_flow",
             parameter_openapi_schema=parameter_schema(flow).model_dump_for_openapi(),
             enforce_parameter_schema=False,
         )

@@ -22,12 +22,14 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from . import sdnotify, transfer
-from .agent import Agent
-from .dispatcher import Dispatcher
-from .errors import HeldScan, ScanError
-from .scanunit import ScanUnit
-from .sheet import lookup
+from scanner_agent.systemd import notify as sdnotify
+
+from scanner_agent.storage import transfer
+from scanner_agent.service.bootstrap import Agent
+from scanner_agent.service.dispatcher import Dispatcher
+from scanner_agent.core.errors import HeldScan, ScanError
+from scanner_agent.scanunit import ScanUnit
+from scanner_agent.core.sheet_table import lookup
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +72,7 @@ class JournalLock:
 
 class Daemon:
     def __init__(self, agent: Agent, *, on_event: Callable[[str], None] | None = None) -> None:
-        from .watcher import ScanWatcher
+        from scanner_agent.watch.watcher import ScanWatcher
 
         self.agent = agent
         cfg = agent.cfg
@@ -249,7 +251,7 @@ class Daemon:
                 log.debug("polling for retries failed: %s", exc)
 
     async def _take_retries(self) -> None:
-        from .deployment import reject_run, retry_requests
+        from scanner_agent.orchestration.deployment import reject_run, retry_requests
 
         j = self.agent.journal
         for run in await retry_requests(self.agent, self.agent.deployment_id):
@@ -377,7 +379,7 @@ def slow_timers(agent: Agent, now: float) -> None:
             j.update(rec.id, details={"hold_alerted": now})
     sweep_rescan_requests(agent, now)
     # The scanner's daily table in Prefect's Artifacts page: at most every 5 min, in the background.
-    from .daily_report import maybe_publish as publish_daily_report
+    from scanner_agent.orchestration.daily_report import maybe_publish as publish_daily_report
 
     publish_daily_report(agent.name, agent.cfg.journal.path)
     for req in j.overdue_rescans(now):

@@ -60,9 +60,9 @@ from google.oauth2.service_account import Credentials
 from gspread.utils import absolute_range_name
 from requests.adapters import HTTPAdapter
 
-from .errors import SheetMalformed, SheetUnavailable
-from .humanize import age_text
-from .sheet import SheetTable, parse_table
+from scanner_agent.core.errors import SheetMalformed, SheetUnavailable
+from scanner_agent.core.humanize import age_text
+from scanner_agent.core.sheet_table import SheetTable, parse_table
 
 log = logging.getLogger(__name__)
 

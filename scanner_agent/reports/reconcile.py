@@ -25,11 +25,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from .barcode import barcode_from_name, compile_barcode_regex
-from .config import AgentConfig
-from .journal import Journal, ScanRecord
-from .sheet import MetadataSource, SheetTable
-from .transfer import SUPERSEDED_DIRNAME
+from scanner_agent.core.barcode import barcode_from_name, compile_barcode_regex
+from scanner_agent.config import AgentConfig
+from scanner_agent.journal.store import Journal, ScanRecord
+from scanner_agent.core.sheet_table import MetadataSource, SheetTable
+from scanner_agent.storage.transfer import SUPERSEDED_DIRNAME
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ def _read_sheet(cfg: AgentConfig, sheet: MetadataSource | None) -> tuple[SheetTa
                             "warning": None, "barcodes": None, "problems": []}
     try:
         if sheet is None:
-            from .agent import build_sheet
+            from scanner_agent.service.bootstrap import build_sheet
 
             sheet = build_sheet(cfg)
         info["source"] = sheet.describe()

@@ -15,7 +15,7 @@ import unicodedata
 from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
-from . import errors
+from scanner_agent.core import errors
 
 MAX_COMPONENT = 64  # bytes of UTF-8 per value
 MAX_NAME_BYTES = 200  # whole file name, leaving room for ".partial" and suffixes on 255-byte filesystems

@@ -27,7 +27,7 @@ DEMO_SCANS = [
 
 
 def run_demo(config_path: Path, *, keep: bool = False) -> int:
-    from .config import load_config
+    from scanner_agent.config import load_config
 
     cfg0 = load_config(config_path)
     base = cfg0.state_dir.parent
@@ -41,9 +41,9 @@ def run_demo(config_path: Path, *, keep: bool = False) -> int:
     else:
         print(f"Prefect: reporting to {os.environ['PREFECT_API_URL']}")
 
-    from .agent import Agent
-    from .daemon import Daemon
-    from .simulator import SimScan, simulate
+    from scanner_agent.service.bootstrap import Agent
+    from scanner_agent.service.daemon import Daemon
+    from scanner_agent.testing.simulator import SimScan, simulate
 
     cfg = load_config(config_path)
     agent = Agent.from_config(cfg)
@@ -100,8 +100,8 @@ def run_demo(config_path: Path, *, keep: bool = False) -> int:
 
 
 def _summary(agent: object, cfg: object, seconds: float) -> str:
-    from .agent import Agent
-    from .config import AgentConfig
+    from scanner_agent.service.bootstrap import Agent
+    from scanner_agent.config import AgentConfig
 
     assert isinstance(agent, Agent) and isinstance(cfg, AgentConfig)
     rows = agent.journal.all()

@@ -40,9 +40,9 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-from .completeness import DEFAULT_PATTERNS, SettleTracker, discover_units, safe_fingerprint, unit_for_path
-from .errors import ConfigError
-from .scanunit import Fingerprint, ScanUnit
+from scanner_agent.watch.completeness import DEFAULT_PATTERNS, SettleTracker, discover_units, safe_fingerprint, unit_for_path
+from scanner_agent.core.errors import ConfigError
+from scanner_agent.scanunit import Fingerprint, ScanUnit
 
 log = logging.getLogger(__name__)
 

@@ -7,9 +7,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import AgentConfig
-from .humanize import age_text
-from .journal import Journal
+from scanner_agent.config import AgentConfig
+from scanner_agent.core.humanize import age_text
+from scanner_agent.journal.store import Journal
 
 
 def _pid_alive(pid: Any) -> bool:
@@ -34,7 +34,7 @@ def gather_status(cfg: AgentConfig) -> dict[str, Any]:
                     "reason": r.reason, "since": r.held_since or r.updated, "next_check": r.next_check,
                     "flow_run_id": r.flow_run_id, "quarantined_to": r.details.get("quarantined_to")}
 
-        from .alert_outbox import AlertOutbox
+        from scanner_agent.journal.outbox import AlertOutbox
 
         return {
             "scanner": cfg.scanner.name,

@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .alert_outbox import AlertOutbox
-from .alerts import Alert, Alerter, Channel, EmailChannel, SlackChannel
-from .barcode import compile_barcode_regex
-from .config import AgentConfig
-from .errors import ConfigError
-from .journal import Journal
-from .sheet import CsvSource, MetadataSource
+from scanner_agent.journal.outbox import AlertOutbox
+from scanner_agent.alerts.alerter import Alert, Alerter, Channel, EmailChannel, SlackChannel
+from scanner_agent.core.barcode import compile_barcode_regex
+from scanner_agent.config import AgentConfig
+from scanner_agent.core.errors import ConfigError
+from scanner_agent.journal.store import Journal
+from scanner_agent.core.sheet_table import CsvSource, MetadataSource
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ class Agent:
 
 def build_sheet(cfg: AgentConfig) -> MetadataSource:
     if cfg.sheet.spreadsheet_key:
-        from .gsheet import GoogleSheetSource
+        from scanner_agent.sheets.google import GoogleSheetSource
 
         assert cfg.sheet.credentials_file is not None
         return GoogleSheetSource(

@@ -10,7 +10,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from .config import AgentConfig, secret_file_problems
+from scanner_agent.config import AgentConfig, secret_file_problems
 
 Result = tuple[bool, str]
 
@@ -62,9 +62,9 @@ def run_checks(cfg: AgentConfig, *, network: bool = True) -> list[Result]:
 
 
 def _sheet_checks(cfg: AgentConfig, network: bool) -> list[Result]:
-    from .agent import build_sheet
-    from .errors import ScanError
-    from .naming import layout_columns
+    from scanner_agent.service.bootstrap import build_sheet
+    from scanner_agent.core.errors import ScanError
+    from scanner_agent.core.naming import layout_columns
 
     if cfg.sheet.spreadsheet_key and not network:
         return [(True, "sheet: Google Sheet not checked (--offline)")]
@@ -85,7 +85,7 @@ def _sheet_checks(cfg: AgentConfig, network: bool) -> list[Result]:
 
 
 def _alert_checks(cfg: AgentConfig) -> list[Result]:
-    from .agent import build_channels
+    from scanner_agent.service.bootstrap import build_channels
 
     try:
         channels = build_channels(cfg)

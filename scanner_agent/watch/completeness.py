@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .scanunit import Fingerprint, ScanUnit
+from scanner_agent.scanunit import Fingerprint, ScanUnit
 
 log = logging.getLogger(__name__)
 

@@ -64,8 +64,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .errors import DestinationCollision, ScanError, SourceChanged, StorageUnavailable
-from .scanunit import ScanUnit
+from scanner_agent.core.errors import DestinationCollision, ScanError, SourceChanged, StorageUnavailable
+from scanner_agent.scanunit import ScanUnit
 
 log = logging.getLogger(__name__)
 

@@ -25,15 +25,15 @@ from prefect.runtime import flow_run as runtime_flow_run
 from prefect.states import Completed, Failed
 from prefect.utilities.annotations import quote
 
-from . import transfer
-from .agent import Agent, get_agent
-from .barcode import BarcodeResult, find_barcode
-from .errors import ScanError, SourceChanged, StorageUnavailable
-from .humanize import age_text
-from .naming import build_folder, build_name, destination
-from .scanunit import ScanUnit
-from .sheet import SheetRow, SheetTable, lookup
-from .slide import SlideInfo, validate_slide
+from scanner_agent.storage import transfer
+from scanner_agent.service.bootstrap import Agent, get_agent
+from scanner_agent.core.barcode import BarcodeResult, find_barcode
+from scanner_agent.core.errors import ScanError, SourceChanged, StorageUnavailable
+from scanner_agent.core.humanize import age_text
+from scanner_agent.core.naming import build_folder, build_name, destination
+from scanner_agent.scanunit import ScanUnit
+from scanner_agent.core.sheet_table import SheetRow, SheetTable, lookup
+from scanner_agent.slides.validate import SlideInfo, validate_slide
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def check_quality(agent: Agent, info: SlideInfo) -> Any:
 
     from PIL import Image
 
-    from .qc import assess
+    from scanner_agent.core.qc import assess
 
     kw = {k: v for k, v in (("blur_threshold", agent.cfg.qc.blur_threshold),
                             ("min_tissue_fraction", agent.cfg.qc.min_tissue_fraction)) if v is not None}
@@ -387,7 +387,7 @@ def _hostname() -> str:
 
 def run_label(unit: ScanUnit, agent: Agent) -> str:
     """The run's name: the barcode when the file name has one (cheap), else the file name."""
-    from .barcode import barcode_from_name
+    from scanner_agent.core.barcode import barcode_from_name
 
     try:
         return barcode_from_name(unit.name, agent.barcode_regex) or unit.name

@@ -20,8 +20,8 @@ import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from . import errors
-from .scanunit import ScanUnit
+from scanner_agent.core import errors
+from scanner_agent.scanunit import ScanUnit
 
 #: The config key the regex comes from, named in configuration errors.
 CONFIG_KEY = "scanner.barcode_regex"
@@ -131,7 +131,7 @@ def find_barcode(unit: ScanUnit, regex: re.Pattern[str], *,
         tried.append(f"file name {unit.stem!r} does not match {CONFIG_KEY} {regex.pattern!r}")
 
     if properties is None:
-        from .slide import read_properties  # OpenSlide is only loaded when a name has no barcode
+        from scanner_agent.slides.validate import read_properties  # OpenSlide is only loaded when a name has no barcode
 
         properties = read_properties(unit.primary)
         if not properties:

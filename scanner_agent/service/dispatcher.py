@@ -19,9 +19,9 @@ import weakref
 from pathlib import Path
 from typing import Any, Callable
 
-from .agent import Agent
-from .engine_tuning import skip_suspension_observer
-from .scanunit import ScanUnit
+from scanner_agent.service.bootstrap import Agent
+from scanner_agent.orchestration.engine_tuning import skip_suspension_observer
+from scanner_agent.scanunit import ScanUnit
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ async def run_scan(agent: Agent, scan_id: int, *, creator: Any = None) -> Any:
     by default the context's."""
     from prefect.flow_engine import run_flow
 
-    from .flows import run_label, scan_flow_for
+    from scanner_agent.orchestration.flows import run_label, scan_flow_for
 
     rec = agent.journal.get(scan_id)
     if rec is None:
@@ -185,7 +185,7 @@ async def _flow_run_for(agent: Agent, rec: Any, flow: Any, params: dict[str, Any
     from prefect.client.orchestration import get_client
     from prefect.states import AwaitingRetry
 
-    from .deployment import ensure_deployment
+    from scanner_agent.orchestration.deployment import ensure_deployment
 
     if not agent.deployment_checked:
         agent.deployment_checked = True
@@ -193,7 +193,7 @@ async def _flow_run_for(agent: Agent, rec: Any, flow: Any, params: dict[str, Any
             agent.deployment_id = await ensure_deployment(agent)
         except Exception as exc:  # noqa: BLE001 - runs still work without it; only Retry in the UI does not
             log.warning("could not register the Prefect deployment (runs will not offer Retry): %s", exc)
-    from .flows import run_tags
+    from scanner_agent.orchestration.flows import run_tags
 
     tags = run_tags(agent, params["label"])
     async with contextlib.nullcontext(creator) if creator is not None else get_client() as client:

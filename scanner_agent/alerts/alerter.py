@@ -36,10 +36,10 @@ from slack_sdk.http_retry.builtin_handlers import (
     ServerErrorRetryHandler,
 )
 
-from scanner_agent import errors
+from scanner_agent.core import errors
 
 if TYPE_CHECKING:
-    from scanner_agent.alert_outbox import AlertOutbox
+    from scanner_agent.journal.outbox import AlertOutbox
 
 log = logging.getLogger(__name__)
 

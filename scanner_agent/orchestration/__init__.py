@@ -1,0 +1,1 @@
+"""The thin Prefect layer: the flow and its tasks, run creation, the deployment, automations, reports."""

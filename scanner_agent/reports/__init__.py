@@ -1,0 +1,1 @@
+"""What the agent tells a person on the command line: status, check, reconcile."""

@@ -1,0 +1,1 @@
+"""The running service: bootstrap (builds everything once), the daemon, the dispatcher."""

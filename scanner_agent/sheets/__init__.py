@@ -1,0 +1,1 @@
+"""The metadata-sheet adapters: a local CSV and the Google Sheet (gspread), with its cache."""

@@ -1,0 +1,1 @@
+"""The slide adapter: reading whole-slide images with OpenSlide."""

@@ -1,0 +1,1 @@
+"""The storage adapter: the verified copy engine, placement, supersede and quarantine."""

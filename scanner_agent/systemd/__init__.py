@@ -1,0 +1,1 @@
+"""The systemd adapter: the sd_notify protocol."""

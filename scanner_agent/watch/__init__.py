@@ -1,0 +1,1 @@
+"""The watch-folder adapter: watchdog observers, scan units on disk, completeness probes."""
