@@ -56,8 +56,13 @@ def prefect_api(timeout: float = 180, *, database: str = "sqlite") -> Iterator[s
     home = Path(tempfile.mkdtemp(prefix="scanner-agent-bench-prefect-"))
     port = free_port()
     url = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_UI_ENABLED": "false",
-           "PREFECT_SERVER_API_HOST": "127.0.0.1", "PREFECT_API_LOG_RETRYABLE_ERRORS": "true"}
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PREFECT_UI_ENABLED": "false",
+        "PREFECT_SERVER_API_HOST": "127.0.0.1",
+        "PREFECT_API_LOG_RETRYABLE_ERRORS": "true",
+    }
     pg = None
     if database == "postgres":
         os.chmod(home, 0o755)  # the postgres user must reach its cluster below
@@ -65,10 +70,18 @@ def prefect_api(timeout: float = 180, *, database: str = "sqlite") -> Iterator[s
         env["PREFECT_API_DATABASE_CONNECTION_URL"] = pg.url
     exe = Path(sys.executable).with_name("prefect")
     log = open(home / "server.log", "wb")
-    proc = subprocess.Popen([str(exe), "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [str(exe), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
-        print(f"starting a Prefect server for this run on {url} (set PREFECT_API_URL to use yours) ...", flush=True)
+        print(
+            f"starting a Prefect server for this run on {url} (set PREFECT_API_URL to use yours) ...",
+            flush=True,
+        )
         end = time.monotonic() + timeout
         while not _healthy(url):
             if proc.poll() is not None:
@@ -116,11 +129,24 @@ class Postgres:
         self.data.mkdir()
         shutil.chown(base, "postgres")
         shutil.chown(self.data, "postgres")
-        self._as_pg(str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
-        self._as_pg(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(base / "pg.log"), "-w", "-o",
-                    f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1 -c max_connections=200", "start")
+        self._as_pg(
+            str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync"
+        )
+        self._as_pg(
+            str(self.bin / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-l",
+            str(base / "pg.log"),
+            "-w",
+            "-o",
+            f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1 -c max_connections=200",
+            "start",
+        )
         for sql in ("CREATE USER prefect PASSWORD 'prefect'", "CREATE DATABASE prefect OWNER prefect"):
-            self._as_pg(str(self.bin / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-c", sql)
+            self._as_pg(
+                str(self.bin / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-c", sql
+            )
         self.url = f"postgresql+asyncpg://prefect:prefect@127.0.0.1:{self.port}/prefect"
 
     def _as_pg(self, *cmd: str) -> None:

@@ -39,8 +39,10 @@ from scanner_agent.testing.synthetic import write_svs
 from tests.daemon_helpers import DaemonProcess, records, wait_for
 from tests.harness import write_config
 
-HEAD = ("Include in Name?,REQUIRED,REQUIRED,REQUIRED,REQUIRED,,,\n"
-        "Barcode,Study,Experiment,Panel,Scanner,Scan Date,Rescan Requested,Notes\n")
+HEAD = (
+    "Include in Name?,REQUIRED,REQUIRED,REQUIRED,REQUIRED,,,\n"
+    "Barcode,Study,Experiment,Panel,Scanner,Scan Date,Rescan Requested,Notes\n"
+)
 
 
 def wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes], log: Path) -> None:
@@ -71,15 +73,32 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/api"
         self.log = home / "server.log"
-        env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_UI_ENABLED": "false",
-               "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_API_LOG_RETRYABLE_ERRORS": "true"}
+        env = {
+            **os.environ,
+            "PREFECT_HOME": str(home),
+            "PREFECT_UI_ENABLED": "false",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_API_LOG_RETRYABLE_ERRORS": "true",
+        }
         env.pop("PREFECT_API_URL", None)
         if db_url:
             env["PREFECT_API_DATABASE_CONNECTION_URL"] = db_url
         home.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen([str(Path(sys.executable).with_name("prefect")), "server", "start", "--host",
-                                      "127.0.0.1", "--port", str(self.port)], env=env, stdout=open(self.log, "wb"),
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [
+                str(Path(sys.executable).with_name("prefect")),
+                "server",
+                "start",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+            ],
+            env=env,
+            stdout=open(self.log, "wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         wait_http(self.url + "/health", 240, self.proc, self.log)
 
     def locked_503s(self) -> int:
@@ -100,8 +119,13 @@ class Server:
 def make_agent(base: Path, name: str, barcodes: list[str], api_url: str | None) -> Path:
     sheet = HEAD + "".join(f"{b},Bench,Run 1,P1,{name},,,\n" for b in barcodes)
     extra = {"prefect": {"api_url": api_url}} if api_url else {}
-    return write_config(base / name.lower(), name=name, sheet=sheet,
-                        scanner={"settle_seconds": 0.5, "rescan_seconds": 30, "max_parallel": 2}, **extra)
+    return write_config(
+        base / name.lower(),
+        name=name,
+        sheet=sheet,
+        scanner={"settle_seconds": 0.5, "rescan_seconds": 30, "max_parallel": 2},
+        **extra,
+    )
 
 
 def start_agent(cfg: Path, home: Path | None, api_url: str | None) -> DaemonProcess:
@@ -210,14 +234,25 @@ def run_mode(mode: str, root: Path, n: int, trickle: int, template: bytes) -> di
                 drop(cfgs[nm].parent / "scanner", template, code)
             for nm, d in zip(names, agents):
                 code = codes[nm][n + k]
-                rec = wait_for(lambda: next((r for r in records(journal_path(cfgs[nm]))
-                                             if r.barcode == code and r.state == "stored"), None),
-                               180, f"{nm} {code} stored", alive=d, interval=0.05)
+                rec = wait_for(
+                    lambda: next(
+                        (
+                            r
+                            for r in records(journal_path(cfgs[nm]))
+                            if r.barcode == code and r.state == "stored"
+                        ),
+                        None,
+                    ),
+                    180,
+                    f"{nm} {code} stored",
+                    alive=d,
+                    interval=0.05,
+                )
                 if k < trickle:
                     trickle_recs.append((nm, rec))
         trickle_lat = []
         for nm in names:
-            trickle_lat += processing_latencies(journal_path(cfgs[nm]), set(codes[nm][n:n + trickle]))
+            trickle_lat += processing_latencies(journal_path(cfgs[nm]), set(codes[nm][n : n + trickle]))
         trickle_prefect = prefect_latencies(api, [r for _, r in trickle_recs]) if api else []
 
         # Burst: N scans into each agent at once.
@@ -225,8 +260,15 @@ def run_mode(mode: str, root: Path, n: int, trickle: int, template: bytes) -> di
             for nm in names:
                 drop(cfgs[nm].parent / "scanner", template, codes[nm][k])
         for nm, d in zip(names, agents):
-            wait_for(lambda: sum(1 for r in records(journal_path(cfgs[nm])) if r.state == "stored") >= n + trickle + 1,
-                     60 + 6 * n, f"{nm}: all scans stored", alive=d, interval=0.5)
+            wait_for(
+                lambda: (
+                    sum(1 for r in records(journal_path(cfgs[nm])) if r.state == "stored") >= n + trickle + 1
+                ),
+                60 + 6 * n,
+                f"{nm}: all scans stored",
+                alive=d,
+                interval=0.5,
+            )
         burst = []
         for nm in names:
             want = set(codes[nm][:n])
@@ -238,9 +280,14 @@ def run_mode(mode: str, root: Path, n: int, trickle: int, template: bytes) -> di
         for nm in names:
             burst_lat += processing_latencies(journal_path(cfgs[nm]), set(codes[nm][:n]))
         return {
-            "mode": mode, "setup_s": setup_s, "scans": len(burst), "not_stored": len(bad),
-            "scans_per_s": len(burst) / (t1 - t0), "burst_seconds": t1 - t0,
-            "burst_median": statistics.median(burst_lat), "burst_p95": pct(burst_lat, 0.95),
+            "mode": mode,
+            "setup_s": setup_s,
+            "scans": len(burst),
+            "not_stored": len(bad),
+            "scans_per_s": len(burst) / (t1 - t0),
+            "burst_seconds": t1 - t0,
+            "burst_median": statistics.median(burst_lat),
+            "burst_p95": pct(burst_lat, 0.95),
             "trickle_median": statistics.median(trickle_lat) if trickle_lat else float("nan"),
             "trickle_p95": pct(trickle_lat, 0.95),
             "trickle_prefect_median": statistics.median(trickle_prefect) if trickle_prefect else float("nan"),
@@ -262,7 +309,9 @@ def run_mode(mode: str, root: Path, n: int, trickle: int, template: bytes) -> di
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scans", type=int, default=100, help="scans per agent in the burst")
-    ap.add_argument("--trickle", type=int, default=5, help="scans per agent one at a time (latency on idle agents)")
+    ap.add_argument(
+        "--trickle", type=int, default=5, help="scans per agent one at a time (latency on idle agents)"
+    )
     ap.add_argument("--modes", default="embedded,sqlite,postgres")
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
     args = ap.parse_args()
@@ -280,20 +329,27 @@ def main() -> int:
                 print(f"    skipped: {exc}")
                 continue
             results.append(r)
-            print(f"    {r['scans']} scans in {r['burst_seconds']:.1f} s = {r['scans_per_s']:.2f} scans/s; "
-                  f"not stored {r['not_stored']}; set-up {r['setup_s']:.0f} s", flush=True)
+            print(
+                f"    {r['scans']} scans in {r['burst_seconds']:.1f} s = {r['scans_per_s']:.2f} scans/s; "
+                f"not stored {r['not_stored']}; set-up {r['setup_s']:.0f} s",
+                flush=True,
+            )
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
     if not results:
         return 1
     ref = next((r for r in results if r["mode"] == "embedded"), results[0])
-    print(f"\n{'mode':<10} {'scans/s':>8} {'x emb':>6} {'burst lat med/p95 s':>20} {'idle lat med/p95 s':>19} "
-          f"{'idle Prefect start s':>21} {'locked':>7}")
+    print(
+        f"\n{'mode':<10} {'scans/s':>8} {'x emb':>6} {'burst lat med/p95 s':>20} {'idle lat med/p95 s':>19} "
+        f"{'idle Prefect start s':>21} {'locked':>7}"
+    )
     for r in results:
-        print(f"{r['mode']:<10} {r['scans_per_s']:>8.2f} {r['scans_per_s'] / ref['scans_per_s']:>6.2f} "
-              f"{r['burst_median']:>9.2f} / {r['burst_p95']:<8.2f} {r['trickle_median']:>8.2f} / {r['trickle_p95']:<8.2f} "
-              f"{r['trickle_prefect_median']:>21.2f} {r['locked_503']:>7}")
+        print(
+            f"{r['mode']:<10} {r['scans_per_s']:>8.2f} {r['scans_per_s'] / ref['scans_per_s']:>6.2f} "
+            f"{r['burst_median']:>9.2f} / {r['burst_p95']:<8.2f} {r['trickle_median']:>8.2f} / {r['trickle_p95']:<8.2f} "
+            f"{r['trickle_prefect_median']:>21.2f} {r['locked_503']:>7}"
+        )
     return 0
 
 

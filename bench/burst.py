@@ -46,8 +46,14 @@ def baseline_rate(template: Path, base: Path, n: int) -> float:
 def run(args: argparse.Namespace) -> None:
     from scanner_agent.journal.store import Journal
     from scanner_agent.testing.synthetic import write_svs
-    from tests.daemon_helpers import (DaemonProcess, rss_now_kib, rss_peak_kib, sheet_csv, unique_scanner_name,
-                                      wait_for)
+    from tests.daemon_helpers import (
+        DaemonProcess,
+        rss_now_kib,
+        rss_peak_kib,
+        sheet_csv,
+        unique_scanner_name,
+        wait_for,
+    )
     from tests.harness import write_config
 
     total = 5000 if args.big else args.total
@@ -55,8 +61,12 @@ def run(args: argparse.Namespace) -> None:
     base = Path(tempfile.mkdtemp(prefix="bench-burst-", dir=args.dir))
     try:
         barcodes = [f"{100000 + i}" for i in range(bursts * args.burst)]
-        cfg = write_config(base, name=unique_scanner_name("Burst"), sheet=sheet_csv(barcodes),
-                           scanner={"max_parallel": args.workers, "settle_seconds": 1.0})
+        cfg = write_config(
+            base,
+            name=unique_scanner_name("Burst"),
+            sheet=sheet_csv(barcodes),
+            scanner={"max_parallel": args.workers, "settle_seconds": 1.0},
+        )
         template = write_svs(base / "template.svs", width=256, height=256)
         staging = base / "staging"
         staging.mkdir()
@@ -70,23 +80,30 @@ def run(args: argparse.Namespace) -> None:
             per_burst: list[tuple[int, float, int, int]] = []  # (stored so far, scans/s, VmRSS, VmHWM)
             try:
                 for b in range(bursts):
-                    chunk = barcodes[b * args.burst:(b + 1) * args.burst]
+                    chunk = barcodes[b * args.burst : (b + 1) * args.burst]
                     for bc in chunk:  # staged on the same filesystem, so each drop is one rename
                         shutil.copyfile(template, staging / f"{bc}.svs")
                     t0 = time.time()
                     for bc in chunk:
                         os.rename(staging / f"{bc}.svs", watch / f"{bc}.svs")
                     want = (b + 1) * args.burst
-                    wait_for(lambda: journal.counts()["stored"] >= want, 3600, f"{want} scans stored",
-                             interval=0.5, alive=d)
+                    wait_for(
+                        lambda: journal.counts()["stored"] >= want,
+                        3600,
+                        f"{want} scans stored",
+                        interval=0.5,
+                        alive=d,
+                    )
                     rows = [r for r in journal.in_state("stored") if Path(r.path).stem in set(chunk)]
                     first_ready = min(r.ready_at or t0 for r in rows)
                     last_stored = max(r.stored_at or t0 for r in rows)
                     rate = len(rows) / (last_stored - first_ready)
                     per_burst.append((want, rate, rss_now_kib(d.pid), rss_peak_kib(d.pid)))
-                    print(f"  burst {b + 1}/{bursts}: {len(rows)} stored at {rate:5.2f} scans/s; "
-                          f"daemon RSS {per_burst[-1][2] / 1024:6.1f} MiB (peak {per_burst[-1][3] / 1024:6.1f} MiB)",
-                          flush=True)
+                    print(
+                        f"  burst {b + 1}/{bursts}: {len(rows)} stored at {rate:5.2f} scans/s; "
+                        f"daemon RSS {per_burst[-1][2] / 1024:6.1f} MiB (peak {per_burst[-1][3] / 1024:6.1f} MiB)",
+                        flush=True,
+                    )
                 counts = journal.counts()
             finally:
                 journal.close()
@@ -98,18 +115,26 @@ def run(args: argparse.Namespace) -> None:
 
     first = per_burst[0]
     last = per_burst[-1]
-    print(f"\n{bursts} burst(s) of {args.burst} small scans (256x256 SVS), max_parallel = {args.workers}; "
-          f"journal at the end: {counts}")
-    print(f"  throughput, first burst:      {first[1]:6.2f} scans/s  (bare place_scan: {base_rate:6.1f} scans/s, "
-          f"{base_rate / first[1]:.0f}x)")
+    print(
+        f"\n{bursts} burst(s) of {args.burst} small scans (256x256 SVS), max_parallel = {args.workers}; "
+        f"journal at the end: {counts}"
+    )
+    print(
+        f"  throughput, first burst:      {first[1]:6.2f} scans/s  (bare place_scan: {base_rate:6.1f} scans/s, "
+        f"{base_rate / first[1]:.0f}x)"
+    )
     print(f"  throughput, median of bursts: {statistics.median(r for _, r, _, _ in per_burst):6.2f} scans/s")
-    print(f"  peak RSS (VmHWM) after {first[0]}: {first[3] / 1024:6.1f} MiB; idle after start: "
-          f"{idle_rss / 1024:.1f} MiB ({first[3] / idle_rss:.2f}x)")
+    print(
+        f"  peak RSS (VmHWM) after {first[0]}: {first[3] / 1024:6.1f} MiB; idle after start: "
+        f"{idle_rss / 1024:.1f} MiB ({first[3] / idle_rss:.2f}x)"
+    )
     if len(per_burst) > 1:
         growth = (last[2] - first[2]) / first[2] * 100
-        print(f"  RSS after {first[0]}: {first[2] / 1024:6.1f} MiB; after {last[0]}: {last[2] / 1024:6.1f} MiB "
-              f"-> {growth:+.1f} % (target within 10 %: {'met' if abs(growth) <= 10 else 'NOT met'}); "
-              f"peak after {last[0]}: {last[3] / 1024:.1f} MiB")
+        print(
+            f"  RSS after {first[0]}: {first[2] / 1024:6.1f} MiB; after {last[0]}: {last[2] / 1024:6.1f} MiB "
+            f"-> {growth:+.1f} % (target within 10 %: {'met' if abs(growth) <= 10 else 'NOT met'}); "
+            f"peak after {last[0]}: {last[3] / 1024:.1f} MiB"
+        )
     else:
         print("  (one burst only: no growth figure; pass --total larger than --burst)")
     if locked is not None and locked_before is not None:
@@ -124,8 +149,12 @@ def main() -> None:
     ap.add_argument("--total", type=int, default=2000, help="scans in all, in bursts (the growth check)")
     ap.add_argument("--big", action="store_true", help="5,000 scans in all")
     ap.add_argument("--workers", type=int, default=2, help="scanner.max_parallel")
-    ap.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite",
-                    help="the database of the server started for the run (ignored with PREFECT_API_URL)")
+    ap.add_argument(
+        "--database",
+        choices=["sqlite", "postgres"],
+        default="sqlite",
+        help="the database of the server started for the run (ignored with PREFECT_API_URL)",
+    )
     ap.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()))
     args = ap.parse_args()
     with prefect_api(database=args.database):

@@ -37,15 +37,24 @@ def make_clutter(folder: Path, n: int, subfolders: int = 8) -> None:
         (subs[i % len(subs)] / f"scanner-{i:05d}{CLUTTER[i % len(CLUTTER)]}").write_bytes(b"x" * (i % 512))
 
 
-def measure(base: Path, name: str, watch: Path, observer: str, seconds: float, warmup: float,
-            poll_interval: float) -> tuple[float, float]:
+def measure(
+    base: Path, name: str, watch: Path, observer: str, seconds: float, warmup: float, poll_interval: float
+) -> tuple[float, float]:
     """(CPU seconds per minute while idle, RSS MiB) for one daemon."""
     from tests.daemon_helpers import DaemonProcess, cpu_seconds, rss_now_kib, unique_scanner_name
     from tests.harness import write_config
 
-    cfg = write_config(base / f"agent-{name}", name=unique_scanner_name("Idle"),
-                       scanner={"watch": str(watch), "observer": observer, "poll_interval": poll_interval,
-                                "settle_seconds": 30, "rescan_seconds": 300})
+    cfg = write_config(
+        base / f"agent-{name}",
+        name=unique_scanner_name("Idle"),
+        scanner={
+            "watch": str(watch),
+            "observer": observer,
+            "poll_interval": poll_interval,
+            "settle_seconds": 30,
+            "rescan_seconds": 300,
+        },
+    )
     with DaemonProcess(cfg, base / f"{name}.log") as d:
         d.wait_watching()
         time.sleep(warmup)
@@ -58,8 +67,8 @@ def measure(base: Path, name: str, watch: Path, observer: str, seconds: float, w
 
 
 def listing_seconds(watch: Path, rounds: int = 5) -> float:
-    from scanner_agent.watch.completeness import discover_units
     from scanner_agent.config import DEFAULT_PATTERNS
+    from scanner_agent.watch.completeness import discover_units
 
     times = []
     for _ in range(rounds):
@@ -77,10 +86,11 @@ def run(args: argparse.Namespace) -> None:
         make_clutter(full, args.files)
         empty.mkdir()
         rows = []
-        for label, name, watch, observer in (("empty folder, inotify (baseline)", "empty", empty, "inotify"),
-                                             (f"{args.files:,} files, inotify", "inotify", full, "inotify"),
-                                             (f"{args.files:,} files, polling every {args.poll_interval:g} s",
-                                              "polling", full, "polling")):
+        for label, name, watch, observer in (
+            ("empty folder, inotify (baseline)", "empty", empty, "inotify"),
+            (f"{args.files:,} files, inotify", "inotify", full, "inotify"),
+            (f"{args.files:,} files, polling every {args.poll_interval:g} s", "polling", full, "polling"),
+        ):
             cpu, rss = measure(base, name, watch, observer, args.seconds, args.warmup, args.poll_interval)
             rows.append((label, cpu, rss))
             print(f"  measured: {label}", flush=True)
@@ -88,13 +98,17 @@ def run(args: argparse.Namespace) -> None:
     finally:
         shutil.rmtree(base, ignore_errors=True)
     base_cpu = rows[0][1]
-    print(f"\nidle daemon, CPU over {args.seconds:g} s after a {args.warmup:g} s warm-up "
-          f"(clutter: {args.files:,} non-slide files in 9 folders)")
+    print(
+        f"\nidle daemon, CPU over {args.seconds:g} s after a {args.warmup:g} s warm-up "
+        f"(clutter: {args.files:,} non-slide files in 9 folders)"
+    )
     print(f"  {'':44s} {'CPU s/min':>10s} {'% of a core':>12s} {'RSS MiB':>8s} {'x baseline':>11s}")
     for label, cpu, rss in rows:
         ratio = cpu / base_cpu if base_cpu > 0 else float("inf")
         print(f"  {label:44s} {cpu:10.3f} {cpu / 60 * 100:11.2f}% {rss:8.1f} {ratio:10.1f}x")
-    print(f"  one full listing of the cluttered folder (start-up, then every rescan_seconds): {listing * 1000:.0f} ms")
+    print(
+        f"  one full listing of the cluttered folder (start-up, then every rescan_seconds): {listing * 1000:.0f} ms"
+    )
 
 
 def main() -> None:
@@ -102,7 +116,9 @@ def main() -> None:
     ap.add_argument("--files", type=int, default=10_000)
     ap.add_argument("--seconds", type=float, default=30, help="measuring window per daemon")
     ap.add_argument("--warmup", type=float, default=5, help="seconds after start-up before measuring")
-    ap.add_argument("--poll-interval", type=float, default=2.0, help="scanner.poll_interval for the polling row")
+    ap.add_argument(
+        "--poll-interval", type=float, default=2.0, help="scanner.poll_interval for the polling row"
+    )
     ap.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()))
     args = ap.parse_args()
     with prefect_api():

@@ -30,8 +30,11 @@ from bench._prefect import prefect_api
 
 SIZE = 1 << 20
 #: Fixed waits before peers act on a new file (their documented defaults).
-PEERS = (("OMERO.dropbox (fs.dropbox wait)", 60.0), ("LabKey file watcher (quiet period)", 30.0),
-         ("Airflow FileSensor (poke_interval)", 60.0))
+PEERS = (
+    ("OMERO.dropbox (fs.dropbox wait)", 60.0),
+    ("LabKey file watcher (quiet period)", 30.0),
+    ("Airflow FileSensor (poke_interval)", 60.0),
+)
 
 
 def one_mb_slide(path: Path, barcode: str) -> bytes:
@@ -79,8 +82,12 @@ def run(args: argparse.Namespace) -> None:
         barcodes = [f"{500000 + i}" for i in range(args.scans + args.warmup)]
         watch = (shm or base) / "scanner"
         watch.mkdir(parents=True, exist_ok=True)
-        cfg = write_config(base, name=unique_scanner_name("Latency"), sheet=sheet_csv(barcodes),
-                           scanner={"watch": str(watch), "settle_seconds": args.settle, "observer": args.observer})
+        cfg = write_config(
+            base,
+            name=unique_scanner_name("Latency"),
+            sheet=sheet_csv(barcodes),
+            scanner={"watch": str(watch), "settle_seconds": args.settle, "observer": args.observer},
+        )
         blobs = [one_mb_slide(base / "tmp.svs", bc) for bc in barcodes]
         with DaemonProcess(cfg, base / "daemon.log") as d:
             d.wait_watching()
@@ -90,14 +97,19 @@ def run(args: argparse.Namespace) -> None:
                 for i, (bc, blob) in enumerate(zip(barcodes, blobs)):
                     target = watch / f"{bc}.svs"
                     last = write_slowly(blob, target, chunk=256 << 10, interval=0.1)
-                    rec = wait_for(lambda: next((r for r in journal.in_state("stored") if r.path == str(target)),
-                                                None), 120, f"{target.name} to be stored", interval=0.01, alive=d)
+                    rec = wait_for(
+                        lambda: next((r for r in journal.in_state("stored") if r.path == str(target)), None),
+                        120,
+                        f"{target.name} to be stored",
+                        interval=0.01,
+                        alive=d,
+                    )
                     if i >= args.warmup:
                         rows.append((last, rec.ready_at or last, rec.stored_at or last))
             finally:
                 journal.close()
             assert d.terminate() == 0
-        base_times = baseline_place(blobs[:args.scans], base)
+        base_times = baseline_place(blobs[: args.scans], base)
     finally:
         shutil.rmtree(base, ignore_errors=True)
         if shm:
@@ -111,20 +123,28 @@ def run(args: argparse.Namespace) -> None:
     # polling never sees closes, so the whole window applies there.
     window = args.settle if args.observer == "polling" else args.settle / 4
     beyond_window = [t - window for t in total]
-    print(f"\n{args.scans} scans of 1 MiB, one at a time, settle_seconds = {args.settle:g}, observer {args.observer}"
-          f"{', watch on /dev/shm -> storage on disk' if args.cross_fs else ', watch and storage on one filesystem'}"
-          f" ({args.warmup} warm-up scan(s) not counted)")
+    print(
+        f"\n{args.scans} scans of 1 MiB, one at a time, settle_seconds = {args.settle:g}, observer {args.observer}"
+        f"{', watch on /dev/shm -> storage on disk' if args.cross_fs else ', watch and storage on one filesystem'}"
+        f" ({args.warmup} warm-up scan(s) not counted)"
+    )
     print(f"  {'':50s} {'median':>8s} {'p90':>8s} {'max':>8s}")
-    for label, vals in (("last write -> ready (settle + tick)", detect), ("ready -> stored (flow run)", pipeline),
-                        ("last write -> stored", total), ("last write -> stored, minus settle_seconds", beyond),
-                        (f"last write -> stored, minus the {window:g} s window applied", beyond_window),
-                        ("baseline: bare place_scan", base_times)):
+    for label, vals in (
+        ("last write -> ready (settle + tick)", detect),
+        ("ready -> stored (flow run)", pipeline),
+        ("last write -> stored", total),
+        ("last write -> stored, minus settle_seconds", beyond),
+        (f"last write -> stored, minus the {window:g} s window applied", beyond_window),
+        ("baseline: bare place_scan", base_times),
+    ):
         print(f"  {label:50s} {statistics.median(vals):8.3f} {pct(vals, 0.9):8.3f} {max(vals):8.3f}")
     med = statistics.median(beyond)
-    print(f"\n  last write -> stored minus settle_seconds: median {med:.3f} s (target <= 1 s: "
-          f"{'met' if med <= 1 else 'NOT met'}); minus the window actually applied "
-          f"({'settle' if window == args.settle else 'settle/4 after the close event'}): "
-          f"{statistics.median(beyond_window):.3f} s")
+    print(
+        f"\n  last write -> stored minus settle_seconds: median {med:.3f} s (target <= 1 s: "
+        f"{'met' if med <= 1 else 'NOT met'}); minus the window actually applied "
+        f"({'settle' if window == args.settle else 'settle/4 after the close event'}): "
+        f"{statistics.median(beyond_window):.3f} s"
+    )
     ratio = statistics.median(pipeline) / statistics.median(base_times)
     print(f"  the flow run alone (ready -> stored) is {ratio:.0f}x the bare place_scan")
     whole = statistics.median(total)
@@ -138,8 +158,12 @@ def main() -> None:
     ap.add_argument("--scans", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=1, help="first scans not counted (deployment, imports)")
     ap.add_argument("--settle", type=float, default=1.0, help="scanner.settle_seconds for the daemon")
-    ap.add_argument("--observer", default="inotify", choices=["inotify", "polling"],
-                    help="polling: no close events, as on a network share (the whole settle window applies)")
+    ap.add_argument(
+        "--observer",
+        default="inotify",
+        choices=["inotify", "polling"],
+        help="polling: no close events, as on a network share (the whole settle window applies)",
+    )
     ap.add_argument("--cross-fs", action="store_true", help="watch folder on /dev/shm, storage on --dir")
     ap.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()), help="where folders are made")
     args = ap.parse_args()

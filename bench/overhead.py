@@ -42,8 +42,8 @@ from bench.latency import one_mb_slide, pct
 def _bare_work(agent: Any, path: Path) -> float:
     """The flow's steps as plain calls (``Task.fn``): no runs, no states, no API."""
     from scanner_agent.orchestration import flows
-    from scanner_agent.storage import transfer
     from scanner_agent.scanunit import ScanUnit
+    from scanner_agent.storage import transfer
 
     t = time.perf_counter()
     unit = ScanUnit.from_path(path)
@@ -98,15 +98,22 @@ def _breakdown(run_ids: list[str], walls: list[float]) -> dict[str, list[float]]
             for rid, wall in zip(run_ids, walls):
                 run = await c.read_flow_run(UUID(rid))
                 trs = await c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
-                done = sorted((tr for tr in trs if tr.start_time and tr.end_time), key=lambda tr: tr.start_time)
+                done = sorted(
+                    (tr for tr in trs if tr.start_time and tr.end_time), key=lambda tr: tr.start_time
+                )
                 if not (run.start_time and run.end_time):
                     continue
                 span = (run.end_time - run.start_time).total_seconds()
-                tasks = [(tr.name.rsplit("-", 1)[0], (tr.end_time - tr.start_time).total_seconds()) for tr in done]
-                out.setdefault("outside the run's Running span (create run, engine start/end)", []).append(wall - span)
+                tasks = [
+                    (tr.name.rsplit("-", 1)[0], (tr.end_time - tr.start_time).total_seconds()) for tr in done
+                ]
+                out.setdefault("outside the run's Running span (create run, engine start/end)", []).append(
+                    wall - span
+                )
                 out.setdefault("flow run Running -> Completed", []).append(span)
                 out.setdefault("  flow body between tasks (journal, tags, artifact, states)", []).append(
-                    span - sum(d for _, d in tasks))
+                    span - sum(d for _, d in tasks)
+                )
                 for name, d in tasks:
                     out.setdefault(f"  task {name}", []).append(d)
         return out
@@ -129,7 +136,9 @@ def run(args: argparse.Namespace) -> None:
         agent = make_agent(write_config(base, name=unique_scanner_name("Overhead"), sheet=sheet))
         # The same pipeline without a deployment: Prefect 3.8 starts a suspension observer (a thread,
         # its own event loop and a websocket to the server) for every run that has a deployment.
-        plain = make_agent(write_config(base / "plain", name=unique_scanner_name("OverheadPlain"), sheet=sheet))
+        plain = make_agent(
+            write_config(base / "plain", name=unique_scanner_name("OverheadPlain"), sheet=sheet)
+        )
         plain.deployment_checked, plain.deployment_id = True, None
         agents += [agent, plain]
         watch = base / "scanner"
@@ -179,8 +188,10 @@ def run(args: argparse.Namespace) -> None:
     over = [w - p for w, p in zip(walls, places)]
     prefect_share = [w - k for w, k in zip(walls, works)]
     spacing = f"{args.pause:g} s quiet before each run" if args.pause else "runs back to back"
-    print(f"\n{args.scans} scans of 1 MiB through Dispatcher -> run_scan -> flow run, sheet of "
-          f"{max(n, args.sheet_rows):,} rows, {spacing} ({args.warmup} warm-up not counted); seconds")
+    print(
+        f"\n{args.scans} scans of 1 MiB through Dispatcher -> run_scan -> flow run, sheet of "
+        f"{max(n, args.sheet_rows):,} rows, {spacing} ({args.warmup} warm-up not counted); seconds"
+    )
     print(f"  {'':62s} {'p50':>7s} {'p90':>7s} {'max':>7s}")
 
     def row(label: str, vals: list[float]) -> None:
@@ -197,23 +208,35 @@ def run(args: argparse.Namespace) -> None:
     for label, vals in parts.items():
         row("  " + label, vals)
     med = statistics.median(over)
-    print(f"\n  overhead median {med:.3f} s (target <= 0.4 s: {'met' if med <= 0.4 else 'NOT met'}), "
-          f"p90 {pct(over, 0.9):.3f} s; pipeline is {statistics.median(walls) / statistics.median(places):.0f}x "
-          f"the bare place_scan")
+    print(
+        f"\n  overhead median {med:.3f} s (target <= 0.4 s: {'met' if med <= 0.4 else 'NOT met'}), "
+        f"p90 {pct(over, 0.9):.3f} s; pipeline is {statistics.median(walls) / statistics.median(places):.0f}x "
+        f"the bare place_scan"
+    )
     if busy is not None and busy_before is not None:
-        print(f"  requests the server answered 503 because its database was busy (the client sleeps ~2 s, "
-              f"then retries): {busy - busy_before} over {2 * n} runs")
+        print(
+            f"  requests the server answered 503 because its database was busy (the client sleeps ~2 s, "
+            f"then retries): {busy - busy_before} over {2 * n} runs"
+        )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scans", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=2, help="first scans not counted (deployment, imports)")
-    ap.add_argument("--pause", type=float, default=0,
-                    help="seconds of quiet before each run (0: back to back, as in a burst; 3: an isolated scan)")
+    ap.add_argument(
+        "--pause",
+        type=float,
+        default=0,
+        help="seconds of quiet before each run (0: back to back, as in a burst; 3: an isolated scan)",
+    )
     ap.add_argument("--sheet-rows", type=int, default=0, help="pad the sheet to this many rows (e.g. 2000)")
-    ap.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite",
-                    help="the database of the server started for the run (ignored with PREFECT_API_URL)")
+    ap.add_argument(
+        "--database",
+        choices=["sqlite", "postgres"],
+        default="sqlite",
+        help="the database of the server started for the run (ignored with PREFECT_API_URL)",
+    )
     ap.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()))
     args = ap.parse_args()
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # the per-task lines would bury the table

@@ -57,9 +57,17 @@ class Written:
 class Scanner(threading.Thread):
     """Writes one scan every ``60 / rate`` seconds into the watch folder, slowly, until stopped."""
 
-    def __init__(self, watch: Path, slides: list[bytes], barcodes: list[str], rate: float, written: Written) -> None:
+    def __init__(
+        self, watch: Path, slides: list[bytes], barcodes: list[str], rate: float, written: Written
+    ) -> None:
         super().__init__(name="simulated scanner", daemon=True)
-        self.watch, self.slides, self.barcodes, self.rate, self.written = watch, slides, barcodes, rate, written
+        self.watch, self.slides, self.barcodes, self.rate, self.written = (
+            watch,
+            slides,
+            barcodes,
+            rate,
+            written,
+        )
         self.stop = threading.Event()
         self.extra: list[tuple[str, bytes, str]] = []  # faults to write next: (file name, bytes, kind)
         self.extra_lock = threading.Lock()
@@ -88,7 +96,9 @@ class Scanner(threading.Thread):
 def _mount_storage(storage: Path) -> bool:
     if os.geteuid() != 0:
         return False
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1g", "tmpfs", str(storage)], capture_output=True)
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1g", "tmpfs", str(storage)], capture_output=True
+    )
     return proc.returncode == 0
 
 
@@ -115,8 +125,10 @@ def _outbox(journal: Path) -> tuple[Counter[str], int]:
     """(alerts recorded as sent, by kind and channel), alerts still waiting in the outbox."""
     db = sqlite3.connect(f"file:{journal}?mode=ro", uri=True, timeout=10)
     try:
-        sent = Counter(f"{k.split('|')[0] if not k.startswith('recovered|') else 'recovered ' + k.split('|')[1]}"
-                       for (k,) in db.execute("SELECT key FROM alert_sent"))
+        sent = Counter(
+            f"{k.split('|')[0] if not k.startswith('recovered|') else 'recovered ' + k.split('|')[1]}"
+            for (k,) in db.execute("SELECT key FROM alert_sent")
+        )
         pending = db.execute("SELECT COUNT(*) FROM alert_pending").fetchone()[0]
         return sent, int(pending)
     except sqlite3.Error:
@@ -138,8 +150,11 @@ def run(args: argparse.Namespace) -> int:
     storage.mkdir()
     mounted = _mount_storage(storage)
     faults = ["corrupt", "unknown"] + (["readonly"] if mounted else [])
-    print(f"soak for {args.minutes:g} min: {args.rate:g} scans/min, a fault every ~{args.fault_every:g} s "
-          f"({', '.join(faults)}; one sigkill), seed {args.seed}; files in {base}", flush=True)
+    print(
+        f"soak for {args.minutes:g} min: {args.rate:g} scans/min, a fault every ~{args.fault_every:g} s "
+        f"({', '.join(faults)}; one sigkill), seed {args.seed}; files in {base}",
+        flush=True,
+    )
     if not mounted:
         print("  (not root or no tmpfs: the read-only storage fault is skipped)")
     planned = int(args.minutes * args.rate) + 10
@@ -151,13 +166,19 @@ def run(args: argparse.Namespace) -> int:
     try:
         name = unique_scanner_name("Soak")
         alerts = alerts_section(slack, base / "slack-token")
-        cfg = write_config(base, name=name, sheet=sheet_csv(barcodes + [f"{650000 + i}" for i in range(50)]),
-                           scanner={"settle_seconds": 2, "rescan_seconds": 30, "retry_seconds": 5, "max_parallel": 2},
-                           storage={"root": str(storage), "reserve_bytes": 0},
-                           alerts=alerts)
+        cfg = write_config(
+            base,
+            name=name,
+            sheet=sheet_csv(barcodes + [f"{650000 + i}" for i in range(50)]),
+            scanner={"settle_seconds": 2, "rescan_seconds": 30, "retry_seconds": 5, "max_parallel": 2},
+            storage={"root": str(storage), "reserve_bytes": 0},
+            alerts=alerts,
+        )
         watch = base / "scanner"
-        slides = [write_svs(base / f"slide{i}.svs", barcode=None, width=W, height=H, seed=i).read_bytes()
-                  for i in range(4)]
+        slides = [
+            write_svs(base / f"slide{i}.svs", barcode=None, width=W, height=H, seed=i).read_bytes()
+            for i in range(4)
+        ]
 
         def start_daemon() -> DaemonProcess:
             log = base / f"daemon-{len(logs)}.log"
@@ -202,8 +223,13 @@ def run(args: argparse.Namespace) -> int:
                     scanner.extra.append((f"{650000 + counts['corrupt']}_damaged.svs", bad, "corrupt"))
             elif fault == "unknown":
                 with scanner.extra_lock:
-                    scanner.extra.append((f"{990000 + counts['unknown']}_scan.svs",
-                                          slides[0] + f"unknown{counts['unknown']}".encode(), "unknown"))
+                    scanner.extra.append(
+                        (
+                            f"{990000 + counts['unknown']}_scan.svs",
+                            slides[0] + f"unknown{counts['unknown']}".encode(),
+                            "unknown",
+                        )
+                    )
             elif fault == "readonly":
                 hold = rng.uniform(10, 20)
                 _remount(storage, "ro")
@@ -235,8 +261,24 @@ def run(args: argparse.Namespace) -> int:
         peak = _status_kib(daemon.pid, "VmHWM")
         code = daemon.terminate(300)
         ran = time.monotonic() - t0
-        return _report(args, base, storage, watch, journal, written, logs, counts, slack, name, ran, code,
-                       rss_start, rss_end, peak, daemon.pid)
+        return _report(
+            args,
+            base,
+            storage,
+            watch,
+            journal,
+            written,
+            logs,
+            counts,
+            slack,
+            name,
+            ran,
+            code,
+            rss_start,
+            rss_end,
+            peak,
+            daemon.pid,
+        )
     finally:
         slack.stop()
         if mounted:
@@ -259,9 +301,24 @@ def _status_kib(pid: int, key: str) -> int:
     return 0
 
 
-def _report(args: argparse.Namespace, base: Path, storage: Path, watch: Path, journal: Path, written: Written,
-            logs: list[Path], counts: Counter[str], slack: object, name: str, ran: float, code: int,
-            rss_start: tuple[int, int], rss_end: int, peak: int, pid: int) -> int:
+def _report(
+    args: argparse.Namespace,
+    base: Path,
+    storage: Path,
+    watch: Path,
+    journal: Path,
+    written: Written,
+    logs: list[Path],
+    counts: Counter[str],
+    slack: object,
+    name: str,
+    ran: float,
+    code: int,
+    rss_start: tuple[int, int],
+    rss_end: int,
+    peak: int,
+    pid: int,
+) -> int:
     from tests.faults.tools import leftovers, sha256_file, slack_posts, stored_files
 
     rows = _rows(journal)
@@ -287,8 +344,10 @@ def _report(args: argparse.Namespace, base: Path, storage: Path, watch: Path, jo
     held = [r for r in rows if r["state"] == "held"]
     left = leftovers(storage)
     latencies = [r["stored_at"] - written.at[r["barcode"]] for r in stored if r["barcode"] in written.at]
-    posts = Counter(re.sub(r" (for )?\d{6}\b", "", t.rsplit(" on ", 1)[0]).lstrip("⚠️✅ ")
-                    for t in slack_posts(slack, name).titles())
+    posts = Counter(
+        re.sub(r" (for )?\d{6}\b", "", t.rsplit(" on ", 1)[0]).lstrip("⚠️✅ ")
+        for t in slack_posts(slack, name).titles()
+    )
     sent, pending = _outbox(journal)
     # Prefect logs every failed run and task at ERROR, the expected ones (quarantined, held) too;
     # the agent's own ERROR/CRITICAL lines are the ones that say something went wrong.
@@ -300,33 +359,51 @@ def _report(args: argparse.Namespace, base: Path, storage: Path, watch: Path, jo
             if m and m.group(2).startswith("prefect"):
                 run_errors += 1
             elif m:
-                agent_errors[f"{m.group(1)} {m.group(2)}: {re.sub(r'/[^ ]+', '<path>', m.group(3))[:110]}"] += 1
+                agent_errors[
+                    f"{m.group(1)} {m.group(2)}: {re.sub(r'/[^ ]+', '<path>', m.group(3))[:110]}"
+                ] += 1
     tracebacks = sum(log.read_text(errors="replace").count("Traceback") for log in logs)
 
     print(f"\nsoak: {ran / 60:.1f} min, {len(logs)} daemon start(s), final exit status {code}")
     print(f"  faults: {dict(counts)}")
-    print(f"  written by the scanner: {len(written.valid)} valid, {len(written.corrupt)} corrupt, "
-          f"{len(written.unknown)} unknown barcode")
+    print(
+        f"  written by the scanner: {len(written.valid)} valid, {len(written.corrupt)} corrupt, "
+        f"{len(written.unknown)} unknown barcode"
+    )
     print(f"  journal: {dict(by_state)}")
     print(f"  stored: {len(stored)} (files in storage: {len(images)} images, {len(files)} files)")
-    print(f"  quarantined: {len(quarantined)} (expected {len(written.corrupt)}), held: {len(held)} "
-          f"(expected {len(written.unknown)})")
-    print(f"  LOST: {len(lost)} {lost[:5]}   WRONG BYTES: {len(wrong)}   DUPLICATES: {duplicates}   "
-          f"LEFTOVERS in .incoming: {len(left)}   still on the scanner unstored: {len(not_stored_yet)}")
+    print(
+        f"  quarantined: {len(quarantined)} (expected {len(written.corrupt)}), held: {len(held)} "
+        f"(expected {len(written.unknown)})"
+    )
+    print(
+        f"  LOST: {len(lost)} {lost[:5]}   WRONG BYTES: {len(wrong)}   DUPLICATES: {duplicates}   "
+        f"LEFTOVERS in .incoming: {len(left)}   still on the scanner unstored: {len(not_stored_yet)}"
+    )
     if latencies:
-        q = statistics.quantiles(latencies, n=20, method="inclusive") if len(latencies) >= 2 else latencies * 19
-        print(f"  written -> stored: median {statistics.median(latencies):.1f} s, p95 {q[-1]:.1f} s, "
-              f"max {max(latencies):.1f} s")
+        q = (
+            statistics.quantiles(latencies, n=20, method="inclusive")
+            if len(latencies) >= 2
+            else latencies * 19
+        )
+        print(
+            f"  written -> stored: median {statistics.median(latencies):.1f} s, p95 {q[-1]:.1f} s, "
+            f"max {max(latencies):.1f} s"
+        )
     print(f"  alerts posted to Slack: {sum(posts.values())} {dict(posts)}")
     print(f"  alert outbox: {sum(sent.values())} recorded sent {dict(sent)}, {pending} pending")
-    print(f"  daemon logs: {sum(agent_errors.values())} ERROR/CRITICAL lines from the agent, {run_errors} from "
-          f"Prefect (failed runs and tasks, expected ones included), {tracebacks} tracebacks")
+    print(
+        f"  daemon logs: {sum(agent_errors.values())} ERROR/CRITICAL lines from the agent, {run_errors} from "
+        f"Prefect (failed runs and tasks, expected ones included), {tracebacks} tracebacks"
+    )
     for line, n in agent_errors.most_common(8):
         print(f"    {n:4d} x {line}")
     start_kib = rss_start[1]
     growth = (rss_end - start_kib) / start_kib * 100 if start_kib else float("nan")
-    print(f"  daemon RSS (pid {pid}): {start_kib / 1024:.1f} MiB {WARMUP_SECONDS} s after it started, "
-          f"{rss_end / 1024:.1f} MiB at the end ({growth:+.1f} %), peak {peak / 1024:.1f} MiB")
+    print(
+        f"  daemon RSS (pid {pid}): {start_kib / 1024:.1f} MiB {WARMUP_SECONDS} s after it started, "
+        f"{rss_end / 1024:.1f} MiB at the end ({growth:+.1f} %), peak {peak / 1024:.1f} MiB"
+    )
     if args.keep:
         print(f"  kept: {base}")
     return 1 if lost or wrong or duplicates or left else 0
@@ -337,7 +414,9 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=10)
     ap.add_argument("--rate", type=float, default=6, help="scans per minute from the simulated scanner")
     ap.add_argument("--fault-every", type=float, default=40, help="mean seconds between faults")
-    ap.add_argument("--seed", type=int, default=None, help="seed of the fault schedule (default: random, printed)")
+    ap.add_argument(
+        "--seed", type=int, default=None, help="seed of the fault schedule (default: random, printed)"
+    )
     ap.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()))
     ap.add_argument("--keep", action="store_true", help="keep the soak's folders and logs")
     args = ap.parse_args()

@@ -48,7 +48,7 @@ def make_sources(folder: Path, count: int, size: int) -> list[Path]:
             left = size
             while left:
                 # vary each block so no layer can deduplicate or compress it away
-                chunk = hashlib.sha256(f"{i}-{left}".encode()).digest() + block[32:min(left, len(block))]
+                chunk = hashlib.sha256(f"{i}-{left}".encode()).digest() + block[32 : min(left, len(block))]
                 f.write(chunk[:left])
                 left -= min(left, len(chunk))
         paths.append(p)
@@ -90,7 +90,9 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def timed(fn: Callable[[list[Path], Path], None], sources: list[Path], dest_parent: Path) -> tuple[float, float]:
+def timed(
+    fn: Callable[[list[Path], Path], None], sources: list[Path], dest_parent: Path
+) -> tuple[float, float]:
     """Wall and CPU seconds of one run, including the sync that makes the data durable."""
     dest = Path(tempfile.mkdtemp(prefix="bench-dest-", dir=dest_parent))
     try:
@@ -103,18 +105,30 @@ def timed(fn: Callable[[list[Path], Path], None], sources: list[Path], dest_pare
         shutil.rmtree(dest)
 
 
-def bench_direction(label: str, src_dir: Path, dest_parent: Path, count: int, size: int, rounds: int,
-                    bufsize: int, other_bufsize: int | None) -> None:
+def bench_direction(
+    label: str,
+    src_dir: Path,
+    dest_parent: Path,
+    count: int,
+    size: int,
+    rounds: int,
+    bufsize: int,
+    other_bufsize: int | None,
+) -> None:
     sources = make_sources(src_dir, count, size)
     total_mb = count * size / 1e6
     methods: dict[str, Callable[[list[Path], Path], None]] = {
         "cp": run_cp,
         "place_scan": lambda s, d: run_place(s, d, bufsize=bufsize),
-        "place_scan verify_from_disk=False": lambda s, d: run_place(s, d, bufsize=bufsize, verify_from_disk=False),
+        "place_scan verify_from_disk=False": lambda s, d: run_place(
+            s, d, bufsize=bufsize, verify_from_disk=False
+        ),
         "sendfile + hash (unsafe)": run_sendfile_then_hash,
     }
     if other_bufsize:
-        methods[f"place_scan bufsize={other_bufsize >> 10} KiB"] = lambda s, d: run_place(s, d, bufsize=other_bufsize)
+        methods[f"place_scan bufsize={other_bufsize >> 10} KiB"] = lambda s, d: run_place(
+            s, d, bufsize=other_bufsize
+        )
     runs: dict[str, list[tuple[float, float]]] = {k: [] for k in methods}
     for _ in range(rounds):  # interleaved, so drift on a shared machine hits every method alike
         for name, fn in methods.items():
@@ -125,8 +139,10 @@ def bench_direction(label: str, src_dir: Path, dest_parent: Path, count: int, si
         walls = [w for w, _ in rs]
         rate = total_mb / statistics.median(walls)
         cpu_per_gb = statistics.median(c for _, c in rs) * 1000 / total_mb
-        print(f"  {name:36s} {rate:6.0f} ({total_mb / min(walls):5.0f})  cpu {cpu_per_gb:4.2f}"
-              f"   x{rate / cp_rate:4.2f} of cp")
+        print(
+            f"  {name:36s} {rate:6.0f} ({total_mb / min(walls):5.0f})  cpu {cpu_per_gb:4.2f}"
+            f"   x{rate / cp_rate:4.2f} of cp"
+        )
     shutil.rmtree(src_dir)
 
 
@@ -136,8 +152,10 @@ def bench_hash(size: int = 256 << 20) -> None:
     t = time.perf_counter()
     for _ in range(size // len(buf)):
         h.update(buf)
-    print(f"sha256 on one core: {size / 1e6 / (time.perf_counter() - t):.0f} MB/s "
-          "(place_scan hashes each byte once; the read-back is compared with memcmp)")
+    print(
+        f"sha256 on one core: {size / 1e6 / (time.perf_counter() - t):.0f} MB/s "
+        "(place_scan hashes each byte once; the read-back is compared with memcmp)"
+    )
 
 
 def main() -> None:
@@ -146,7 +164,9 @@ def main() -> None:
     ap.add_argument("--size-mb", type=int, default=256)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--bufsize-mb", type=int, default=8)
-    ap.add_argument("--compare-bufsize-kb", type=int, default=None, help="add a place_scan row with this buffer")
+    ap.add_argument(
+        "--compare-bufsize-kb", type=int, default=None, help="add a place_scan row with this buffer"
+    )
     ap.add_argument("--disk-dir", type=Path, default=Path("/tmp"), help="a folder on a disk filesystem")
     ap.add_argument("--shm-dir", type=Path, default=Path("/dev/shm"))
     args = ap.parse_args()

@@ -13,8 +13,9 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from scanner_agent.core.errors import ConfigError
 
@@ -33,8 +34,10 @@ def _prefect_env() -> None:
 
 
 def _setup_logging(verbose: bool, *, quiet_prefect: bool = False) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+    )
     if quiet_prefect:
         # The demo prints its own story; Prefect's per-task lines (kept in the UI) would drown it.
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
@@ -57,19 +60,26 @@ def _load(args: argparse.Namespace) -> Any:
 
 
 def _refuse_root(cfg: Any) -> None:
-    if hasattr(os, "geteuid") and os.geteuid() == 0 and not cfg.scanner.allow_root \
-            and os.environ.get("SCANNER_AGENT_ALLOW_ROOT") != "1":
-        raise ConfigError("refusing to run as root: run as the scanner-agent service user (see systemd/README.md), "
-                          "or set scanner.allow_root = true / SCANNER_AGENT_ALLOW_ROOT=1 if you really mean it")
+    if (
+        hasattr(os, "geteuid")
+        and os.geteuid() == 0
+        and not cfg.scanner.allow_root
+        and os.environ.get("SCANNER_AGENT_ALLOW_ROOT") != "1"
+    ):
+        raise ConfigError(
+            "refusing to run as root: run as the scanner-agent service user (see systemd/README.md), "
+            "or set scanner.allow_root = true / SCANNER_AGENT_ALLOW_ROOT=1 if you really mean it"
+        )
 
 
 # --- commands ------------------------------------------------------------------------------
 
+
 def cmd_run(args: argparse.Namespace) -> int:
+    import faulthandler
+
     from scanner_agent.service.bootstrap import Agent
     from scanner_agent.service.daemon import Daemon
-
-    import faulthandler
 
     faulthandler.enable()  # a watchdog kill then leaves every thread's stack in the journal
     try:
@@ -88,10 +98,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_process(args: argparse.Namespace) -> int:
     """Process the given scans now (backfill), with the same flow the daemon uses."""
+    from scanner_agent.scanunit import ScanUnit
     from scanner_agent.service.bootstrap import Agent
     from scanner_agent.service.daemon import JournalLock, undecodable_name
     from scanner_agent.service.dispatcher import Dispatcher
-    from scanner_agent.scanunit import ScanUnit
 
     cfg = _load(args)
     _refuse_root(cfg)
@@ -111,14 +121,19 @@ def cmd_process(args: argparse.Namespace) -> int:
                 continue
             shown = undecodable_name(unit.primary)
             if shown is not None:
-                print(f"{shown}: the name is not valid UTF-8; rename it, then process it again", file=sys.stderr)
+                print(
+                    f"{shown}: the name is not valid UTF-8; rename it, then process it again", file=sys.stderr
+                )
                 unnamed += 1
                 continue
             fp = unit.fingerprint()
-            rec, new = agent.journal.record_ready(str(unit.primary), fp.total_size, fp.newest_mtime_ns,
-                                                  details={"via": "process"})
+            rec, new = agent.journal.record_ready(
+                str(unit.primary), fp.total_size, fp.newest_mtime_ns, details={"via": "process"}
+            )
             if not new and rec.state in ("held", "failed"):
-                rec = agent.journal.transition(rec.id, "ready", reason="scanner-agent process", expect=(rec.state,))
+                rec = agent.journal.transition(
+                    rec.id, "ready", reason="scanner-agent process", expect=(rec.state,)
+                )
             if rec.state == "ready":
                 disp.submit(rec.id, rec.ready_at)
             ids.append((raw, rec.id))
@@ -175,7 +190,9 @@ def cmd_retry(args: argparse.Namespace) -> int:
     for rec in j.in_state("held", "failed"):
         if args.barcode and rec.barcode not in args.barcode:
             continue
-        j.transition(rec.id, rec.state, reason=rec.reason, kind=rec.kind, next_check=time.time(), expect=(rec.state,))
+        j.transition(
+            rec.id, rec.state, reason=rec.reason, kind=rec.kind, next_check=time.time(), expect=(rec.state,)
+        )
         print(f"retry queued: {Path(rec.path).name} ({rec.state}: {rec.reason})")
         n += 1
     if not n:
@@ -198,13 +215,20 @@ def cmd_setup_prefect(args: argparse.Namespace) -> int:
 
     cfg = _load(args)
     if not os.environ.get("PREFECT_API_URL"):
-        raise ConfigError("setup-prefect needs a Prefect server: set [prefect] api_url (or PREFECT_API_URL); "
-                          "the embedded API has no automations service running between scans")
+        raise ConfigError(
+            "setup-prefect needs a Prefect server: set [prefect] api_url (or PREFECT_API_URL); "
+            "the embedded API has no automations service running between scans"
+        )
     a = cfg.alerts
     try:
-        done = setup_prefect_sync(scanner=cfg.scanner.name, crash_after_seconds=cfg.prefect.crash_after_seconds,
-                                  notify=args.notify, webhook_url=cfg.notify_webhook_url() if args.notify else None,
-                                  agent_alerts_on=bool(a.slack_channel or a.email_to), ui_url=cfg.ui_url())
+        done = setup_prefect_sync(
+            scanner=cfg.scanner.name,
+            crash_after_seconds=cfg.prefect.crash_after_seconds,
+            notify=args.notify,
+            webhook_url=cfg.notify_webhook_url() if args.notify else None,
+            agent_alerts_on=bool(a.slack_channel or a.email_to),
+            ui_url=cfg.ui_url(),
+        )
     except SetupError as exc:
         raise ConfigError(str(exc)) from None
     for outcome in done:
@@ -233,18 +257,26 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def with_config(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        sp.add_argument("--config", "-c", required=True, help="the scanner's TOML file, e.g. config/cardinal.toml")
+        sp.add_argument(
+            "--config", "-c", required=True, help="the scanner's TOML file, e.g. config/cardinal.toml"
+        )
         return sp
 
-    with_config(sub.add_parser("run", help="run the daemon: watch, process, alert")).set_defaults(func=cmd_run)
+    with_config(sub.add_parser("run", help="run the daemon: watch, process, alert")).set_defaults(
+        func=cmd_run
+    )
     sp = with_config(sub.add_parser("process", help="process the given scans now (backfill)"))
     sp.add_argument("paths", nargs="+")
     sp.set_defaults(func=cmd_process)
     sp = with_config(sub.add_parser("status", help="journal summary, daemon health, held and failed scans"))
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_status)
-    sp = with_config(sub.add_parser("check", help="validate configuration, folders, sheet, alert channels, Prefect"))
-    sp.add_argument("--offline", action="store_true", help="skip network checks (sheet, Slack, SMTP, Prefect)")
+    sp = with_config(
+        sub.add_parser("check", help="validate configuration, folders, sheet, alert channels, Prefect")
+    )
+    sp.add_argument(
+        "--offline", action="store_true", help="skip network checks (sheet, Slack, SMTP, Prefect)"
+    )
     sp.set_defaults(func=cmd_check)
     sp = with_config(sub.add_parser("retry", help="re-check held and failed scans now"))
     sp.add_argument("--barcode", action="append", help="only this barcode (repeatable)")
@@ -252,9 +284,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp = with_config(sub.add_parser("reconcile", help="sheet vs storage vs journal, per barcode"))
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_reconcile)
-    sp = with_config(sub.add_parser("setup-prefect", help="create/update the Prefect server's automations "
-                                    "(crash runs whose host died; with --notify, post failed runs to a webhook)"))
-    sp.add_argument("--notify", action="store_true", help="also notify the webhook in prefect.notify_webhook_url_file")
+    sp = with_config(
+        sub.add_parser(
+            "setup-prefect",
+            help="create/update the Prefect server's automations "
+            "(crash runs whose host died; with --notify, post failed runs to a webhook)",
+        )
+    )
+    sp.add_argument(
+        "--notify", action="store_true", help="also notify the webhook in prefect.notify_webhook_url_file"
+    )
     sp.set_defaults(func=cmd_setup_prefect)
     sp = sub.add_parser("simulate", help="write synthetic slides slowly into a folder, like a scanner")
     sp.add_argument("--watch", required=True)

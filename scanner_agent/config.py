@@ -29,7 +29,18 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-DEFAULT_PATTERNS = ["*.svs", "*.tif", "*.tiff", "*.ndpi", "*.bif", "*.mrxs", "*.scn", "*.vms", "*.svslide", "*.dcm"]
+DEFAULT_PATTERNS = [
+    "*.svs",
+    "*.tif",
+    "*.tiff",
+    "*.ndpi",
+    "*.bif",
+    "*.mrxs",
+    "*.scn",
+    "*.vms",
+    "*.svslide",
+    "*.dcm",
+]
 
 
 class ScannerConfig(_Section):
@@ -90,7 +101,9 @@ class JournalConfig(_Section):
 class AlertsConfig(_Section):
     slack_channel: str = ""
     slack_token_file: Path | None = None
-    slack_token: SecretStr | None = None  # environment only (SLACK_BOT_TOKEN or SCANNER_AGENT_ALERTS__SLACK_TOKEN)
+    slack_token: SecretStr | None = (
+        None  # environment only (SLACK_BOT_TOKEN or SCANNER_AGENT_ALERTS__SLACK_TOKEN)
+    )
     slack_api_url: str = ""
     email_to: list[str] = Field(default_factory=list)
     email_from: str = ""
@@ -150,9 +163,14 @@ class AgentConfig(BaseSettings):
     source_file: Path | None = Field(default=None, exclude=True)
 
     @classmethod
-    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
-                                   env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
-                                   file_secret_settings: PydanticBaseSettingsSource) -> tuple[PydanticBaseSettingsSource, ...]:
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (env_settings, init_settings)
 
     # --- derived values -------------------------------------------------------------------
@@ -197,7 +215,9 @@ class AgentConfig(BaseSettings):
         return None
 
     def ui_url(self) -> str:
-        return (self.alerts.prefect_ui_url or self.prefect.ui_url or os.environ.get("PREFECT_UI_URL", "")).rstrip("/")
+        return (
+            self.alerts.prefect_ui_url or self.prefect.ui_url or os.environ.get("PREFECT_UI_URL", "")
+        ).rstrip("/")
 
 
 def read_secret_file(path: Path, key: str) -> str:
@@ -285,7 +305,9 @@ def static_problems(cfg: AgentConfig) -> list[str]:
     if cfg.sheet.csv is None and not cfg.sheet.spreadsheet_key:
         problems.append("sheet: set either sheet.csv (a local CSV) or sheet.spreadsheet_key (a Google Sheet)")
     if cfg.sheet.spreadsheet_key and cfg.sheet.credentials_file is None:
-        problems.append("sheet.credentials_file: required with sheet.spreadsheet_key (the Google service-account JSON)")
+        problems.append(
+            "sheet.credentials_file: required with sheet.spreadsheet_key (the Google service-account JSON)"
+        )
     try:
         layout_columns(cfg.storage.layout)
     except (ValueError, ConfigError) as exc:
@@ -295,9 +317,12 @@ def static_problems(cfg: AgentConfig) -> list[str]:
         problems.append(f"storage.root ({root}) and scanner.watch ({watch}) must not contain each other")
     if cfg.alerts.email_to and not (cfg.alerts.smtp_host and cfg.alerts.email_from):
         problems.append("alerts: email_to is set but smtp_host or email_from is missing")
-    if cfg.alerts.slack_channel and not (cfg.alerts.slack_token_file or cfg.alerts.slack_token
-                                         or os.environ.get("SLACK_BOT_TOKEN")):
-        problems.append("alerts.slack_channel is set but no token: set SLACK_BOT_TOKEN or alerts.slack_token_file")
+    if cfg.alerts.slack_channel and not (
+        cfg.alerts.slack_token_file or cfg.alerts.slack_token or os.environ.get("SLACK_BOT_TOKEN")
+    ):
+        problems.append(
+            "alerts.slack_channel is set but no token: set SLACK_BOT_TOKEN or alerts.slack_token_file"
+        )
     return problems
 
 

@@ -32,7 +32,7 @@ class ScanUnit:
     companion: Path | None = None  # the data folder of a MIRAX scan
 
     @classmethod
-    def from_path(cls, path: str | os.PathLike[str]) -> "ScanUnit":
+    def from_path(cls, path: str | os.PathLike[str]) -> ScanUnit:
         p = Path(path)
         if p.suffix.lower() in FOLDER_COMPANION_EXTS:
             folder = p.with_suffix("")
@@ -88,7 +88,9 @@ class ScanUnit:
     def fingerprint(self) -> Fingerprint:
         total = 0
         count = 0
-        newest: int | None = None  # not 0: a scanner clock before 1970 gives negative mtimes, kept in the identity
+        newest: int | None = (
+            None  # not 0: a scanner clock before 1970 gives negative mtimes, kept in the identity
+        )
         h = 0
         for fp, rel in self.files():
             st = fp.stat()

@@ -46,12 +46,21 @@ def _start_server() -> None:
     port = _STATE["port"]
     home = Path(str(_STATE["home"]))
     log = open(home / "server.log", "wb")
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_UI_ENABLED": "false",
-           "PREFECT_SERVER_API_HOST": "127.0.0.1"}
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PREFECT_UI_ENABLED": "false",
+        "PREFECT_SERVER_API_HOST": "127.0.0.1",
+    }
     env.pop("PREFECT_API_URL", None)
     exe = Path(sys.executable).with_name("prefect")
-    _STATE["proc"] = subprocess.Popen([str(exe), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                                      env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    _STATE["proc"] = subprocess.Popen(
+        [str(exe), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def wait_for_prefect(timeout: float = 180) -> str:
@@ -90,7 +99,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
         APILogWorker.drain_all(timeout=10)
         EventsWorker.drain_all(timeout=10)
-    except Exception:  # noqa: BLE001 - best effort at teardown
+    except Exception:
         pass
 
 

@@ -43,8 +43,14 @@ def unique_scanner_name(prefix: str = "Daemon") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-def wait_for(check: Callable[[], T], timeout: float, what: str, *, interval: float = 0.1,
-             alive: "DaemonProcess | None" = None) -> T:
+def wait_for(
+    check: Callable[[], T],
+    timeout: float,
+    what: str,
+    *,
+    interval: float = 0.1,
+    alive: DaemonProcess | None = None,
+) -> T:
     """Poll ``check`` until it returns something truthy; fail naming ``what`` after ``timeout``.
 
     With ``alive``, fail at once (with the daemon's log) if that daemon exits meanwhile.
@@ -55,7 +61,9 @@ def wait_for(check: Callable[[], T], timeout: float, what: str, *, interval: flo
         if value:
             return value
         if alive is not None and alive.returncode() is not None:
-            raise AssertionError(f"daemon exited ({alive.returncode()}) while waiting for {what}\n{alive.log_tail()}")
+            raise AssertionError(
+                f"daemon exited ({alive.returncode()}) while waiting for {what}\n{alive.log_tail()}"
+            )
         if time.monotonic() > end:
             tail = f"\n{alive.log_tail()}" if alive is not None else ""
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}{tail}")
@@ -78,7 +86,7 @@ class DaemonProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: Any = None
 
-    def __enter__(self) -> "DaemonProcess":
+    def __enter__(self) -> DaemonProcess:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -93,11 +101,15 @@ class DaemonProcess:
         assert self.proc is not None
         return self.proc.pid
 
-    def start(self) -> "DaemonProcess":
+    def start(self) -> DaemonProcess:
         self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([str(SCANNER_AGENT), *self.extra_args, "run", "--config", str(self.config)],
-                                     stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
-                                     env=dict(os.environ))
+        self.proc = subprocess.Popen(
+            [str(SCANNER_AGENT), *self.extra_args, "run", "--config", str(self.config)],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=dict(os.environ),
+        )
         return self
 
     def returncode(self) -> int | None:
@@ -105,13 +117,16 @@ class DaemonProcess:
 
     def wait_watching(self, timeout: float = 120) -> None:
         """Until this process has finished its start-up catch-up and says it is watching."""
+
         def watching() -> bool:
             if not self.cfg.journal.path.exists():
                 return False
             h = read_health(self.cfg.journal.path)
             return h.get("pid") == self.pid and bool(h.get("watching_since")) and not h.get("stopped_at")
 
-        wait_for(watching, timeout, f"the daemon (pid {self.pid}) to start watching", alive=self, interval=0.1)
+        wait_for(
+            watching, timeout, f"the daemon (pid {self.pid}) to start watching", alive=self, interval=0.1
+        )
 
     def signal(self, sig: int) -> None:
         assert self.proc is not None
@@ -168,8 +183,9 @@ def stored(journal_path: Path) -> list[ScanRecord]:
     return [r for r in records(journal_path) if r.state == "stored"]
 
 
-def write_slowly(data: bytes, dest: Path, *, chunk: int, interval: float,
-                 between_chunks: Callable[[], None] | None = None) -> float:
+def write_slowly(
+    data: bytes, dest: Path, *, chunk: int, interval: float, between_chunks: Callable[[], None] | None = None
+) -> float:
     """Write ``data`` to ``dest`` through one handle, ``chunk`` bytes every ``interval`` s, as a
     scanner does; call ``between_chunks`` after each chunk. Returns the time (``time.time()``)
     of the last write, taken before the handle is closed."""
@@ -177,7 +193,7 @@ def write_slowly(data: bytes, dest: Path, *, chunk: int, interval: float,
         for off in range(0, len(data), chunk):
             if off:
                 time.sleep(interval)
-            fh.write(data[off:off + chunk])
+            fh.write(data[off : off + chunk])
             fh.flush()
             if between_chunks is not None:
                 between_chunks()
@@ -192,6 +208,7 @@ def partials(storage_root: Path) -> list[Path]:
 
 def flow_runs(flow_name: str) -> list[Any]:
     """Every flow run of ``flow_name`` on the Prefect server (``PREFECT_API_URL``)."""
+
     async def go() -> list[Any]:
         from prefect.client.orchestration import get_client
         from prefect.client.schemas.filters import FlowFilter, FlowFilterName
@@ -200,8 +217,12 @@ def flow_runs(flow_name: str) -> list[Any]:
         out: list[Any] = []
         async with get_client() as client:
             while True:  # the API answers at most 200 per request
-                page = await client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])),
-                                                   sort=FlowRunSort.ID_DESC, limit=200, offset=len(out))
+                page = await client.read_flow_runs(
+                    flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])),
+                    sort=FlowRunSort.ID_DESC,
+                    limit=200,
+                    offset=len(out),
+                )
                 out += page
                 if len(page) < 200:
                     return out
@@ -228,5 +249,5 @@ def _status_field(pid: int, field: str) -> int:
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time the process has used so far (``/proc/<pid>/stat`` utime + stime)."""
     text = Path(f"/proc/{pid}/stat").read_text()
-    fields = text[text.rindex(")") + 2:].split()  # the command name may hold spaces
+    fields = text[text.rindex(")") + 2 :].split()  # the command name may hold spaces
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -50,7 +50,11 @@ def _toml_value(v: Any) -> str:
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     s = str(v)
-    return "'" + s + "'" if "'" not in s and "\n" not in s else '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return (
+        "'" + s + "'"
+        if "'" not in s and "\n" not in s
+        else '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    )
 
 
 def dump_toml(data: dict[str, dict[str, Any]]) -> str:
@@ -62,8 +66,9 @@ def dump_toml(data: dict[str, dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
-def write_config(base: Path, *, name: str = "Cardinal", sheet: str = SAMPLE_SHEET,
-                 **sections: dict[str, Any]) -> Path:
+def write_config(
+    base: Path, *, name: str = "Cardinal", sheet: str = SAMPLE_SHEET, **sections: dict[str, Any]
+) -> Path:
     """Folders under ``base`` (scanner/, storage/, state/) and a TOML config; returns its path.
     Keyword arguments are sections whose keys override the defaults, e.g. ``scanner={"settle_seconds": 1}``."""
     at = Folders(base)
@@ -72,8 +77,15 @@ def write_config(base: Path, *, name: str = "Cardinal", sheet: str = SAMPLE_SHEE
     at.storage.mkdir(exist_ok=True)
     at.sheet.write_text(sheet, encoding="utf-8")
     data: dict[str, dict[str, Any]] = {
-        "scanner": {"name": name, "watch": str(at.watch), "settle_seconds": 0.5, "rescan_seconds": 5,
-                    "max_parallel": 2, "allow_root": True, "retry_seconds": 1},
+        "scanner": {
+            "name": name,
+            "watch": str(at.watch),
+            "settle_seconds": 0.5,
+            "rescan_seconds": 5,
+            "max_parallel": 2,
+            "allow_root": True,
+            "retry_seconds": 1,
+        },
         "storage": {"root": str(at.storage), "layout": "{Study}/{Experiment}", "reserve_bytes": 0},
         "sheet": {"csv": str(at.sheet), "recheck_seconds": 1},
         "journal": {"path": str(base / "state" / f"{name.lower()}.sqlite")},
@@ -86,16 +98,16 @@ def write_config(base: Path, *, name: str = "Cardinal", sheet: str = SAMPLE_SHEE
 
 
 def make_agent(config_path: Path) -> Any:
-    from scanner_agent.service.bootstrap import Agent
     from scanner_agent.config import load_config
+    from scanner_agent.service.bootstrap import Agent
 
     return Agent.from_config(load_config(config_path))
 
 
 def process(agent: Any, *paths: Path) -> list[Any]:
     """Record each scan as ready and run its flow (the same path the daemon takes); returns the journal rows."""
-    from scanner_agent.service.dispatcher import run_scan
     from scanner_agent.scanunit import ScanUnit
+    from scanner_agent.service.dispatcher import run_scan
 
     ids = []
     for p in paths:

@@ -5,14 +5,12 @@ from __future__ import annotations
 import io
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from PIL import Image
 
-from scanner_agent.core import errors
-from scanner_agent.journal.outbox import AlertOutbox
 from scanner_agent.alerts.alerter import (
     KINDS,
     Alert,
@@ -22,6 +20,8 @@ from scanner_agent.alerts.alerter import (
     EmailChannel,
     SlackChannel,
 )
+from scanner_agent.core import errors
+from scanner_agent.journal.outbox import AlertOutbox
 from tests.servers import slack, smtp  # noqa: F401 - fixtures, with this module's credentials
 from tests.servers.slack_api import SlackApiServer
 from tests.servers.smtp import SmtpServer
@@ -57,9 +57,14 @@ def png_bytes() -> bytes:
 
 def unknown_barcode_alert(**kw: object) -> Alert:
     base: dict[str, object] = dict(
-        kind="unknown_barcode", scanner="Cardinal", barcode="545891",
+        kind="unknown_barcode",
+        scanner="Cardinal",
+        barcode="545891",
         message="Barcode 545891 (from /scans/Cardinal/545891.svs) has no row in the metadata sheet.",
-        file="/scans/Cardinal/545891.svs", run_url=RUN_URL, details={"held for": "3 h"})
+        file="/scans/Cardinal/545891.svs",
+        run_url=RUN_URL,
+        details={"held for": "3 h"},
+    )
     base.update(kw)
     return Alert(**base)  # type: ignore[arg-type]
 
@@ -76,22 +81,32 @@ def outbox(tmp_path: Path) -> Iterator[AlertOutbox]:
     box.close()
 
 
-def slack_channel(slack: SlackApiServer, *, token: str = TOKEN, channel: str = "#slide-scanning",
-                  retries: int = 2) -> SlackChannel:
+def slack_channel(
+    slack: SlackApiServer, *, token: str = TOKEN, channel: str = "#slide-scanning", retries: int = 2
+) -> SlackChannel:
     return SlackChannel(token, channel, api_url=slack.url, timeout=5, max_rate_limit_retries=retries)
 
 
 def email_channel(smtp: SmtpServer, *, password: str = SMTP_PASSWORD) -> EmailChannel:
-    return EmailChannel(smtp.host, smtp.port, sender="scanner-agent@lab.test", recipients=["histology@lab.test"],
-                        username=SMTP_USER, password=password, timeout=5, ssl_context=smtp.client_ssl_context())
+    return EmailChannel(
+        smtp.host,
+        smtp.port,
+        sender="scanner-agent@lab.test",
+        recipients=["histology@lab.test"],
+        username=SMTP_USER,
+        password=password,
+        timeout=5,
+        ssl_context=smtp.client_ssl_context(),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # What a person reads
 
 
-def test_slack_message_has_barcode_reason_action_and_run_link(slack: SlackApiServer, outbox: AlertOutbox,
-                                                             clock: Clock) -> None:
+def test_slack_message_has_barcode_reason_action_and_run_link(
+    slack: SlackApiServer, outbox: AlertOutbox, clock: Clock
+) -> None:
     alerter = Alerter([slack_channel(slack)], outbox, clock=clock)
     alert = unknown_barcode_alert()
 
@@ -116,8 +131,9 @@ def test_slack_message_has_barcode_reason_action_and_run_link(slack: SlackApiSer
     assert button["url"] == RUN_URL and button["text"]["text"] == "Open run in Prefect"
 
 
-def test_slack_thumbnail_goes_through_upload_url_into_the_alert_thread(slack: SlackApiServer,
-                                                                       outbox: AlertOutbox) -> None:
+def test_slack_thumbnail_goes_through_upload_url_into_the_alert_thread(
+    slack: SlackApiServer, outbox: AlertOutbox
+) -> None:
     png = png_bytes()
     alerter = Alerter([slack_channel(slack)], outbox)
 
@@ -161,8 +177,9 @@ def test_email_has_plain_html_and_the_whole_thumbnail(smtp: SmtpServer, outbox: 
 # When things go wrong
 
 
-def test_rate_limited_call_is_retried_after_retry_after_and_then_succeeds(slack: SlackApiServer,
-                                                                          outbox: AlertOutbox) -> None:
+def test_rate_limited_call_is_retried_after_retry_after_and_then_succeeds(
+    slack: SlackApiServer, outbox: AlertOutbox
+) -> None:
     slack.fail_next(1, status=429, retry_after=1)
     alerter = Alerter([slack_channel(slack)], outbox)
 
@@ -183,8 +200,9 @@ def test_rate_limit_that_does_not_end_queues_the_alert(slack: SlackApiServer, ou
     assert "ratelimited" in str(row["last_error"])
 
 
-def test_long_retry_after_queues_instead_of_stalling_the_scan(slack: SlackApiServer, outbox: AlertOutbox,
-                                                              clock: Clock) -> None:
+def test_long_retry_after_queues_instead_of_stalling_the_scan(
+    slack: SlackApiServer, outbox: AlertOutbox, clock: Clock
+) -> None:
     slack.fail_next(1, status=429, retry_after=600)
     alerter = Alerter([slack_channel(slack)], outbox, clock=clock)
 
@@ -194,8 +212,9 @@ def test_long_retry_after_queues_instead_of_stalling_the_scan(slack: SlackApiSer
     assert alerter.retry_pending() == 1
 
 
-def test_slack_down_email_still_goes_and_slack_gets_it_once_back(slack: SlackApiServer, smtp: SmtpServer,
-                                                                 outbox: AlertOutbox, clock: Clock) -> None:
+def test_slack_down_email_still_goes_and_slack_gets_it_once_back(
+    slack: SlackApiServer, smtp: SmtpServer, outbox: AlertOutbox, clock: Clock
+) -> None:
     alerter = Alerter([slack_channel(slack), email_channel(smtp)], outbox, clock=clock)
     slack.go_down("refuse")
 
@@ -219,8 +238,9 @@ def test_slack_down_email_still_goes_and_slack_gets_it_once_back(slack: SlackApi
     assert alerter.send(unknown_barcode_alert()) == {"slack": "suppressed", "email": "suppressed"}
 
 
-def test_failing_channel_is_not_hammered_while_it_backs_off(slack: SlackApiServer, outbox: AlertOutbox,
-                                                             clock: Clock) -> None:
+def test_failing_channel_is_not_hammered_while_it_backs_off(
+    slack: SlackApiServer, outbox: AlertOutbox, clock: Clock
+) -> None:
     alerter = Alerter([slack_channel(slack)], outbox, clock=clock)
     slack.go_down("500")
 
@@ -236,11 +256,15 @@ def test_failing_channel_is_not_hammered_while_it_backs_off(slack: SlackApiServe
     clock.advance(61)
     assert alerter.retry_pending() == 2
     texts = [c.payload["text"] for c in slack.calls_to("chat.postMessage", ok_only=True)]
-    assert [("Unknown barcode 1" in t, "Unknown barcode 2" in t) for t in texts] == [(True, False), (False, True)]
+    assert [("Unknown barcode 1" in t, "Unknown barcode 2" in t) for t in texts] == [
+        (True, False),
+        (False, True),
+    ]
 
 
-def test_smtp_down_queues_email_and_slack_still_gets_it(slack: SlackApiServer, smtp: SmtpServer,
-                                                        outbox: AlertOutbox, clock: Clock) -> None:
+def test_smtp_down_queues_email_and_slack_still_gets_it(
+    slack: SlackApiServer, smtp: SmtpServer, outbox: AlertOutbox, clock: Clock
+) -> None:
     alerter = Alerter([slack_channel(slack), email_channel(smtp)], outbox, clock=clock)
     smtp.stop()
 
@@ -260,7 +284,10 @@ def test_smtp_login_refused_says_so_without_the_password(smtp: SmtpServer, outbo
     with pytest.raises(AlertDeliveryError) as info:
         channel.send(unknown_barcode_alert())
     text = str(info.value)
-    assert f"rejected the login for user '{SMTP_USER}'" in text and "check the SMTP username and password" in text
+    assert (
+        f"rejected the login for user '{SMTP_USER}'" in text
+        and "check the SMTP username and password" in text
+    )
     assert SMTP_PASSWORD not in text
     assert smtp.messages == []
 
@@ -303,8 +330,9 @@ def test_send_never_raises_and_other_channels_still_get_it(smtp: SmtpServer, out
 # Dedupe and recoveries
 
 
-def test_same_alert_is_not_repeated_within_the_window_but_is_after_it(slack: SlackApiServer, smtp: SmtpServer,
-                                                                     tmp_path: Path, clock: Clock) -> None:
+def test_same_alert_is_not_repeated_within_the_window_but_is_after_it(
+    slack: SlackApiServer, smtp: SmtpServer, tmp_path: Path, clock: Clock
+) -> None:
     db = tmp_path / "journal.sqlite"
     channels: list[Channel] = [slack_channel(slack), email_channel(smtp)]
     alerter = Alerter(channels, AlertOutbox(db), repeat_after_seconds=3600, clock=clock)
@@ -325,11 +353,17 @@ def test_same_alert_is_not_repeated_within_the_window_but_is_after_it(slack: Sla
     assert len(smtp.messages) == 3
 
 
-def test_recovery_is_announced_once_per_episode(slack: SlackApiServer, outbox: AlertOutbox, clock: Clock) -> None:
+def test_recovery_is_announced_once_per_episode(
+    slack: SlackApiServer, outbox: AlertOutbox, clock: Clock
+) -> None:
     alerter = Alerter([slack_channel(slack)], outbox, clock=clock)
     held = unknown_barcode_alert(kind="held_too_long")
-    stored = unknown_barcode_alert(kind="held_too_long", recovery=True,
-                                   message="545891 stored after 3 h held.", details={"held for": "3 h"})
+    stored = unknown_barcode_alert(
+        kind="held_too_long",
+        recovery=True,
+        message="545891 stored after 3 h held.",
+        details={"held for": "3 h"},
+    )
 
     assert alerter.send(held) == {"slack": "sent"}
     clock.advance(10)
@@ -347,11 +381,15 @@ def test_recovery_is_announced_once_per_episode(slack: SlackApiServer, outbox: A
 
     posts = slack.calls_to("chat.postMessage")
     assert len(posts) == 4
-    assert posts[1].payload["blocks"][0]["text"]["text"].startswith("✅ Resolved: Scan held too long for 545891")
+    assert (
+        posts[1].payload["blocks"][0]["text"]["text"].startswith("✅ Resolved: Scan held too long for 545891")
+    )
     assert KINDS["recovered"].action in posts[1].payload["text"]
 
 
-def test_generic_recovered_kind_is_sent_once(slack: SlackApiServer, outbox: AlertOutbox, clock: Clock) -> None:
+def test_generic_recovered_kind_is_sent_once(
+    slack: SlackApiServer, outbox: AlertOutbox, clock: Clock
+) -> None:
     alerter = Alerter([slack_channel(slack)], outbox, clock=clock)
     back = Alert(kind="recovered", scanner="Cardinal", message="Storage share is writable again.")
     assert back.recovery and back.title == "Recovered on Cardinal"
@@ -364,8 +402,9 @@ def test_generic_recovered_kind_is_sent_once(slack: SlackApiServer, outbox: Aler
 # check() and secrets
 
 
-def test_check_uses_auth_test_and_smtp_login_without_sending(slack: SlackApiServer, smtp: SmtpServer,
-                                                             outbox: AlertOutbox) -> None:
+def test_check_uses_auth_test_and_smtp_login_without_sending(
+    slack: SlackApiServer, smtp: SmtpServer, outbox: AlertOutbox
+) -> None:
     alerter = Alerter([slack_channel(slack), email_channel(smtp)], outbox)
     assert alerter.check() == []
     assert [c.method for c in slack.calls] == ["auth.test"]
@@ -379,8 +418,9 @@ def test_check_uses_auth_test_and_smtp_login_without_sending(slack: SlackApiServ
     assert smtp.messages == []
 
 
-def test_secrets_never_reach_logs_errors_repr_or_outbox(slack: SlackApiServer, smtp: SmtpServer,
-                                                        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_secrets_never_reach_logs_errors_repr_or_outbox(
+    slack: SlackApiServer, smtp: SmtpServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     db = tmp_path / "journal.sqlite"
     outbox = AlertOutbox(db)
@@ -389,8 +429,12 @@ def test_secrets_never_reach_logs_errors_repr_or_outbox(slack: SlackApiServer, s
     wrong_mail = email_channel(smtp, password=SMTP_PASSWORD + "-old")
     bad = Alerter([wrong_slack, wrong_mail], outbox)
 
-    results = [good.send(unknown_barcode_alert(thumbnail_png=png_bytes())),
-               bad.send(unknown_barcode_alert(barcode="1")), good.check(), bad.check()]
+    results = [
+        good.send(unknown_barcode_alert(thumbnail_png=png_bytes())),
+        bad.send(unknown_barcode_alert(barcode="1")),
+        good.check(),
+        bad.check(),
+    ]
     slack.go_down("500")
     results.append(good.send(unknown_barcode_alert(barcode="2")))
     smtp.stop()
@@ -398,8 +442,13 @@ def test_secrets_never_reach_logs_errors_repr_or_outbox(slack: SlackApiServer, s
     outbox.close()
 
     assert "invalid_auth" in caplog.text  # the failures were logged...
-    visible = caplog.text + repr(results) + repr(good.channels) + repr(bad.channels) + db.read_bytes().decode(
-        "utf-8", "replace")
+    visible = (
+        caplog.text
+        + repr(results)
+        + repr(good.channels)
+        + repr(bad.channels)
+        + db.read_bytes().decode("utf-8", "replace")
+    )
     for secret in (TOKEN, SMTP_PASSWORD):  # ...without the secrets
         assert secret not in visible
 
@@ -409,14 +458,39 @@ def test_secrets_never_reach_logs_errors_repr_or_outbox(slack: SlackApiServer, s
 
 
 def test_kinds_are_all_there_and_agree_with_the_errors() -> None:
-    expected = {"unknown_barcode", "incomplete_row", "sheet_malformed", "held_too_long", "no_barcode",
-                "corrupt_slide", "destination_collision", "storage_unavailable", "storage_full",
-                "source_changed", "sheet_unreachable", "watcher_unhealthy", "missing_rescan", "qc_failed",
-                "rescan_requested", "rescan_received", "recovered", "scan_error"}
+    expected = {
+        "unknown_barcode",
+        "incomplete_row",
+        "sheet_malformed",
+        "held_too_long",
+        "no_barcode",
+        "corrupt_slide",
+        "destination_collision",
+        "storage_unavailable",
+        "storage_full",
+        "source_changed",
+        "sheet_unreachable",
+        "watcher_unhealthy",
+        "missing_rescan",
+        "qc_failed",
+        "rescan_requested",
+        "rescan_received",
+        "recovered",
+        "scan_error",
+    }
     assert expected <= set(KINDS)
-    for cls in (errors.UnknownBarcode, errors.IncompleteRow, errors.SheetMalformed, errors.NoBarcode,
-                errors.CorruptSlide, errors.DestinationCollision, errors.StorageUnavailable,
-                errors.SourceChanged, errors.SheetUnavailable, errors.ScanError):
+    for cls in (
+        errors.UnknownBarcode,
+        errors.IncompleteRow,
+        errors.SheetMalformed,
+        errors.NoBarcode,
+        errors.CorruptSlide,
+        errors.DestinationCollision,
+        errors.StorageUnavailable,
+        errors.SourceChanged,
+        errors.SheetUnavailable,
+        errors.ScanError,
+    ):
         assert KINDS[cls.kind].action == cls.action
 
 
@@ -424,15 +498,23 @@ def test_titles_and_keys() -> None:
     a = unknown_barcode_alert()
     assert a.title == "Unknown barcode 545891 on Cardinal"
     assert a.action == errors.UnknownBarcode.action
-    assert Alert(kind="no_barcode", scanner="Cardinal", message="m", file="/scans/x/slide_17.svs").title == \
-        "No barcode found in slide_17.svs on Cardinal"
+    assert (
+        Alert(kind="no_barcode", scanner="Cardinal", message="m", file="/scans/x/slide_17.svs").title
+        == "No barcode found in slide_17.svs on Cardinal"
+    )
     assert Alert(kind="storage_full", scanner="Cardinal", message="m").title == "Storage full on Cardinal"
-    assert Alert(kind="something_new", scanner="C", message="m", barcode="9").title == "Something new for 9 on C"
+    assert (
+        Alert(kind="something_new", scanner="C", message="m", barcode="9").title == "Something new for 9 on C"
+    )
     assert a.key() != unknown_barcode_alert(recovery=True).key()
     assert a.key() != unknown_barcode_alert(scanner="Other").key()
 
-    err = errors.IncompleteRow("Row 14 (barcode 545891) has empty REQUIRED column 'Panel'.",
-                               barcode="545891", path="/scans/545891.svs", missing=["Panel"])
+    err = errors.IncompleteRow(
+        "Row 14 (barcode 545891) has empty REQUIRED column 'Panel'.",
+        barcode="545891",
+        path="/scans/545891.svs",
+        missing=["Panel"],
+    )
     from_err = Alert.from_error(err, scanner="Cardinal", run_url=RUN_URL)
     assert from_err.kind == "incomplete_row" and from_err.file == "/scans/545891.svs"
     assert from_err.title == "Incomplete sheet row for 545891 on Cardinal"

@@ -13,10 +13,11 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -84,8 +85,9 @@ def mail_text(msg: EmailMessage) -> str:
 
 
 @pytest.fixture
-def make_lab(tmp_path: Path, slack: SlackApiServer, smtp: SmtpServer, prefect_api: str,
-             monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Lab]]:
+def make_lab(
+    tmp_path: Path, slack: SlackApiServer, smtp: SmtpServer, prefect_api: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[..., Lab]]:
     """Build a Lab; keyword arguments are config sections (merged over the alert defaults) or ``sheet``."""
     monkeypatch.setenv("SLACK_BOT_TOKEN", TOKEN)
     password_file = tmp_path / "smtp-password"
@@ -94,11 +96,20 @@ def make_lab(tmp_path: Path, slack: SlackApiServer, smtp: SmtpServer, prefect_ap
     agents: list[Agent] = []
 
     def build(*, sheet: str = SAMPLE_SHEET, **sections: dict[str, Any]) -> Lab:
-        alerts = {"slack_channel": "#slide-scanning", "slack_api_url": slack.url,
-                  "email_to": ["lab@example.org", "pathology@example.org"], "email_from": "scanner@example.org",
-                  "smtp_host": "127.0.0.1", "smtp_port": smtp.port, "smtp_starttls": True,
-                  "smtp_username": SMTP_USER, "smtp_password_file": str(password_file),
-                  "smtp_ca_file": str(smtp.cert_path), "prefect_ui_url": UI, "repeat_after_minutes": 60}
+        alerts = {
+            "slack_channel": "#slide-scanning",
+            "slack_api_url": slack.url,
+            "email_to": ["lab@example.org", "pathology@example.org"],
+            "email_from": "scanner@example.org",
+            "smtp_host": "127.0.0.1",
+            "smtp_port": smtp.port,
+            "smtp_starttls": True,
+            "smtp_username": SMTP_USER,
+            "smtp_password_file": str(password_file),
+            "smtp_ca_file": str(smtp.cert_path),
+            "prefect_ui_url": UI,
+            "repeat_after_minutes": 60,
+        }
         alerts.update(sections.pop("alerts", {}))
         base = tmp_path / "lab"
         cfg = write_config(base, sheet=sheet, alerts=alerts, **sections)
@@ -111,7 +122,9 @@ def make_lab(tmp_path: Path, slack: SlackApiServer, smtp: SmtpServer, prefect_ap
         a.close()
 
 
-def assert_alerted_once(lab: Lab, *, title: str, subject: str, run_url: str, reason: str) -> tuple[dict[str, Any], EmailMessage]:
+def assert_alerted_once(
+    lab: Lab, *, title: str, subject: str, run_url: str, reason: str
+) -> tuple[dict[str, Any], EmailMessage]:
     """Exactly one Slack post and one e-mail about ``subject``, each with title, run link and reason."""
     posts = [p for p in lab.posts() if subject in header(p)]
     assert len(posts) == 1, [header(p) for p in lab.posts()]
@@ -133,24 +146,39 @@ def assert_alerted_once(lab: Lab, *, title: str, subject: str, run_url: str, rea
 
 
 def test_smtp_ca_file_is_what_lets_the_agent_trust_a_private_smtp_certificate(
-        tmp_path: Path, smtp: SmtpServer) -> None:
-    from scanner_agent.service.bootstrap import build_channels
+    tmp_path: Path, smtp: SmtpServer
+) -> None:
     from scanner_agent.config import load_config
     from scanner_agent.core.errors import ConfigError
+    from scanner_agent.service.bootstrap import build_channels
 
     def email_channel(**alerts: Any) -> Any:
-        cfg = write_config(tmp_path / "cfg", alerts={"email_to": ["lab@example.org"], "email_from": "scanner@example.org",
-                                                     "smtp_host": "127.0.0.1", "smtp_port": smtp.port,
-                                                     "smtp_username": SMTP_USER, **alerts})
+        cfg = write_config(
+            tmp_path / "cfg",
+            alerts={
+                "email_to": ["lab@example.org"],
+                "email_from": "scanner@example.org",
+                "smtp_host": "127.0.0.1",
+                "smtp_port": smtp.port,
+                "smtp_username": SMTP_USER,
+                **alerts,
+            },
+        )
         [channel] = build_channels(load_config(cfg))
         return channel
 
     untrusted = email_channel().check()
-    assert len(untrusted) == 1 and "TLS with SMTP server 127.0.0.1" in untrusted[0] and "certificate" in untrusted[0]
+    assert (
+        len(untrusted) == 1
+        and "TLS with SMTP server 127.0.0.1" in untrusted[0]
+        and "certificate" in untrusted[0]
+    )
     # Trusted: TLS goes through and the server gets as far as the login (no password was configured here).
     [trusted] = email_channel(smtp_ca_file=str(smtp.cert_path)).check()
     assert "rejected the login for user 'scanner-agent'" in trusted
-    with pytest.raises(ConfigError, match=r"alerts\.smtp_ca_file: cannot load CA certificates from .*missing\.pem"):
+    with pytest.raises(
+        ConfigError, match=r"alerts\.smtp_ca_file: cannot load CA certificates from .*missing\.pem"
+    ):
         email_channel(smtp_ca_file=str(tmp_path / "missing.pem"))
 
 
@@ -161,7 +189,7 @@ def test_smtp_ca_file_is_what_lets_the_agent_trust_a_private_smtp_certificate(
 @dataclass
 class Case:
     make: Callable[[Lab], Path]
-    subject: str          # barcode, or the file name when there is none
+    subject: str  # barcode, or the file name when there is none
     barcode: str | None
     title: str
     reason: str
@@ -183,29 +211,64 @@ def _no_storage(lab: Lab) -> Path:
 
 
 CASES = {
-    "unknown_barcode": Case(lambda lab: lab.scan("999999_a.svs", barcode="999999"), "999999", "999999",
-                            "Unknown barcode", "No row for barcode 999999", "held"),
-    "incomplete_row": Case(lambda lab: lab.scan("111111_a.svs", barcode="111111"), "111111", "111111",
-                           "Incomplete sheet row", "REQUIRED column(s) 'Panel'", "held",
-                           sheet=SAMPLE_SHEET + "111111,Prec01,Run 2,,Cardinal,,,\n"),
-    "no_barcode": Case(lambda lab: lab.scan("slide_nolabel.svs"), "slide_nolabel.svs", None,
-                       "No barcode found", "No barcode for", "quarantined"),
-    "corrupt_slide": Case(lambda lab: write_corrupt(lab.watch / "317335_a.svs", "garbage"), "317335", "317335",
-                          "Unreadable slide", "317335_a.svs", "quarantined"),
-    "destination_collision": Case(_collision, "407871", "407871", "Name already taken",
-                                  "already holds a different scan", "failed"),
-    "storage_unavailable": Case(_no_storage, "754788", "754788", "Storage unavailable",
-                                "does not exist (is the share mounted?)", "failed"),
+    "unknown_barcode": Case(
+        lambda lab: lab.scan("999999_a.svs", barcode="999999"),
+        "999999",
+        "999999",
+        "Unknown barcode",
+        "No row for barcode 999999",
+        "held",
+    ),
+    "incomplete_row": Case(
+        lambda lab: lab.scan("111111_a.svs", barcode="111111"),
+        "111111",
+        "111111",
+        "Incomplete sheet row",
+        "REQUIRED column(s) 'Panel'",
+        "held",
+        sheet=SAMPLE_SHEET + "111111,Prec01,Run 2,,Cardinal,,,\n",
+    ),
+    "no_barcode": Case(
+        lambda lab: lab.scan("slide_nolabel.svs"),
+        "slide_nolabel.svs",
+        None,
+        "No barcode found",
+        "No barcode for",
+        "quarantined",
+    ),
+    "corrupt_slide": Case(
+        lambda lab: write_corrupt(lab.watch / "317335_a.svs", "garbage"),
+        "317335",
+        "317335",
+        "Unreadable slide",
+        "317335_a.svs",
+        "quarantined",
+    ),
+    "destination_collision": Case(
+        _collision, "407871", "407871", "Name already taken", "already holds a different scan", "failed"
+    ),
+    "storage_unavailable": Case(
+        _no_storage,
+        "754788",
+        "754788",
+        "Storage unavailable",
+        "does not exist (is the share mounted?)",
+        "failed",
+    ),
 }
 
 
-@pytest.mark.parametrize("kind", [
-    *[k for k in CASES if k != "storage_unavailable"],
-    # Move Image retries a transient storage failure (5 s, then 30 s) before it alerts.
-    pytest.param("storage_unavailable", marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        *[k for k in CASES if k != "storage_unavailable"],
+        # Move Image retries a transient storage failure (5 s, then 30 s) before it alerts.
+        pytest.param("storage_unavailable", marks=pytest.mark.slow),
+    ],
+)
 def test_each_failure_reaches_slack_and_email_once_with_run_link_barcode_and_reason(
-        kind: str, make_lab: Callable[..., Lab], caplog: pytest.LogCaptureFixture) -> None:
+    kind: str, make_lab: Callable[..., Lab], caplog: pytest.LogCaptureFixture
+) -> None:
     case = CASES[kind]
     lab = make_lab(sheet=case.sheet)
     caplog.set_level(logging.DEBUG)
@@ -215,10 +278,13 @@ def test_each_failure_reaches_slack_and_email_once_with_run_link_barcode_and_rea
 
     assert rec.state == case.state, rec.reason
     assert rec.kind == kind and rec.barcode == case.barcode
-    post, mail = assert_alerted_once(lab, title=case.title, subject=case.subject, run_url=lab.run_url(rec),
-                                     reason=case.reason)
+    post, mail = assert_alerted_once(
+        lab, title=case.title, subject=case.subject, run_url=lab.run_url(rec), reason=case.reason
+    )
     if case.barcode:
-        assert f"*Barcode*\\n{case.barcode}" in post_text(post) and f"Barcode: {case.barcode}" in mail_text(mail)
+        assert f"*Barcode*\\n{case.barcode}" in post_text(post) and f"Barcode: {case.barcode}" in mail_text(
+            mail
+        )
     assert len(lab.posts()) == 1 and len(lab.mails()) == 1  # nothing else was said
     assert lab.smtp.logins == [(SMTP_USER, True)]  # logged in, after STARTTLS verified with smtp_ca_file
     if kind == "unknown_barcode":  # for the report: what a Slack alert looks like
@@ -246,8 +312,9 @@ def test_qc_failure_is_stored_and_alerted_with_thumbnail_uploaded(make_lab: Call
 
     assert rec.state == "stored" and Path(rec.dest).exists() and not src.exists()
     assert "qc_failed" in rec.details
-    post, mail = assert_alerted_once(lab, title="Slide QC failed", subject="465551", run_url=lab.run_url(rec),
-                                     reason="out of focus")
+    post, mail = assert_alerted_once(
+        lab, title="Slide QC failed", subject="465551", run_url=lab.run_url(rec), reason="out of focus"
+    )
     # files_upload_v2: get an upload URL, POST the bytes there, then share into the alert's thread.
     [get_url] = lab.slack.calls_to("files.getUploadURLExternal", ok_only=True)
     [complete] = lab.slack.calls_to("files.completeUploadExternal", ok_only=True)
@@ -274,8 +341,13 @@ def test_same_unknown_barcode_again_within_the_window_is_not_realerted(make_lab:
     [again] = process(lab.agent, src)  # held -> ready -> another run that meets the same problem
     assert first.state == again.state == "held"
     assert again.attempts == 2 and again.flow_run_id == first.flow_run_id  # one Prefect run per scan
-    assert_alerted_once(lab, title="Unknown barcode", subject="999999", run_url=lab.run_url(first),
-                        reason="No row for barcode 999999")
+    assert_alerted_once(
+        lab,
+        title="Unknown barcode",
+        subject="999999",
+        run_url=lab.run_url(first),
+        reason="No row for barcode 999999",
+    )
     assert len(lab.posts()) == 1 and len(lab.mails()) == 1
 
 
@@ -340,8 +412,9 @@ def test_slack_down_email_still_arrives_and_slack_gets_it_on_retry(make_lab: Cal
     assert len(lab.mails()) == 1  # e-mail is not sent twice
 
 
-def test_held_too_long_is_alerted_once_by_the_slow_timers(make_lab: Callable[..., Lab],
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_held_too_long_is_alerted_once_by_the_slow_timers(
+    make_lab: Callable[..., Lab], monkeypatch: pytest.MonkeyPatch
+) -> None:
     from scanner_agent.service.daemon import slow_timers
 
     # [sheet] keys come from the environment here: the harness's ``sheet`` argument is the CSV text.
@@ -358,7 +431,10 @@ def test_held_too_long_is_alerted_once_by_the_slow_timers(make_lab: Callable[...
     posts = [p for p in lab.posts() if "held too long" in header(p)]
     assert len(posts) == 1, [header(p) for p in lab.posts()]
     assert "999999" in header(posts[0]) and button_url(posts[0]) == lab.run_url(rec)
-    assert "999999_a.svs has been held for" in posts[0]["text"] and "No row for barcode 999999" in posts[0]["text"]
+    assert (
+        "999999_a.svs has been held for" in posts[0]["text"]
+        and "No row for barcode 999999" in posts[0]["text"]
+    )
     mails = [m for m in lab.mails() if "held too long" in str(m["Subject"])]
     assert len(mails) == 1 and lab.run_url(rec) in mail_text(mails[0])
     assert len(lab.posts()) == 2 and len(lab.mails()) == 2  # unknown barcode, then held too long
@@ -367,8 +443,15 @@ def test_held_too_long_is_alerted_once_by_the_slow_timers(make_lab: Callable[...
 def _health(alive: bool, error: str | None = None) -> Any:
     from scanner_agent.watch.watcher import WatcherHealth
 
-    return WatcherHealth(observer="inotify", alive=alive, watching_since=None if not alive else time.time(),
-                         last_full_scan=None, last_error=error, restarts=0, pending=0)
+    return WatcherHealth(
+        observer="inotify",
+        alive=alive,
+        watching_since=None if not alive else time.time(),
+        last_full_scan=None,
+        last_error=error,
+        restarts=0,
+        pending=0,
+    )
 
 
 def test_watcher_unhealthy_is_alerted_once_then_recovered_once(make_lab: Callable[..., Lab]) -> None:

@@ -9,8 +9,6 @@ from pathlib import Path
 import pytest
 
 from scanner_agent.core import errors
-
-from scanner_agent.testing import synthetic
 from scanner_agent.core.barcode import (
     METADATA_KEYS,
     BarcodeResult,
@@ -20,6 +18,7 @@ from scanner_agent.core.barcode import (
     find_barcode,
 )
 from scanner_agent.scanunit import ScanUnit
+from scanner_agent.testing import synthetic
 
 SIX = compile_barcode_regex(r"(?P<barcode>\d{6})")
 
@@ -44,15 +43,18 @@ def test_invalid_regex_names_the_key() -> None:
 # --- from the name ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("name", "expected"), [
-    ("620995", "620995"),
-    ("620995_HE_2024-01-31 10.11.12", "620995"),
-    ("scan 620995 copy", "620995"),
-    ("007123", "007123"),  # leading zeros are part of the barcode
-    ("620995_620995", "620995"),  # the same barcode twice is not ambiguous
-    ("no digits here", None),
-    ("12345", None),
-])
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("620995", "620995"),
+        ("620995_HE_2024-01-31 10.11.12", "620995"),
+        ("scan 620995 copy", "620995"),
+        ("007123", "007123"),  # leading zeros are part of the barcode
+        ("620995_620995", "620995"),  # the same barcode twice is not ambiguous
+        ("no digits here", None),
+        ("12345", None),
+    ],
+)
 def test_barcode_from_name(name: str, expected: str | None) -> None:
     assert barcode_from_name(name, SIX) == expected
 
@@ -126,15 +128,18 @@ def test_whole_metadata_value_used_when_regex_does_not_match_it(tmp_path: Path) 
     assert find_barcode(unit(p), anchored).barcode == "620995"
 
 
-@pytest.mark.parametrize(("value", "reason"), [
-    ("620 995", "whitespace"),
-    ("../620995", "path separator"),
-    ("a\\b", "path separator"),
-    ("62\x00995", "control character"),
-    ("..", "not a usable barcode"),
-    ("x" * 65, "at most 64"),
-    ("\u0666\u0662\u0660", "non-ASCII"),  # Arabic-Indic digits
-])
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("620 995", "whitespace"),
+        ("../620995", "path separator"),
+        ("a\\b", "path separator"),
+        ("62\x00995", "control character"),
+        ("..", "not a usable barcode"),
+        ("x" * 65, "at most 64"),
+        ("\u0666\u0662\u0660", "non-ASCII"),  # Arabic-Indic digits
+    ],
+)
 def test_unsafe_metadata_barcodes_are_rejected(tmp_path: Path, value: str, reason: str) -> None:
     anchored = compile_barcode_regex(r"^(?P<barcode>\d{6})$")  # never matches these: whole value is tried
     with pytest.raises(errors.NoBarcode, match=reason):

@@ -29,8 +29,9 @@ STORED_NAME = "Prec01_Run-2_P1_Cardinal_620995.svs"
 def cli(*args: str | os.PathLike[str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """Run the installed console script; the operator's environment, minus any root override."""
     env = {k: v for k, v in os.environ.items() if k != "SCANNER_AGENT_ALLOW_ROOT"}
-    return subprocess.run([str(SCRIPT), *map(str, args)], env=env, capture_output=True, text=True,
-                          timeout=timeout, cwd="/")
+    return subprocess.run(
+        [str(SCRIPT), *map(str, args)], env=env, capture_output=True, text=True, timeout=timeout, cwd="/"
+    )
 
 
 def patch_config(cfg: Path, section: str, **values: Any) -> Path:
@@ -89,7 +90,9 @@ def test_process_exits_1_when_a_scan_is_held_and_says_why(site: Site) -> None:
     lines = r.stdout.splitlines()
     dest = site.base / "storage" / "Prec01" / "Run-2" / STORED_NAME
     assert lines[0] == f"stored      {site.stored_src} -> {dest}"
-    assert lines[1].startswith(f"held        {site.held_src} -> No row for barcode 999999 in {site.base / 'sheet.csv'}")
+    assert lines[1].startswith(
+        f"held        {site.held_src} -> No row for barcode 999999 in {site.base / 'sheet.csv'}"
+    )
     assert len(lines) == 2
     assert site.held_src.exists() and dest.exists() and not site.stored_src.exists()
 
@@ -126,7 +129,9 @@ def test_status_json_has_counts_and_the_held_list(site: Site) -> None:
     assert st["stored_today"]["scans"] == 1
     assert st["last_stored"]["barcode"] == "620995"
     [held] = st["held"]
-    assert held["file"] == "999999_a.svs" and held["barcode"] == "999999" and held["kind"] == "unknown_barcode"
+    assert (
+        held["file"] == "999999_a.svs" and held["barcode"] == "999999" and held["kind"] == "unknown_barcode"
+    )
     assert held["reason"].startswith("No row for barcode 999999") and held["next_check"]
     assert held["flow_run_id"]
     assert st["failed"] == [] and st["quarantined"] == []
@@ -145,7 +150,9 @@ def test_check_passes_on_a_good_config(tmp_path: Path, prefect_api: str) -> None
     assert f"prefect: server {prefect_api} answers" in r.stdout
 
 
-def test_check_reports_a_prefect_server_that_does_not_answer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_check_reports_a_prefect_server_that_does_not_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Asked through Prefect's own client (its auth and TLS settings), without a minute of retries."""
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
@@ -163,8 +170,10 @@ def _bad_unknown_key(base: Path) -> tuple[Path, list[str]]:
 
 def _bad_missing_folder(base: Path) -> tuple[Path, list[str]]:
     cfg = write_config(base, scanner={"watch": str(base / "no-such-scanner")})
-    return cfg, [f"scanner.watch {base / 'no-such-scanner'} does not exist",
-                 f"quarantine folder {base / 'no-such-scanner' / '.quarantine'} does not exist"]
+    return cfg, [
+        f"scanner.watch {base / 'no-such-scanner'} does not exist",
+        f"quarantine folder {base / 'no-such-scanner' / '.quarantine'} does not exist",
+    ]
 
 
 def _bad_layout_column(base: Path) -> tuple[Path, list[str]]:
@@ -193,9 +202,19 @@ def _bad_regex_invalid(base: Path) -> tuple[Path, list[str]]:
     return cfg, ["scanner.barcode_regex", "not a valid regular expression"]
 
 
-@pytest.mark.parametrize("make", [_bad_unknown_key, _bad_missing_folder, _bad_layout_column, _bad_csv_not_utf8,
-                                  _bad_csv_missing, _bad_regex_no_group, _bad_regex_invalid],
-                         ids=lambda f: f.__name__.removeprefix("_bad_"))
+@pytest.mark.parametrize(
+    "make",
+    [
+        _bad_unknown_key,
+        _bad_missing_folder,
+        _bad_layout_column,
+        _bad_csv_not_utf8,
+        _bad_csv_missing,
+        _bad_regex_no_group,
+        _bad_regex_invalid,
+    ],
+    ids=lambda f: f.__name__.removeprefix("_bad_"),
+)
 def test_check_fails_on_a_bad_config_naming_what_is_wrong(tmp_path: Path, make: Any) -> None:
     cfg, wanted = make(tmp_path)
     r = cli("check", "--config", cfg, "--offline")
@@ -204,7 +223,9 @@ def test_check_fails_on_a_bad_config_naming_what_is_wrong(tmp_path: Path, make: 
     for text in wanted:
         assert text in out, f"{text!r} not in:\n{out}"
     assert "Traceback" not in out
-    assert not (tmp_path / "no-such-scanner").exists()  # check changes nothing, so the next check still sees it
+    assert not (
+        tmp_path / "no-such-scanner"
+    ).exists()  # check changes nothing, so the next check still sees it
 
 
 def test_check_reports_a_rejected_slack_token_without_printing_it(tmp_path: Path, prefect_api: str) -> None:
@@ -215,8 +236,14 @@ def test_check_reports_a_rejected_slack_token_without_printing_it(tmp_path: Path
     token_file.write_text(secret + "\n")
     token_file.chmod(0o600)
     with SlackApiServer(token="xoxb-the-right-one") as slack:
-        cfg = write_config(tmp_path, alerts={"slack_channel": "#slide-scanning", "slack_api_url": slack.url,
-                                             "slack_token_file": str(token_file)})
+        cfg = write_config(
+            tmp_path,
+            alerts={
+                "slack_channel": "#slide-scanning",
+                "slack_api_url": slack.url,
+                "slack_token_file": str(token_file),
+            },
+        )
         r = cli("check", "--config", cfg)
     out = r.stdout + r.stderr
     assert r.returncode == 1, out
@@ -279,7 +306,9 @@ def test_quarantined_scan_is_recovered_the_way_its_action_says(tmp_path: Path, p
 # --------------------------------------------------------------------------- run
 
 
-@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="only meaningful when run as root")
+@pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() != 0, reason="only meaningful when run as root"
+)
 def test_run_refuses_root_without_allow_root(tmp_path: Path) -> None:
     cfg = write_config(tmp_path, scanner={"allow_root": False})
     r = cli("run", "--config", cfg, timeout=60)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from scanner_agent.scanunit import ScanUnit
 from scanner_agent.watch.completeness import (
     DEFAULT_PATTERNS,
     SettleTracker,
@@ -20,7 +21,6 @@ from scanner_agent.watch.completeness import (
     open_for_writing,
     unit_for_path,
 )
-from scanner_agent.scanunit import ScanUnit
 
 DICOM_BYTES = b"\0" * 128 + b"DICM" + b"\x02\x00\x00\x00UL\x04\x00" + b"\0" * 64
 
@@ -31,8 +31,15 @@ def write(path: Path, data: bytes = b"slide bytes") -> Path:
     return path
 
 
-def make_mrxs(watch: Path, stem: str, finished: str | None = "True", *, bom: bool = False,
-              section: str = "GENERAL", key: str = "SLIDE_CREATION_FINISHED") -> ScanUnit:
+def make_mrxs(
+    watch: Path,
+    stem: str,
+    finished: str | None = "True",
+    *,
+    bom: bool = False,
+    section: str = "GENERAL",
+    key: str = "SLIDE_CREATION_FINISHED",
+) -> ScanUnit:
     write(watch / f"{stem}.mrxs", b"[mrxs]")
     folder = watch / stem
     write(folder / "Data0000.dat", b"d" * 100)
@@ -47,9 +54,25 @@ def make_mrxs(watch: Path, stem: str, finished: str | None = "True", *, bom: boo
 
 # ---- names ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["a.svs.tmp", "a.part", "A.PARTIAL", "a.svs.crdownload", "~a.svs",
-                                  ".a.svs", ".incoming", "Thumbs.db", "desktop.ini", "a.svs.filepart",
-                                  "~$lock", ".DS_Store", "$RECYCLE.BIN"])
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "a.svs.tmp",
+        "a.part",
+        "A.PARTIAL",
+        "a.svs.crdownload",
+        "~a.svs",
+        ".a.svs",
+        ".incoming",
+        "Thumbs.db",
+        "desktop.ini",
+        "a.svs.filepart",
+        "~$lock",
+        ".DS_Store",
+        "$RECYCLE.BIN",
+    ],
+)
 def test_ignored_names(name: str) -> None:
     assert is_ignored(name)
 
@@ -60,6 +83,7 @@ def test_normal_names_are_not_ignored(name: str) -> None:
 
 
 # ---- discovery --------------------------------------------------------------------------------
+
 
 def test_discover_finds_each_kind_of_unit_once(tmp_path: Path) -> None:
     watch = tmp_path / "watch"
@@ -79,8 +103,9 @@ def test_discover_finds_each_kind_of_unit_once(tmp_path: Path) -> None:
 
     units = discover_units(watch, DEFAULT_PATTERNS)
     primaries = sorted(str(u.primary.relative_to(watch)) for u in units)
-    assert primaries == sorted(["a.svs", "B.SVS", "2024-05-01/c.ndpi", "m1.mrxs", "series1",
-                                "2024-05-01/series2"])
+    assert primaries == sorted(
+        ["a.svs", "B.SVS", "2024-05-01/c.ndpi", "m1.mrxs", "series1", "2024-05-01/series2"]
+    )
     assert mrxs in units and mrxs.companion == watch / "m1"
     assert len(units) == len(set(units))
 
@@ -130,6 +155,7 @@ def test_missing_watch_folder_raises(tmp_path: Path) -> None:
 
 # ---- event paths ---------------------------------------------------------------------------------
 
+
 def test_unit_for_path_maps_every_file_of_every_unit_back(tmp_path: Path) -> None:
     watch = tmp_path / "w"
     write(watch / "a.svs")
@@ -170,8 +196,10 @@ def test_unit_for_path_of_a_vanished_slide_still_names_it(tmp_path: Path) -> Non
 
 # ---- format signal --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("value", "expected"), [("True", True), ("true", True), ("False", False),
-                                                 ("FALSE", False), ("0", False)])
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [("True", True), ("true", True), ("False", False), ("FALSE", False), ("0", False)]
+)
 def test_mirax_finished_flag(tmp_path: Path, value: str, expected: bool) -> None:
     assert format_says_done(make_mrxs(tmp_path, "m", value)) is expected
 
@@ -200,6 +228,7 @@ def test_other_formats_give_no_signal(tmp_path: Path) -> None:
 
 # ---- open for writing -----------------------------------------------------------------------------
 
+
 def test_open_for_writing_sees_a_writer_in_this_process(tmp_path: Path) -> None:
     path = write(tmp_path / "a.svs")
     unit = ScanUnit(primary=path)
@@ -217,8 +246,15 @@ def test_open_for_writing_sees_another_process_and_folder_units(tmp_path: Path) 
     unit = make_mrxs(tmp_path, "m")
     data = tmp_path / "m" / "Data0000.dat"
     child = subprocess.Popen(
-        [sys.executable, "-c", "import sys,time; f=open(sys.argv[1],'ab'); print('open', flush=True); time.sleep(60)",
-         str(data)], stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import sys,time; f=open(sys.argv[1],'ab'); print('open', flush=True); time.sleep(60)",
+            str(data),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert child.stdout is not None and child.stdout.readline().strip() == "open"
         assert open_for_writing(unit)
@@ -235,6 +271,7 @@ def test_open_for_writing_without_proc(tmp_path: Path) -> None:
 
 
 # ---- settle tracker ---------------------------------------------------------------------------------
+
 
 class Clock:
     def __init__(self) -> None:

@@ -25,8 +25,21 @@ import pytest
 
 from scanner_agent.testing.simulator import SimScan, simulate
 from scanner_agent.testing.synthetic import write_mrxs, write_svs
-from tests.daemon_helpers import (SCANNER_AGENT, DaemonProcess, flow_runs, partials, read_health, records, rows_for,
-                                  sheet_csv, sheet_row, stored, unique_scanner_name, wait_for, write_slowly)
+from tests.daemon_helpers import (
+    SCANNER_AGENT,
+    DaemonProcess,
+    flow_runs,
+    partials,
+    read_health,
+    records,
+    rows_for,
+    sheet_csv,
+    sheet_row,
+    stored,
+    unique_scanner_name,
+    wait_for,
+    write_slowly,
+)
 from tests.harness import write_config
 
 SHEET_BARCODES = ["620995", "645750", "317335", "407871", "465551", "754788"]
@@ -45,6 +58,7 @@ def sha256(path: Path) -> str:
 
 def state_history(run_id: str) -> list[str]:
     """The names of a flow run's states, oldest first."""
+
     async def go() -> list[str]:
         from uuid import UUID
 
@@ -63,13 +77,18 @@ def tree_hashes(root: Path) -> dict[str, str]:
 
 def stored_slides(storage: Path, suffix: str = ".svs") -> list[Path]:
     """Slides visible at their final names (not in ``.incoming``, not superseded)."""
-    return [p for p in storage.rglob(f"*{suffix}")
-            if ".incoming" not in p.parts and "superseded" not in p.parts and p.is_file()]
+    return [
+        p
+        for p in storage.rglob(f"*{suffix}")
+        if ".incoming" not in p.parts and "superseded" not in p.parts and p.is_file()
+    ]
 
 
 def config(base: Path, *, barcodes: list[str] = SHEET_BARCODES, **sections: dict[str, Any]) -> Path:
     scanner = {"name": unique_scanner_name(), **sections.pop("scanner", {})}
-    return write_config(base, name=scanner.pop("name"), sheet=sheet_csv(barcodes), scanner=scanner, **sections)
+    return write_config(
+        base, name=scanner.pop("name"), sheet=sheet_csv(barcodes), scanner=scanner, **sections
+    )
 
 
 @pytest.fixture
@@ -106,8 +125,12 @@ def assert_stored_once_intact(journal: Path, storage: Path, originals: dict[str,
     for name, digest in originals.items():
         mine = [r for r in rows if Path(r.path).name == name]
         done = [r for r in mine if r.state == "stored"]
-        assert len(done) == 1, f"{name}: expected one stored row, got {[(r.id, r.state, r.reason) for r in mine]}"
-        assert sha256(Path(done[0].dest)) == digest, f"{name}: stored copy differs from what the scanner wrote"
+        assert len(done) == 1, (
+            f"{name}: expected one stored row, got {[(r.id, r.state, r.reason) for r in mine]}"
+        )
+        assert sha256(Path(done[0].dest)) == digest, (
+            f"{name}: stored copy differs from what the scanner wrote"
+        )
         assert not (watch / name).exists(), f"{name}: source still on the scanner after being stored"
     slides = stored_slides(storage)
     assert sorted(sha256(p) for p in slides) == sorted(originals.values()), slides
@@ -117,7 +140,9 @@ def assert_stored_once_intact(journal: Path, storage: Path, originals: dict[str,
 # --- writing and catching up --------------------------------------------------------------------
 
 
-def test_scan_written_slowly_is_stored_once_and_not_before_it_is_complete(tmp_path: Path, prefect_api: str) -> None:
+def test_scan_written_slowly_is_stored_once_and_not_before_it_is_complete(
+    tmp_path: Path, prefect_api: str
+) -> None:
     cfg = config(tmp_path, scanner={"settle_seconds": 1.0})
     watch, storage = tmp_path / "scanner", tmp_path / "storage"
     data = write_svs(tmp_path / "620995_slow.svs", width=1024, height=768).read_bytes()
@@ -132,8 +157,12 @@ def test_scan_written_slowly_is_stored_once_and_not_before_it_is_complete(tmp_pa
 
         # ~3.5 s of writing, each pause shorter than the settle window (an open writer must hold it back too)
         last_write = write_slowly(data, target, chunk=64 << 10, interval=0.3, between_chunks=nothing_yet)
-        done = wait_for(lambda: [r for r in rows_for(jpath, target) if r.state == "stored"], WAIT,
-                        "the slow scan to be stored", alive=d)
+        done = wait_for(
+            lambda: [r for r in rows_for(jpath, target) if r.state == "stored"],
+            WAIT,
+            "the slow scan to be stored",
+            alive=d,
+        )
         assert done[0].ready_at is not None and done[0].ready_at >= last_write
         assert Path(done[0].dest).read_bytes() == data
         assert [p.name for p in stored_slides(storage)] == ["Prec01_Run-2_P1_Cardinal_620995.svs"]
@@ -155,7 +184,9 @@ def test_scans_present_before_start_are_caught_up(tmp_path: Path, prefect_api: s
     with DaemonProcess(cfg) as d:
         d.wait_watching()
         jpath = d.cfg.journal.path
-        wait_for(lambda: len(stored(jpath)) == 4, WAIT, "the four scans already on disk to be stored", alive=d)
+        wait_for(
+            lambda: len(stored(jpath)) == 4, WAIT, "the four scans already on disk to be stored", alive=d
+        )
         assert d.terminate() == 0
     rows = records(jpath)
     assert len(rows) == 4
@@ -173,13 +204,17 @@ def test_mrxs_written_file_by_file_is_stored_as_one_unit(tmp_path: Path, prefect
     with DaemonProcess(cfg) as d:
         d.wait_watching()
         jpath = d.cfg.journal.path
-        writer = threading.Thread(target=simulate, args=(watch, [SimScan(name="754788_m", kind="mrxs",
-                                                                         barcode="754788")]),
-                                  kwargs={"chunk_bytes": 32 << 10, "chunk_interval": 0.1})
+        writer = threading.Thread(
+            target=simulate,
+            args=(watch, [SimScan(name="754788_m", kind="mrxs", barcode="754788")]),
+            kwargs={"chunk_bytes": 32 << 10, "chunk_interval": 0.1},
+        )
         writer.start()
         try:
             while writer.is_alive():  # the data folder fills for seconds; none of it may be taken early
-                assert records(jpath) == [], "the MIRAX slide was taken before Slidedat.ini said it was finished"
+                assert records(jpath) == [], (
+                    "the MIRAX slide was taken before Slidedat.ini said it was finished"
+                )
                 writer.join(0.2)
         finally:
             writer.join()
@@ -224,7 +259,9 @@ def test_burst_of_200_small_scans_each_stored_exactly_once(tmp_path: Path, prefe
 # --- stopping hard and soft -------------------------------------------------------------------------
 
 
-def _start_big_transfers(base: Path, shm: Path, barcodes: list[str], **scanner: object) -> tuple[Path, dict[str, str]]:
+def _start_big_transfers(
+    base: Path, shm: Path, barcodes: list[str], **scanner: object
+) -> tuple[Path, dict[str, str]]:
     watch = shm / "scanner"
     watch.mkdir()
     cfg = config(base, scanner={"watch": str(watch), **scanner})
@@ -234,17 +271,29 @@ def _start_big_transfers(base: Path, shm: Path, barcodes: list[str], **scanner: 
 
 def _wait_no_unfinished_runs(d: DaemonProcess) -> None:
     name = d.cfg.flow_name
-    wait_for(lambda: not [r for r in flow_runs(name) if r.state_type.value in UNFINISHED], 60,
-             f"no run of {name!r} left Running/Pending/Scheduled", interval=1.0, alive=d)
+    wait_for(
+        lambda: not [r for r in flow_runs(name) if r.state_type.value in UNFINISHED],
+        60,
+        f"no run of {name!r} left Running/Pending/Scheduled",
+        interval=1.0,
+        alive=d,
+    )
 
 
 def _wait_mid_copy(d: DaemonProcess, storage: Path) -> None:
-    wait_for(lambda: partials(storage), WAIT, "a copy to be under way in storage/.incoming", interval=0.005, alive=d)
+    wait_for(
+        lambda: partials(storage),
+        WAIT,
+        "a copy to be under way in storage/.incoming",
+        interval=0.005,
+        alive=d,
+    )
 
 
 @pytest.mark.slow
-def test_sigkill_mid_transfer_then_restart_stores_everything_exactly_once(tmp_path: Path, shm_dir: Path,
-                                                                          prefect_api: str) -> None:
+def test_sigkill_mid_transfer_then_restart_stores_everything_exactly_once(
+    tmp_path: Path, shm_dir: Path, prefect_api: str
+) -> None:
     cfg, originals = _start_big_transfers(tmp_path, shm_dir, SHEET_BARCODES[:3])
     watch, storage = shm_dir / "scanner", tmp_path / "storage"
     with DaemonProcess(cfg) as d:
@@ -262,15 +311,20 @@ def test_sigkill_mid_transfer_then_restart_stores_everything_exactly_once(tmp_pa
 
     with DaemonProcess(cfg) as again:
         again.wait_watching()
-        wait_for(lambda: {Path(r.path).name for r in stored(jpath)} == set(originals), WAIT,
-                 "every scan to be stored after the restart", alive=again)
+        wait_for(
+            lambda: {Path(r.path).name for r in stored(jpath)} == set(originals),
+            WAIT,
+            "every scan to be stored after the restart",
+            alive=again,
+        )
         _wait_no_unfinished_runs(again)
         assert again.terminate() == 0
     assert_stored_once_intact(jpath, storage, originals, watch)
     runs = flow_runs(flow_name)
     # One run per scan: a resumed scan continues the run that was cut short, whose history says so.
-    assert sorted(r.name for r in runs) == sorted(n.split("_")[0] for n in originals), \
-        [(r.name, r.state_name) for r in runs]
+    assert sorted(r.name for r in runs) == sorted(n.split("_")[0] for n in originals), [
+        (r.name, r.state_name) for r in runs
+    ]
     assert {r.state_type.value for r in runs} == {"COMPLETED"}
     for run_id in cut_short:
         assert "Crashed" in state_history(run_id), f"run {run_id} was cut short but never marked Crashed"
@@ -279,16 +333,22 @@ def test_sigkill_mid_transfer_then_restart_stores_everything_exactly_once(tmp_pa
 async def _first_scheduled_run(flow_name: str, timeout: float) -> Any:
     """Poll the API (tightly: the window is short) until a run of ``flow_name`` is Scheduled."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterState,
-                                                FlowRunFilterStateType)
+    from prefect.client.schemas.filters import (
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
     from prefect.client.schemas.objects import StateType
 
     wanted = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])))
     end = asyncio.get_running_loop().time() + timeout
     async with get_client() as client:
         while asyncio.get_running_loop().time() < end:
-            runs = await client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])),
-                                               flow_run_filter=wanted, limit=1)
+            runs = await client.read_flow_runs(
+                flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])), flow_run_filter=wanted, limit=1
+            )
             if runs:
                 return runs[0]
             await asyncio.sleep(0.002)
@@ -311,8 +371,12 @@ def test_sigkill_while_a_run_is_being_created_leaves_no_run_behind(tmp_path: Pat
         assert d.kill() == -9
     with DaemonProcess(cfg) as again:
         again.wait_watching()
-        wait_for(lambda: len(stored(jpath)) == len(barcodes), WAIT, "every scan to be stored after the restart",
-                 alive=again)
+        wait_for(
+            lambda: len(stored(jpath)) == len(barcodes),
+            WAIT,
+            "every scan to be stored after the restart",
+            alive=again,
+        )
         _wait_no_unfinished_runs(again)
         assert again.terminate() == 0
     runs = flow_runs(flow_name)
@@ -322,11 +386,14 @@ def test_sigkill_while_a_run_is_being_created_leaves_no_run_behind(tmp_path: Pat
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stop_timeout", [300, 0], ids=["in-flight-finishes", "in-flight-cut-short"])
-def test_sigterm_mid_transfer_exits_0_and_loses_nothing(tmp_path: Path, shm_dir: Path, prefect_api: str,
-                                                        stop_timeout: float) -> None:
+def test_sigterm_mid_transfer_exits_0_and_loses_nothing(
+    tmp_path: Path, shm_dir: Path, prefect_api: str, stop_timeout: float
+) -> None:
     """SIGTERM (systemd stop): in-flight copies may finish within stop_timeout_seconds; past it they
     are abandoned in .incoming and resume at the next start. Either way: exit 0, nothing lost."""
-    cfg, originals = _start_big_transfers(tmp_path, shm_dir, SHEET_BARCODES[:2], stop_timeout_seconds=stop_timeout)
+    cfg, originals = _start_big_transfers(
+        tmp_path, shm_dir, SHEET_BARCODES[:2], stop_timeout_seconds=stop_timeout
+    )
     watch, storage = shm_dir / "scanner", tmp_path / "storage"
     with DaemonProcess(cfg) as d:
         d.wait_watching()
@@ -348,8 +415,12 @@ def test_sigterm_mid_transfer_exits_0_and_loses_nothing(tmp_path: Path, shm_dir:
 
     with DaemonProcess(cfg) as again:
         again.wait_watching()
-        wait_for(lambda: {Path(r.path).name for r in stored(jpath)} == set(originals), WAIT,
-                 "the rest to be stored after the restart", alive=again)
+        wait_for(
+            lambda: {Path(r.path).name for r in stored(jpath)} == set(originals),
+            WAIT,
+            "the rest to be stored after the restart",
+            alive=again,
+        )
         _wait_no_unfinished_runs(again)
         assert again.terminate() == 0
     assert {r.state_type.value for r in flow_runs(d.cfg.flow_name)} == {"COMPLETED"}
@@ -367,12 +438,18 @@ def test_held_scan_is_released_when_the_csv_gains_its_row(tmp_path: Path, prefec
     with DaemonProcess(cfg) as d:
         d.wait_watching()
         jpath = d.cfg.journal.path
-        [held] = wait_for(lambda: [r for r in records(jpath) if r.state == "held"], WAIT,
-                          "the scan with an unknown barcode to be held", alive=d)
+        [held] = wait_for(
+            lambda: [r for r in records(jpath) if r.state == "held"],
+            WAIT,
+            "the scan with an unknown barcode to be held",
+            alive=d,
+        )
         assert held.barcode == "999001" and src.exists()
         with open(tmp_path / "sheet.csv", "a", encoding="utf-8") as f:
             f.write(sheet_row("999001", study="Prec02", experiment="Run 7"))
-        [row] = wait_for(lambda: stored(jpath), WAIT, "the held scan to be stored once its row exists", alive=d)
+        [row] = wait_for(
+            lambda: stored(jpath), WAIT, "the held scan to be stored once its row exists", alive=d
+        )
         assert d.terminate() == 0
     assert row.id == held.id and len(records(jpath)) == 1
     assert Path(row.dest).name == "Prec02_Run-7_P1_Cardinal_999001.svs"
@@ -383,8 +460,9 @@ def test_a_second_daemon_on_the_same_journal_refuses_to_start(tmp_path: Path, pr
     cfg = config(tmp_path)
     with DaemonProcess(cfg) as d:
         d.wait_watching()
-        second = subprocess.run([str(SCANNER_AGENT), "run", "--config", str(cfg)], capture_output=True, text=True,
-                                timeout=WAIT)
+        second = subprocess.run(
+            [str(SCANNER_AGENT), "run", "--config", str(cfg)], capture_output=True, text=True, timeout=WAIT
+        )
         assert second.returncode == 2, second.stderr
         lock = f"{d.cfg.journal.path}.lock"
         assert lock in second.stderr, second.stderr
@@ -397,8 +475,13 @@ def test_a_second_daemon_on_the_same_journal_refuses_to_start(tmp_path: Path, pr
 
 
 def status_json(cfg: Path) -> dict[str, Any]:
-    out = subprocess.run([str(SCANNER_AGENT), "status", "--json", "--config", str(cfg)], capture_output=True,
-                         text=True, timeout=WAIT, check=True)
+    out = subprocess.run(
+        [str(SCANNER_AGENT), "status", "--json", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        check=True,
+    )
     return json.loads(out.stdout)
 
 
@@ -416,8 +499,13 @@ def test_status_json_reports_the_running_daemon(tmp_path: Path, prefect_api: str
         # Once it is stored, status must not go on reporting it in flight.
         # Queue and in-flight are published together about once a second: wait for a snapshot taken
         # after the scan was stored, not one from before a worker picked it up (queue 1, none in flight).
-        wait_for(lambda: (lambda dd: dd["in_flight"] == [] and dd["queue"] == 0)(status_json(cfg)["daemon"]), 20,
-                 "status to show nothing queued or in flight once the scan is stored", interval=0.5, alive=d)
+        wait_for(
+            lambda: (lambda dd: dd["in_flight"] == [] and dd["queue"] == 0)(status_json(cfg)["daemon"]),
+            20,
+            "status to show nothing queued or in flight once the scan is stored",
+            interval=0.5,
+            alive=d,
+        )
         full = status_json(cfg)
         assert full["counts"]["stored"] == 1 and full["daemon"]["queue"] == 0
         assert d.terminate() == 0
@@ -425,20 +513,32 @@ def test_status_json_reports_the_running_daemon(tmp_path: Path, prefect_api: str
     assert after["running"] is False and after["stopped_at"]
 
 
-def test_status_shows_a_scan_in_flight_during_its_copy(tmp_path: Path, shm_dir: Path, prefect_api: str) -> None:
+def test_status_shows_a_scan_in_flight_during_its_copy(
+    tmp_path: Path, shm_dir: Path, prefect_api: str
+) -> None:
     cfg, originals = _start_big_transfers(tmp_path, shm_dir, SHEET_BARCODES[:3], max_parallel=1)
     with DaemonProcess(cfg) as d:
         d.wait_watching()
         jpath = d.cfg.journal.path
         drop(shm_dir / "staging", shm_dir / "scanner")
-        busy = wait_for(lambda: (s := status_json(cfg)["daemon"])["in_flight"] and s, WAIT,
-                        "status to show a scan in flight", interval=0.2, alive=d)
+        busy = wait_for(
+            lambda: (s := status_json(cfg)["daemon"])["in_flight"] and s,
+            WAIT,
+            "status to show a scan in flight",
+            interval=0.2,
+            alive=d,
+        )
         assert busy["running"] is True and isinstance(busy["queue"], int)
         ids = {r.id for r in records(jpath)}
         assert set(busy["in_flight"]) <= ids
         wait_for(lambda: len(stored(jpath)) == len(originals), WAIT, "all scans to be stored", alive=d)
-        wait_for(lambda: (s := status_json(cfg)["daemon"])["in_flight"] == [] and s["queue"] == 0, 20,
-                 "status to show nothing in flight or queued once all are stored", interval=0.5, alive=d)
+        wait_for(
+            lambda: (s := status_json(cfg)["daemon"])["in_flight"] == [] and s["queue"] == 0,
+            20,
+            "status to show nothing in flight or queued once all are stored",
+            interval=0.5,
+            alive=d,
+        )
         assert d.terminate() == 0
 
 
@@ -446,8 +546,8 @@ def test_a_scan_gone_before_it_is_recorded_is_not_recorded(tmp_path: Path) -> No
     """The watcher judged a scan complete just as the flow that stored it removed it: the late
     callback must not record an empty second scan (it would fail as "no longer on the scanner's
     disk" for ever). Found by the SIGKILL fault run with SCANNER_AGENT_FAULT_SEED=513910712."""
-    from scanner_agent.service.daemon import Daemon
     from scanner_agent.scanunit import ScanUnit
+    from scanner_agent.service.daemon import Daemon
     from tests.harness import make_agent
 
     agent = make_agent(write_config(tmp_path))

@@ -31,6 +31,7 @@ def test_scan_is_stored_named_from_the_sheet_and_visible_in_prefect(tmp_path: Pa
                 run = await c.read_flow_run(rec.flow_run_id)
                 flow = await c.read_flow(run.flow_id)
                 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
                 trs = await c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
                 return (run, flow.name), [t.name.rsplit("-", 1)[0] for t in trs]
 
@@ -44,7 +45,9 @@ def test_scan_is_stored_named_from_the_sheet_and_visible_in_prefect(tmp_path: Pa
         agent.close()
 
 
-def test_scan_runs_skip_the_suspension_observer_on_the_pinned_prefect(tmp_path: Path, prefect_api: str) -> None:
+def test_scan_runs_skip_the_suspension_observer_on_the_pinned_prefect(
+    tmp_path: Path, prefect_api: str
+) -> None:
     """The agent's one change to Prefect's engine (scanner_agent/orchestration/engine_tuning.py) takes effect,
     and a deployment run still completes with it. If a Prefect upgrade moves the name the change
     is made on, this fails and says where to look."""
@@ -89,7 +92,8 @@ def test_a_busy_server_is_asked_again_within_tenths_of_a_second_then_as_prefect_
     ok = httpx.Response(201, request=httpx.Request("POST", "http://127.0.0.1/api/flow_runs/"))
     asyncio.run(_busy_server_hook(ok))
     assert "Retry-After" not in ok.headers
-    told = httpx.Response(503, request=httpx.Request("GET", "http://127.0.0.1/api/health"),
-                          headers={"Retry-After": "7"})
+    told = httpx.Response(
+        503, request=httpx.Request("GET", "http://127.0.0.1/api/health"), headers={"Retry-After": "7"}
+    )
     asyncio.run(_busy_server_hook(told))
     assert told.headers["Retry-After"] == "7"  # the server's own answer stands

@@ -10,15 +10,16 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
 from scanner_agent.core.errors import SheetMalformed, SheetUnavailable, UnknownBarcode
-from scanner_agent.sheets.google import GoogleSheetSource
 from scanner_agent.core.sheet_table import lookup
+from scanner_agent.sheets.google import GoogleSheetSource
 from tests.servers.sheets_api import FakeSheetsApi, sheets_api_server, write_service_account
 
 KEY = "1AbCdEfGhIjKlMnOpQrStUvWxYz0123456789abcdEF"
@@ -74,12 +75,22 @@ def sleeps() -> list[float]:
 @pytest.fixture
 def make(api: FakeSheetsApi, sa: Path, tmp_path: Path, clock: Clock, sleeps: list[float]) -> Any:
     def build(**kw: Any) -> GoogleSheetSource:
-        args: dict[str, Any] = dict(credentials_file=sa, worksheet="Sheet1", refresh_seconds=60,
-                                    cache_path=tmp_path / "cache" / "sheet.json", api_url=api.url,
-                                    timeout=5, clock=clock, retries=2, backoff=0.25, max_backoff=2.0,
-                                    sleep=sleeps.append)
+        args: dict[str, Any] = dict(
+            credentials_file=sa,
+            worksheet="Sheet1",
+            refresh_seconds=60,
+            cache_path=tmp_path / "cache" / "sheet.json",
+            api_url=api.url,
+            timeout=5,
+            clock=clock,
+            retries=2,
+            backoff=0.25,
+            max_backoff=2.0,
+            sleep=sleeps.append,
+        )
         args.update(kw)
         return GoogleSheetSource(args.pop("key", KEY), **args)
+
     return build
 
 
@@ -198,8 +209,9 @@ def test_429_honours_retry_after(make: Any, api: FakeSheetsApi, sleeps: list[flo
     assert api.counts["values"] == 2
 
 
-def test_429_without_retry_after_backs_off_exponentially(make: Any, api: FakeSheetsApi,
-                                                         sleeps: list[float]) -> None:
+def test_429_without_retry_after_backs_off_exponentially(
+    make: Any, api: FakeSheetsApi, sleeps: list[float]
+) -> None:
     api.fail("values", 429, times=2)
     src = make()
     assert len(src.table().rows) == 7
@@ -207,8 +219,9 @@ def test_429_without_retry_after_backs_off_exponentially(make: Any, api: FakeShe
     assert api.counts["values"] == 3 and src.reads == 3
 
 
-def test_429_with_long_retry_after_waits_it_out_on_the_cached_copy(make: Any, api: FakeSheetsApi,
-                                                                   clock: Clock, sleeps: list[float]) -> None:
+def test_429_with_long_retry_after_waits_it_out_on_the_cached_copy(
+    make: Any, api: FakeSheetsApi, clock: Clock, sleeps: list[float]
+) -> None:
     src = make()
     src.table()
     clock.advance(60)
@@ -231,8 +244,9 @@ def test_500_then_success(make: Any, api: FakeSheetsApi, sleeps: list[float]) ->
     assert sleeps == [0.25] and api.counts["values"] == 2 and src.last_error is None
 
 
-def test_persistent_5xx_is_bounded_then_uses_cache(make: Any, api: FakeSheetsApi, clock: Clock,
-                                                   sleeps: list[float]) -> None:
+def test_persistent_5xx_is_bounded_then_uses_cache(
+    make: Any, api: FakeSheetsApi, clock: Clock, sleeps: list[float]
+) -> None:
     src = make()
     src.table()
     clock.advance(61)
@@ -258,8 +272,11 @@ def test_hang_past_timeout_uses_cached_copy(make: Any, api: FakeSheetsApi, clock
 def test_no_cache_and_outage_raises_unavailable(make: Any, api: FakeSheetsApi, clock: Clock) -> None:
     api.fail("values", 500, times=None)
     src = make(cache_path=None)
-    with pytest.raises(SheetUnavailable, match=r"^Google failed reading spreadsheet 1AbCdEfG… worksheet "
-                                               r"'Sheet1' \(500.* No earlier copy"):
+    with pytest.raises(
+        SheetUnavailable,
+        match=r"^Google failed reading spreadsheet 1AbCdEfG… worksheet "
+        r"'Sheet1' \(500.* No earlier copy",
+    ):
         src.table()
     assert api.counts["values"] == 3
     with pytest.raises(SheetUnavailable):
@@ -268,8 +285,9 @@ def test_no_cache_and_outage_raises_unavailable(make: Any, api: FakeSheetsApi, c
     assert src.cache_age() is None
 
 
-def test_restart_uses_the_disk_cache(make: Any, api: FakeSheetsApi, clock: Clock, tmp_path: Path,
-                                     caplog: pytest.LogCaptureFixture) -> None:
+def test_restart_uses_the_disk_cache(
+    make: Any, api: FakeSheetsApi, clock: Clock, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     make().table()
     cache = json.loads((tmp_path / "cache" / "sheet.json").read_text())
     assert cache["values"][8][0] == "545891" and cache["spreadsheet_key"] == KEY
@@ -306,8 +324,9 @@ def test_worksheet_renamed(make: Any, api: FakeSheetsApi, clock: Clock) -> None:
     assert "worksheet name" in e.value.action
 
 
-def test_empty_sheet_is_malformed_and_keeps_the_good_cache(make: Any, api: FakeSheetsApi, clock: Clock,
-                                                           tmp_path: Path) -> None:
+def test_empty_sheet_is_malformed_and_keeps_the_good_cache(
+    make: Any, api: FakeSheetsApi, clock: Clock, tmp_path: Path
+) -> None:
     src = make()
     src.table()
     api.set_values(KEY, "Sheet1", [])
@@ -365,16 +384,18 @@ def test_bad_credentials_files(make: Any, tmp_path: Path) -> None:
 
 
 def test_token_refused(make: Any, api: FakeSheetsApi, tmp_path: Path) -> None:
-    sa = write_service_account(tmp_path, api, email="stranger@test-project.iam.gserviceaccount.com",
-                               name="other.json")
+    sa = write_service_account(
+        tmp_path, api, email="stranger@test-project.iam.gserviceaccount.com", name="other.json"
+    )
     api.public_keys.pop("stranger@test-project.iam.gserviceaccount.com")  # key deleted in the console
     with pytest.raises(SheetUnavailable, match="did not issue a token for stranger@") as e:
         make(credentials_file=sa, cache_path=None).table()
     assert api.counts["values"] == 0 and "key" in e.value.action
 
 
-def test_secrets_never_logged_or_raised(make: Any, api: FakeSheetsApi, sa: Path, clock: Clock,
-                                        caplog: pytest.LogCaptureFixture) -> None:
+def test_secrets_never_logged_or_raised(
+    make: Any, api: FakeSheetsApi, sa: Path, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
     info = json.loads(sa.read_text())
     key_body = info["private_key"].splitlines()[5]
     messages: list[str] = []

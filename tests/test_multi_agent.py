@@ -33,8 +33,10 @@ from scanner_agent.testing.synthetic import write_svs
 from tests.daemon_helpers import SCANNER_AGENT, DaemonProcess, partials, records, wait_for
 from tests.harness import write_config
 
-HEAD = ("Include in Name?,REQUIRED,REQUIRED,REQUIRED,REQUIRED,,,\n"
-        "Barcode,Study,Experiment,Panel,Scanner,Scan Date,Rescan Requested,Notes\n")
+HEAD = (
+    "Include in Name?,REQUIRED,REQUIRED,REQUIRED,REQUIRED,,,\n"
+    "Barcode,Study,Experiment,Panel,Scanner,Scan Date,Rescan Requested,Notes\n"
+)
 CARDINAL_SHEET = HEAD + "620995,Prec01,Run 2,P1,Cardinal,,,\n620996,Prec01,Run 2,P1,Cardinal,,,\n"
 RAVEN_SHEET = HEAD + "545891,Prec01,Run 3,P2,Raven,,,\n"
 UI_URL = "http://prefect.lab.example:4200"  # what staff open; links in notifications point there
@@ -52,7 +54,7 @@ class Webhook:
         self.posts = posts
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length") or 0))
                 posts.append({"path": self.path, "json": json.loads(body or b"{}")})
                 self.send_response(200)
@@ -90,8 +92,9 @@ def _client_call(fn: Any) -> Any:
 def flow_runs(flow_name: str) -> list[Any]:
     from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 
-    return _client_call(lambda c: c.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])),
-                                                   limit=200))
+    return _client_call(
+        lambda c: c.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])), limit=200)
+    )
 
 
 def flow_run(run_id: str) -> Any:
@@ -106,7 +109,9 @@ def state_names(run_id: str) -> list[str]:
 def task_states(run_id: str) -> dict[str, tuple[str, str]]:
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    trs = _client_call(lambda c: c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id]))))
+    trs = _client_call(
+        lambda c: c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
+    )
     out: dict[str, tuple[str, str]] = {}
     for t in sorted(trs, key=lambda t: t.expected_start_time or t.created):
         out[t.name.rsplit("-", 1)[0]] = (t.state.type.value, t.state.message or "")
@@ -134,7 +139,9 @@ class Scanner:
     def start(self) -> DaemonProcess:
         if self.daemon is not None:
             self.old_daemons.append(self.daemon)
-        self.daemon = DaemonProcess(self.config, self.config.with_name(f"{self.config.stem}-{len(self.old_daemons)}.log"))
+        self.daemon = DaemonProcess(
+            self.config, self.config.with_name(f"{self.config.stem}-{len(self.old_daemons)}.log")
+        )
         self.daemon.start()
         self.daemon.wait_watching(180)
         return self.daemon
@@ -160,7 +167,9 @@ class Scanner:
             rec = self.record(filename)
             return rec if rec is not None and rec.state in states else None
 
-        return wait_for(check, timeout, f"{filename} to be {'/'.join(states)} on {self.name}", alive=self.daemon)
+        return wait_for(
+            check, timeout, f"{filename} to be {'/'.join(states)} on {self.name}", alive=self.daemon
+        )
 
 
 @dataclass
@@ -171,19 +180,38 @@ class Lab:
     api_url: str
 
 
-def _scanner(base: Path, name: str, sheet: str, api_url: str, hook_file: Path, *, watch: Path | None = None,
-             recheck: float = 1, ui_url: str = "") -> Scanner:
-    cfg = write_config(base, name=name, sheet=sheet,
-                       scanner={"watch": str(watch or base / "scanner"), "settle_seconds": 0.3, "rescan_seconds": 2},
-                       prefect={"api_url": api_url, "retry_poll_seconds": 1, "notify_webhook_url_file": str(hook_file),
-                                "ui_url": ui_url})
+def _scanner(
+    base: Path,
+    name: str,
+    sheet: str,
+    api_url: str,
+    hook_file: Path,
+    *,
+    watch: Path | None = None,
+    recheck: float = 1,
+    ui_url: str = "",
+) -> Scanner:
+    cfg = write_config(
+        base,
+        name=name,
+        sheet=sheet,
+        scanner={"watch": str(watch or base / "scanner"), "settle_seconds": 0.3, "rescan_seconds": 2},
+        prefect={
+            "api_url": api_url,
+            "retry_poll_seconds": 1,
+            "notify_webhook_url_file": str(hook_file),
+            "ui_url": ui_url,
+        },
+    )
     # write_config's `sheet` is the CSV's text, so the [sheet] section's key is set here.
     text = cfg.read_text()
     assert "recheck_seconds = 1\n" in text
     cfg.write_text(text.replace("recheck_seconds = 1\n", f"recheck_seconds = {recheck!r}\n"))
     w = watch or base / "scanner"
     w.mkdir(parents=True, exist_ok=True)
-    return Scanner(name, cfg, w, base / "storage", base / "state" / f"{name.lower()}.sqlite", base / "sheet.csv")
+    return Scanner(
+        name, cfg, w, base / "storage", base / "state" / f"{name.lower()}.sqlite", base / "sheet.csv"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -198,8 +226,15 @@ def lab(tmp_path_factory: pytest.TempPathFactory, prefect_api: str) -> Iterator[
     shm = Path("/dev/shm")
     cross_fs = shm.is_dir() and os.access(shm, os.W_OK) and shm.stat().st_dev != base.stat().st_dev
     watch = shm / f"scanner-agent-test-{suffix}" if cross_fs else None
-    cardinal = _scanner(base / "cardinal", f"Cardinal-{suffix}", CARDINAL_SHEET, prefect_api, hook_file, watch=watch,
-                        ui_url=UI_URL)
+    cardinal = _scanner(
+        base / "cardinal",
+        f"Cardinal-{suffix}",
+        CARDINAL_SHEET,
+        prefect_api,
+        hook_file,
+        watch=watch,
+        ui_url=UI_URL,
+    )
     # Raven re-checks held scans only hourly: here a held scan moves only when Retry is pressed.
     raven = _scanner(base / "raven", f"Raven-{suffix}", RAVEN_SHEET, prefect_api, hook_file, recheck=3600)
     try:
@@ -211,17 +246,22 @@ def lab(tmp_path_factory: pytest.TempPathFactory, prefect_api: str) -> Iterator[
             for d in [*s.old_daemons, s.daemon]:
                 if d is not None:
                     d.__exit__(None, None, None)
-        asyncio.run(prefect_setup.remove([prefect_setup.CRASH_AUTOMATION] + [
-            prefect_setup.NOTIFY_AUTOMATION.format(scanner=s.name) for s in (cardinal, raven)],
-            [prefect_setup.block_name(s.name) for s in (cardinal, raven)]))
+        asyncio.run(
+            prefect_setup.remove(
+                [prefect_setup.CRASH_AUTOMATION]
+                + [prefect_setup.NOTIFY_AUTOMATION.format(scanner=s.name) for s in (cardinal, raven)],
+                [prefect_setup.block_name(s.name) for s in (cardinal, raven)],
+            )
+        )
         hook.close()
         if watch is not None:
             subprocess.run(["rm", "-rf", str(watch)], check=False)
 
 
 def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(SCANNER_AGENT), *args], capture_output=True, text=True, timeout=timeout,
-                          env=dict(os.environ))
+    return subprocess.run(
+        [str(SCANNER_AGENT), *args], capture_output=True, text=True, timeout=timeout, env=dict(os.environ)
+    )
 
 
 # --------------------------------------------------------------------------- the tests
@@ -232,17 +272,29 @@ def test_each_scanner_has_its_own_flow_with_runs_named_by_barcode(lab: Lab) -> N
     lab.raven.drop("545891_b.svs", barcode="545891")
     c = lab.cardinal.wait_state("620995_a.svs", "stored")
     r = lab.raven.wait_state("545891_b.svs", "stored")
-    assert Path(c.dest).is_relative_to(lab.cardinal.storage) and Path(r.dest).is_relative_to(lab.raven.storage)
+    assert Path(c.dest).is_relative_to(lab.cardinal.storage) and Path(r.dest).is_relative_to(
+        lab.raven.storage
+    )
 
-    for scanner, rec, barcode, study in ((lab.cardinal, c, "620995", "Prec01"), (lab.raven, r, "545891", "Prec01")):
+    for scanner, rec, barcode, study in (
+        (lab.cardinal, c, "620995", "Prec01"),
+        (lab.raven, r, "545891", "Prec01"),
+    ):
         runs = flow_runs(scanner.flow_name)
-        assert [run.name for run in runs] == [barcode], f"{scanner.flow_name} should hold exactly its own scan's run"
+        assert [run.name for run in runs] == [barcode], (
+            f"{scanner.flow_name} should hold exactly its own scan's run"
+        )
         # The journal says "stored" a moment before the run proposes its final state.
-        run = wait_for(lambda: (r := flow_run(rec.flow_run_id)) and r.state.is_final() and r, 30,
-                       f"run {barcode} to finish")
+        run = wait_for(
+            lambda: (r := flow_run(rec.flow_run_id)) and r.state.is_final() and r,
+            30,
+            f"run {barcode} to finish",
+        )
         assert str(run.id) == str(runs[0].id) and run.state.is_completed()
         assert f"scanner:{scanner.name}" in run.tags and f"study:{study}" in run.tags
-        assert run.deployment_id is not None, "runs must belong to the scanner's deployment, or the UI offers no Retry"
+        assert run.deployment_id is not None, (
+            "runs must belong to the scanner's deployment, or the UI offers no Retry"
+        )
         assert run.parameters["scanner"] == scanner.name
 
 
@@ -272,9 +324,13 @@ def test_held_scan_is_retried_from_the_ui_by_the_agent_that_holds_it(lab: Lab, u
         fh.write(f"{barcode},Prec01,Run 3,P2,Raven,,,\n")
     from prefect.client.schemas.objects import State, StateType
 
-    result = _client_call(lambda c: c.set_flow_run_state(
-        rec.flow_run_id, State(type=StateType.SCHEDULED, name="AwaitingRetry", message="Retry from the UI"),
-        force=force))
+    result = _client_call(
+        lambda c: c.set_flow_run_state(
+            rec.flow_run_id,
+            State(type=StateType.SCHEDULED, name="AwaitingRetry", message="Retry from the UI"),
+            force=force,
+        )
+    )
     assert result.status.value == "ACCEPT", result
 
     stored = lab.raven.wait_state(name, "stored", timeout=120)
@@ -295,8 +351,10 @@ def test_held_scan_is_retried_from_the_ui_by_the_agent_that_holds_it(lab: Lab, u
 def test_killed_agent_leaves_no_run_running_and_the_crash_is_notified(lab: Lab) -> None:
     s = lab.cardinal
     if s.watch.stat().st_dev == s.storage.stat().st_dev:
-        pytest.skip("needs /dev/shm on another filesystem than the test's tmp folder (a same-filesystem move is a "
-                    "rename, too quick to be killed mid-way)")
+        pytest.skip(
+            "needs /dev/shm on another filesystem than the test's tmp folder (a same-filesystem move is a "
+            "rename, too quick to be killed mid-way)"
+        )
     done = _cli("setup-prefect", "--config", str(s.config), "--notify")
     assert done.returncode == 0, done.stdout + done.stderr
 
@@ -311,7 +369,9 @@ def test_killed_agent_leaves_no_run_running_and_the_crash_is_notified(lab: Lab) 
     assert s.daemon is not None
     s.daemon.kill()
     run_id = rec.flow_run_id
-    assert flow_run(run_id).state.type.value == "RUNNING", "killed mid-copy, the run is still Running in Prefect"
+    assert flow_run(run_id).state.type.value == "RUNNING", (
+        "killed mid-copy, the run is still Running in Prefect"
+    )
 
     s.start()
     stored = s.wait_state(name, "stored", timeout=180)
@@ -322,7 +382,9 @@ def test_killed_agent_leaves_no_run_running_and_the_crash_is_notified(lab: Lab) 
 
     def settled() -> Any:
         runs = flow_runs(s.flow_name)
-        return runs if all(r.state.type.value not in ("RUNNING", "PENDING", "SCHEDULED") for r in runs) else None
+        return (
+            runs if all(r.state.type.value not in ("RUNNING", "PENDING", "SCHEDULED") for r in runs) else None
+        )
 
     runs = wait_for(settled, 30, "every Cardinal run to reach a final state")
     assert "620996" in {r.name for r in runs}
@@ -364,15 +426,25 @@ def test_setup_prefect_creates_the_automations_once(lab: Lab) -> None:
     t = crash.trigger
     assert crash.enabled and t.posture.value == "Proactive" and t.threshold == 1
     assert t.after == {"prefect.flow-run.heartbeat"}
-    assert {"prefect.flow-run.heartbeat", "prefect.flow-run.Completed", "prefect.flow-run.Held",
-            "prefect.flow-run.Quarantined", "prefect.flow-run.Crashed"} <= t.expect
+    assert {
+        "prefect.flow-run.heartbeat",
+        "prefect.flow-run.Completed",
+        "prefect.flow-run.Held",
+        "prefect.flow-run.Quarantined",
+        "prefect.flow-run.Crashed",
+    } <= t.expect
     assert t.for_each == {"prefect.resource.id"} and t.within.total_seconds() == 600
-    assert t.match_related.root == {"prefect.resource.role": "flow", "prefect.resource.name": "Scan Image Flow: *"}
+    assert t.match_related.root == {
+        "prefect.resource.role": "flow",
+        "prefect.resource.name": "Scan Image Flow: *",
+    }
     [act] = crash.actions
     assert act.type == "change-flow-run-state" and act.state.value == "CRASHED" and not act.force
 
     n = notify.trigger
-    assert n.posture.value == "Reactive" and n.match_related.root["prefect.resource.name"] == lab.raven.flow_name
+    assert (
+        n.posture.value == "Reactive" and n.match_related.root["prefect.resource.name"] == lab.raven.flow_name
+    )
     # Raven's config has no Slack/e-mail alerts of its own, so the server notifies every bad ending.
     assert n.expect == {f"prefect.flow-run.{s}" for s in ("Failed", "Held", "Quarantined", "Crashed")}
     [send] = notify.actions
@@ -398,15 +470,25 @@ def test_a_dead_host_s_run_is_crashed_by_the_server(lab: Lab) -> None:
     env = dict(os.environ, PREFECT_FLOWS_HEARTBEAT_FREQUENCY="30")
     cfg = s.config.with_name("cardinal-fast-crash.toml")
     cfg.write_text(s.config.read_text().replace("[prefect]", "[prefect]\ncrash_after_seconds = 60"))
-    done = subprocess.run([str(SCANNER_AGENT), "setup-prefect", "--config", str(cfg)], capture_output=True,
-                          text=True, env=env, timeout=120)
+    done = subprocess.run(
+        [str(SCANNER_AGENT), "setup-prefect", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     try:
         assert s.daemon is not None
         s.daemon.kill()
         d = DaemonProcess(cfg, cfg.with_suffix(".log"))
-        d.proc = subprocess.Popen([str(SCANNER_AGENT), "run", "--config", str(cfg)], env=env,
-                                  stdout=open(d.log_path, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+        d.proc = subprocess.Popen(
+            [str(SCANNER_AGENT), "run", "--config", str(cfg)],
+            env=env,
+            stdout=open(d.log_path, "ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         s.old_daemons.append(d)
         d.wait_watching(180)
         name = "620997_big.svs"
@@ -438,7 +520,9 @@ def test_a_dead_host_s_run_is_crashed_by_the_server(lab: Lab) -> None:
 def _latest_artifact(key: str) -> Any:
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-    arts = _client_call(lambda c: c.read_latest_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]))))
+    arts = _client_call(
+        lambda c: c.read_latest_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+    )
     return arts[0] if arts else None
 
 
@@ -454,8 +538,8 @@ def test_daily_report_counts_each_scan_once_per_outcome(tmp_path: Path, prefect_
     from datetime import date, datetime, timedelta
     from datetime import time as dtime
 
-    from scanner_agent.orchestration.daily_report import DailyReporter, artifact_key, daily_rows
     from scanner_agent.journal.store import Journal
+    from scanner_agent.orchestration.daily_report import DailyReporter, artifact_key, daily_rows
 
     today = date.today()
     clock = [datetime.combine(today - timedelta(days=1), dtime(10)).timestamp()]
@@ -465,15 +549,17 @@ def test_daily_report_counts_each_scan_once_per_outcome(tmp_path: Path, prefect_
     def at(hours: float) -> None:
         clock[0] += hours * 3600
 
-    a, _ = j.record_ready("/scans/100001_a.svs", 2_000_000_000, 1)   # yesterday: held three checks, then stored
+    a, _ = j.record_ready(
+        "/scans/100001_a.svs", 2_000_000_000, 1
+    )  # yesterday: held three checks, then stored
     for state in ("processing", "held", "held", "held", "ready", "processing", "stored"):
         j.transition(a.id, state, reason="test")
         at(0.1)
-    b, _ = j.record_ready("/scans/bad.svs", 10, 2)                    # yesterday: quarantined
+    b, _ = j.record_ready("/scans/bad.svs", 10, 2)  # yesterday: quarantined
     j.transition(b.id, "processing")
     j.transition(b.id, "quarantined", reason="corrupt")
     clock[0] = datetime.combine(today, dtime(9)).timestamp()
-    c, _ = j.record_ready("/scans/100002_c.svs", 500_000_000, 3)      # today: failed twice, then stored
+    c, _ = j.record_ready("/scans/100002_c.svs", 500_000_000, 3)  # today: failed twice, then stored
     for state in ("processing", "failed", "ready", "processing", "failed", "ready", "processing", "stored"):
         j.transition(c.id, state, reason="test")
         at(0.1)
@@ -481,10 +567,24 @@ def test_daily_report_counts_each_scan_once_per_outcome(tmp_path: Path, prefect_
 
     rows = daily_rows(path, days=3, today=today)
     assert [r["Day"] for r in rows] == [(today - timedelta(days=i)).isoformat() for i in range(3)]
-    assert rows[0] == {"Day": today.isoformat(), "New scans": 1, "Stored": 1, "Stored (GB)": 0.5, "Held": 0,
-                       "Failed": 1, "Quarantined": 0}
-    assert rows[1] == {"Day": (today - timedelta(days=1)).isoformat(), "New scans": 2, "Stored": 1,
-                       "Stored (GB)": 2.0, "Held": 1, "Failed": 0, "Quarantined": 1}
+    assert rows[0] == {
+        "Day": today.isoformat(),
+        "New scans": 1,
+        "Stored": 1,
+        "Stored (GB)": 0.5,
+        "Held": 0,
+        "Failed": 1,
+        "Quarantined": 0,
+    }
+    assert rows[1] == {
+        "Day": (today - timedelta(days=1)).isoformat(),
+        "New scans": 2,
+        "Stored": 1,
+        "Stored (GB)": 2.0,
+        "Held": 1,
+        "Failed": 0,
+        "Quarantined": 1,
+    }
     assert rows[2]["New scans"] == 0
 
     name = f"Report {uuid.uuid4().hex[:6]}"
@@ -512,13 +612,22 @@ def test_a_retried_run_for_another_journal_s_scan_is_refused(lab: Lab) -> None:
     dep = _client_call(lambda c: c.read_deployment_by_name(f"{s.flow_name}/{s.name.lower()}"))
     params = {"scanner": s.name, "scan_id": mine.id, "path": "/elsewhere/999999_other.svs", "label": "999999"}
     run = _client_call(lambda c: c.create_flow_run_from_deployment(dep.id, parameters=params, name="999999"))
-    _client_call(lambda c: c.set_flow_run_state(run.id, State(type=StateType.FAILED, message="old"), force=True))
-    _client_call(lambda c: c.set_flow_run_state(
-        run.id, State(type=StateType.SCHEDULED, name="AwaitingRetry", message="Retry from the UI"), force=True))
+    _client_call(
+        lambda c: c.set_flow_run_state(run.id, State(type=StateType.FAILED, message="old"), force=True)
+    )
+    _client_call(
+        lambda c: c.set_flow_run_state(
+            run.id,
+            State(type=StateType.SCHEDULED, name="AwaitingRetry", message="Retry from the UI"),
+            force=True,
+        )
+    )
 
     def refused() -> Any:
         st = flow_run(str(run.id)).state
-        return st if st.type.value == "FAILED" and st.name != "AwaitingRetry" and st.message != "old" else None
+        return (
+            st if st.type.value == "FAILED" and st.name != "AwaitingRetry" and st.message != "old" else None
+        )
 
     state = wait_for(refused, 60, "the agent to refuse the foreign run", alive=s.daemon)
     assert "999999_other.svs" in (state.message or "") or "no scan" in (state.message or ""), state.message

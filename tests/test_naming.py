@@ -31,8 +31,11 @@ def sample_row(barcode: str) -> tuple[list[tuple[str, str, bool]], dict[str, str
     flags, header = rows[0], rows[1]
     for number, row in enumerate(rows[2:], start=3):
         if row[0] == barcode:
-            fields = [(col, val, flag == "REQUIRED") for col, val, flag in zip(header[1:], row[1:], flags[1:])
-                      if flag in ("REQUIRED", "OPTIONAL")]
+            fields = [
+                (col, val, flag == "REQUIRED")
+                for col, val, flag in zip(header[1:], row[1:], flags[1:])
+                if flag in ("REQUIRED", "OPTIONAL")
+            ]
             return fields, dict(zip(header, row)), number
     raise LookupError(barcode)
 
@@ -55,25 +58,28 @@ def test_same_inputs_same_name() -> None:
     assert names == {"Prec01_Run-3_P2_Raven_545891.svs"}
 
 
-@pytest.mark.parametrize(("value", "expected"), [
-    ("../../etc", "etc"),
-    ("a/b", "a-b"),
-    ("a\\b:c*d?e\"f<g>h|i", "a-b-c-d-e-f-g-h-i"),
-    ("a\0b", "ab"),
-    ("line one\nline two", "line-one-line-two"),
-    ("  Run   2  ", "Run-2"),
-    ('=HYPERLINK("x")', "HYPERLINK(-x-)"),
-    ("+44 20", "44-20"),
-    ("@SUM(A1)", "SUM(A1)"),
-    ("...hidden", "hidden"),
-    ("trailing. ", "trailing"),
-    ("--a--b--", "a-b"),
-    ("e\u0301t\u00e9", "\u00e9t\u00e9"),  # NFC: decomposed e + accent becomes one character
-    ("\u202eexe.txt\u202c", "exe.txt"),  # RTL override dropped: it makes names lie on screen
-    ("zero\u200bwidth", "zerowidth"),
-    ("\u05e0\u05d9\u05e1\u05d5\u05d9 2", "\u05e0\u05d9\u05e1\u05d5\u05d9-2"),  # Hebrew text is kept
-    ("\u5b9f\u9a13", "\u5b9f\u9a13"),
-])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("../../etc", "etc"),
+        ("a/b", "a-b"),
+        ('a\\b:c*d?e"f<g>h|i', "a-b-c-d-e-f-g-h-i"),
+        ("a\0b", "ab"),
+        ("line one\nline two", "line-one-line-two"),
+        ("  Run   2  ", "Run-2"),
+        ('=HYPERLINK("x")', "HYPERLINK(-x-)"),
+        ("+44 20", "44-20"),
+        ("@SUM(A1)", "SUM(A1)"),
+        ("...hidden", "hidden"),
+        ("trailing. ", "trailing"),
+        ("--a--b--", "a-b"),
+        ("e\u0301t\u00e9", "\u00e9t\u00e9"),  # NFC: decomposed e + accent becomes one character
+        ("\u202eexe.txt\u202c", "exe.txt"),  # RTL override dropped: it makes names lie on screen
+        ("zero\u200bwidth", "zerowidth"),
+        ("\u05e0\u05d9\u05e1\u05d5\u05d9 2", "\u05e0\u05d9\u05e1\u05d5\u05d9-2"),  # Hebrew text is kept
+        ("\u5b9f\u9a13", "\u5b9f\u9a13"),
+    ],
+)
 def test_safe_component(value: str, expected: str) -> None:
     assert safe_component(value) == expected
 
@@ -136,8 +142,17 @@ def test_dicom_folder_has_no_extension() -> None:
 def test_layout_columns_and_bad_layouts() -> None:
     assert layout_columns("{Study}/{Scan Date}-{Panel}") == ["Study", "Scan Date", "Panel"]
     assert layout_columns("") == []
-    for bad in ["/abs/{Study}", "{Study}/../x", "{Study}//x", "{}", "{Study!r}", "{Study:>9}", "{Study",
-                "a\\b", "{Study}/"]:
+    for bad in [
+        "/abs/{Study}",
+        "{Study}/../x",
+        "{Study}//x",
+        "{}",
+        "{Study!r}",
+        "{Study:>9}",
+        "{Study",
+        "a\\b",
+        "{Study}/",
+    ]:
         with pytest.raises(errors.ConfigError):
             layout_columns(bad)
 
@@ -164,13 +179,16 @@ def test_destination_inside_root(tmp_path: Path) -> None:
     assert dest == tmp_path / "Prec01" / "Run-2" / "x_620995.svs"
 
 
-@pytest.mark.parametrize(("folder", "name"), [
-    (PurePosixPath("/etc"), "x"),
-    (PurePosixPath("a/../.."), "x"),
-    (PurePosixPath("a"), "../x"),
-    (PurePosixPath("a"), ".."),
-    (PurePosixPath("a"), ""),
-])
+@pytest.mark.parametrize(
+    ("folder", "name"),
+    [
+        (PurePosixPath("/etc"), "x"),
+        (PurePosixPath("a/../.."), "x"),
+        (PurePosixPath("a"), "../x"),
+        (PurePosixPath("a"), ".."),
+        (PurePosixPath("a"), ""),
+    ],
+)
 def test_destination_refuses_escapes(tmp_path: Path, folder: PurePosixPath, name: str) -> None:
     with pytest.raises(errors.SheetMalformed):
         destination(tmp_path, folder, name)
@@ -190,13 +208,19 @@ def test_destination_refuses_a_symlink_leading_out(tmp_path: Path) -> None:
 # --- properties over arbitrary cell contents -------------------------------------------------
 
 cells = st.text(st.characters(codec="utf-8"), max_size=300) | st.sampled_from(
-    ["..", ".", "../../etc", "/", "\\", "CON", "=cmd|' /C calc'!A0", "\u202e", "\0", "a\nb"])
+    ["..", ".", "../../etc", "/", "\\", "CON", "=cmd|' /C calc'!A0", "\u202e", "\0", "a\nb"]
+)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(values=st.lists(cells, min_size=1, max_size=8), barcode=cells, layout_values=st.lists(cells, min_size=2, max_size=2))
+@given(
+    values=st.lists(cells, min_size=1, max_size=8),
+    barcode=cells,
+    layout_values=st.lists(cells, min_size=2, max_size=2),
+)
 def test_any_values_give_a_safe_name_and_a_destination_inside_root(
-        tmp_path: Path, values: list[str], barcode: str, layout_values: list[str]) -> None:
+    tmp_path: Path, values: list[str], barcode: str, layout_values: list[str]
+) -> None:
     fields = [(f"Col{i}", v, i % 2 == 0) for i, v in enumerate(values)]
     try:
         name = build_name(barcode, fields, ".svs")

@@ -58,17 +58,25 @@ def read_run(flow_run_id: str | None) -> RunView:
 
     async def go() -> RunView:
         from prefect.client.orchestration import get_client
-        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId
+        from prefect.client.schemas.filters import (
+            ArtifactFilter,
+            ArtifactFilterFlowRunId,
+            FlowRunFilter,
+            FlowRunFilterId,
+        )
 
         async with get_client() as c:
             run = await c.read_flow_run(flow_run_id)
             flow = await c.read_flow(run.flow_id)
             trs = await c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
-            arts = await c.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))
+            arts = await c.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))
+            )
             arts.sort(key=lambda a: a.created)  # oldest first: a released or retried scan's run has several
         assert run.state is not None
-        view = RunView(flow.name, run.name, run.state.type.value, run.state.name, run.state.message or "",
-                       list(run.tags))
+        view = RunView(
+            flow.name, run.name, run.state.type.value, run.state.name, run.state.message or "", list(run.tags)
+        )
         for t in sorted(trs, key=lambda t: t.expected_start_time or t.created):
             assert t.state is not None
             # Task runs are named "<task name>-<suffix>"; a retried task keeps its run, so the last state wins.
@@ -149,9 +157,17 @@ def assert_failed_run(rec: Any, *, task: str, error: type[errors.ScanError], sta
     assert run.state_name == state_name
     assert error.action in run.message, run.message
     assert run.failed_tasks() == [task], run.tasks
-    order = ["Identify Barcode", "Read Sheet Metadata", "Validate Slide", "Check Quality", "Build Name",
-             "Move Image", "Move Rescanned Images", "Free Scanner Disk"]
-    later = order[order.index(task) + 1:]
+    order = [
+        "Identify Barcode",
+        "Read Sheet Metadata",
+        "Validate Slide",
+        "Check Quality",
+        "Build Name",
+        "Move Image",
+        "Move Rescanned Images",
+        "Free Scanner Disk",
+    ]
+    later = order[order.index(task) + 1 :]
     assert not [t for t in run.tasks if t in later], f"tasks ran after {task} failed: {run.tasks}"
     assert run.artifacts and error.action in run.artifacts[-1]
     return run
@@ -165,7 +181,9 @@ def test_unknown_barcode_is_held_and_the_source_untouched(scanner: Scanner) -> N
     before = (sha256(src), src.stat().st_mtime_ns)
     [rec] = process(scanner.agent, src)
     assert (rec.state, rec.kind) == ("held", "unknown_barcode")
-    assert "999999" in rec.reason and str(scanner.base / "sheet.csv") in rec.reason and "'Barcode'" in rec.reason
+    assert (
+        "999999" in rec.reason and str(scanner.base / "sheet.csv") in rec.reason and "'Barcode'" in rec.reason
+    )
     assert rec.next_check is not None and rec.held_since is not None
     assert (sha256(src), src.stat().st_mtime_ns) == before
     assert files_under(scanner.storage) == []
@@ -185,8 +203,13 @@ def test_required_column_empty_is_held_naming_the_column_and_row(make_scanner: A
 
 
 def test_duplicate_barcode_rows_are_held_naming_the_rows(make_scanner: Any) -> None:
-    s = make_scanner(sheet=sheet_with("620995,Prec01,Run 2,P1,Cardinal,,,", "645750,Prec01,Run 2,P1,Cardinal,,,",
-                                      "620995,Prec02,Run 9,P3,Cardinal,,,"))
+    s = make_scanner(
+        sheet=sheet_with(
+            "620995,Prec01,Run 2,P1,Cardinal,,,",
+            "645750,Prec01,Run 2,P1,Cardinal,,,",
+            "620995,Prec02,Run 9,P3,Cardinal,,,",
+        )
+    )
     src = s.svs("620995_a.svs", barcode="620995")
     [rec] = process(s.agent, src)
     assert (rec.state, rec.kind) == ("held", "sheet_malformed")
@@ -212,8 +235,10 @@ def test_held_scan_is_released_once_the_row_is_filled(make_scanner: Any) -> None
     try:
         assert recheck_due(s.agent, disp, time.time() + 2) == 0
         assert s.agent.journal.get(held.id).state == "held"
-        (s.base / "sheet.csv").write_text(sheet_with("645750,Prec01,Run 2,P1,Cardinal,,,",
-                                                     "620995,Prec01,Run 2,P1,Cardinal,,,"), encoding="utf-8")
+        (s.base / "sheet.csv").write_text(
+            sheet_with("645750,Prec01,Run 2,P1,Cardinal,,,", "620995,Prec01,Run 2,P1,Cardinal,,,"),
+            encoding="utf-8",
+        )
         assert recheck_due(s.agent, disp, time.time() + 4) == 1
         assert disp.wait_idle(120)
     finally:
@@ -324,8 +349,9 @@ def test_unsafe_sheet_values_are_made_safe_inside_the_storage_root(make_scanner:
 
 
 @pytest.mark.parametrize("value", ["..", "CON"])
-def test_sheet_values_that_cannot_be_made_safe_hold_the_scan_naming_row_and_column(make_scanner: Any,
-                                                                                 value: str) -> None:
+def test_sheet_values_that_cannot_be_made_safe_hold_the_scan_naming_row_and_column(
+    make_scanner: Any, value: str
+) -> None:
     s = make_scanner(sheet=sheet_with(f"620995,{value},Run 2,P1,Cardinal,,,"))
     src = s.svs("620995_a.svs", barcode="620995")
     digest = sha256(src)
@@ -339,8 +365,12 @@ def test_sheet_values_that_cannot_be_made_safe_hold_the_scan_naming_row_and_colu
 
 def _mount_tmpfs(where: Path, options: str) -> None:
     try:
-        subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], check=True,
-                       capture_output=True, timeout=30)
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
     except (OSError, subprocess.SubprocessError) as exc:
         pytest.skip(f"cannot mount a tmpfs at {where} (needs root and CAP_SYS_ADMIN): {exc}")
 
@@ -403,7 +433,9 @@ def test_full_storage_fails_storage_full_and_keeps_the_source(scanner: Scanner, 
     scanner.assert_clean()
 
 
-def test_copy_to_another_filesystem_is_verified_and_honours_reserve_bytes(scanner: Scanner, mounted: Any) -> None:
+def test_copy_to_another_filesystem_is_verified_and_honours_reserve_bytes(
+    scanner: Scanner, mounted: Any
+) -> None:
     # 4 MiB of room for a 0.8 MB scan with reserve_bytes = 0 (harness default): it fits.
     mounted(scanner.storage, "size=4m")
     src = scanner.svs("620995_a.svs", barcode="620995")
@@ -435,7 +467,9 @@ def test_mirax_scan_is_stored_as_file_plus_folder_and_opens_at_the_destination(s
         slide.read_region((0, 0), slide.level_count - 1, (32, 32))
     assert not mrxs.exists() and not data_dir.exists()
     sidecar = json.loads((folder / f"{STORED_NAME}.json").read_text())
-    assert {f["rel"] for f in sidecar["files"]} == {f"{STORED_NAME}.mrxs"} | {f"{STORED_NAME}/{n}" for n in digests}
+    assert {f["rel"] for f in sidecar["files"]} == {f"{STORED_NAME}.mrxs"} | {
+        f"{STORED_NAME}/{n}" for n in digests
+    }
     scanner.assert_clean()
 
 
@@ -446,7 +480,10 @@ def test_barcode_is_read_from_slide_metadata_when_the_name_has_none(scanner: Sca
     assert rec.barcode == "620995" and rec.details["barcode_source"] == "slide metadata (aperio.Barcode)"
     dest = scanner.storage / "Prec01" / "Run-2" / f"{STORED_NAME}.svs"
     assert Path(rec.dest) == dest
-    assert json.loads(dest.with_suffix(".json").read_text())["barcode_source"] == "slide metadata (aperio.Barcode)"
+    assert (
+        json.loads(dest.with_suffix(".json").read_text())["barcode_source"]
+        == "slide metadata (aperio.Barcode)"
+    )
     run = read_run(rec.flow_run_id)
     assert run.state_type == "COMPLETED" and run.name == "scan_0001.svs"
     scanner.assert_clean()
@@ -458,7 +495,9 @@ def test_reprocessing_a_stored_scan_identity_is_a_no_op(scanner: Scanner) -> Non
     [first] = process(scanner.agent, src)
     assert first.state == "stored" and not src.exists()
     dest = Path(first.dest)
-    stored_before = {p: (p.stat().st_mtime_ns, p.stat().st_ino, sha256(p)) for p in files_under(scanner.storage)}
+    stored_before = {
+        p: (p.stat().st_mtime_ns, p.stat().st_ino, sha256(p)) for p in files_under(scanner.storage)
+    }
 
     # The very same scan turns up again (same path, size and mtime): the same journal row, nothing redone.
     src.write_bytes(data)
@@ -466,7 +505,9 @@ def test_reprocessing_a_stored_scan_identity_is_a_no_op(scanner: Scanner) -> Non
     [again] = process(scanner.agent, src)
     assert again.id == first.id and again.state == "stored" and again.dest == str(dest)
     assert again.attempts == first.attempts and again.stored_at == first.stored_at
-    assert {p: (p.stat().st_mtime_ns, p.stat().st_ino, sha256(p)) for p in files_under(scanner.storage)} == stored_before
+    assert {
+        p: (p.stat().st_mtime_ns, p.stat().st_ino, sha256(p)) for p in files_under(scanner.storage)
+    } == stored_before
     assert len(scanner.agent.journal.all()) == 1
     assert scanner.agent.journal.counts()["stored"] == 1
     scanner.assert_clean()
@@ -497,10 +538,20 @@ def test_sidecar_records_where_the_scan_came_from_and_what_was_stored(scanner: S
     assert side["source_path"] == str(src)
     assert side["sheet"]["source"] == str(scanner.base / "sheet.csv") and side["sheet"]["row"] == 3
     assert side["sheet"]["values"]["Study"] == "Prec01" and side["sheet"]["values"]["Experiment"] == "Run 2"
-    assert side["slide"] == {"vendor": "aperio", "width": W, "height": H, "levels": side["slide"]["levels"],
-                             "mpp": 0.5}
+    assert side["slide"] == {
+        "vendor": "aperio",
+        "width": W,
+        "height": H,
+        "levels": side["slide"]["levels"],
+        "mpp": 0.5,
+    }
     assert side["slide"]["levels"] >= 1
-    assert side["qc"] is not None and set(side["qc"]) == {"passed", "blur_score", "tissue_fraction", "reasons"}
+    assert side["qc"] is not None and set(side["qc"]) == {
+        "passed",
+        "blur_score",
+        "tissue_fraction",
+        "reasons",
+    }
     assert side["journal_scan_id"] == rec.id and side["flow_run_id"] == rec.flow_run_id
     assert side["scan_complete_at"]
     assert side["name"] == dest.name and side["size"] == size and side["sha256"] == digest == rec.sha256

@@ -28,8 +28,10 @@ from tests.harness import write_config
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or "/usr/bin/chromium"
 REPO = Path(__file__).resolve().parent.parent
 
-pytestmark = pytest.mark.skipif(not os.access(CHROMIUM, os.X_OK),
-                                reason="headless Chromium is not installed (Debian: apt-get install -y chromium)")
+pytestmark = pytest.mark.skipif(
+    not os.access(CHROMIUM, os.X_OK),
+    reason="headless Chromium is not installed (Debian: apt-get install -y chromium)",
+)
 
 
 def _free_port() -> int:
@@ -44,15 +46,33 @@ def ui_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     home = tmp_path_factory.mktemp("prefect-ui-home")
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_UI_ENABLED": "true",
-           # The UI calls the API from the browser: tell it where (the default is :4200).
-           "PREFECT_UI_API_URL": f"{base}/api", "PREFECT_UI_URL": base,
-           "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PREFECT_UI_ENABLED": "true",
+        # The UI calls the API from the browser: tell it where (the default is :4200).
+        "PREFECT_UI_API_URL": f"{base}/api",
+        "PREFECT_UI_URL": base,
+        "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
     env.pop("PREFECT_API_URL", None)
     log = open(home / "server.log", "wb")
-    proc = subprocess.Popen([str(Path(sys.executable).with_name("prefect")), "server", "start", "--host", "127.0.0.1",
-                             "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("prefect")),
+            "server",
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         end = time.monotonic() + 180
         while True:
@@ -76,18 +96,43 @@ def ui_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def _chromium(url: str, profile: Path, *extra: str) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                           f"--user-data-dir={profile}", "--window-size=1400,1000", "--virtual-time-budget=15000",
-                           *extra, url], capture_output=True, timeout=180)
+    return subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={profile}",
+            "--window-size=1400,1000",
+            "--virtual-time-budget=15000",
+            *extra,
+            url,
+        ],
+        capture_output=True,
+        timeout=180,
+    )
 
 
 def test_held_scan_page_in_the_prefect_ui(tmp_path: Path, ui_server: str) -> None:
-    cfg = write_config(tmp_path / "lab", name="Raven", prefect={"api_url": f"{ui_server}/api", "ui_url": ui_server})
-    scan = write_svs(tmp_path / "lab" / "scanner" / "777001_slide.svs", barcode="777001", width=1024, height=768)
+    cfg = write_config(
+        tmp_path / "lab", name="Raven", prefect={"api_url": f"{ui_server}/api", "ui_url": ui_server}
+    )
+    scan = write_svs(
+        tmp_path / "lab" / "scanner" / "777001_slide.svs", barcode="777001", width=1024, height=768
+    )
     env = {**os.environ, "PREFECT_API_URL": f"{ui_server}/api"}
-    done = subprocess.run([str(SCANNER_AGENT), "process", "--config", str(cfg), str(scan)], capture_output=True,
-                          text=True, env=env, timeout=300)
+    done = subprocess.run(
+        [str(SCANNER_AGENT), "process", "--config", str(cfg), str(scan)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert done.returncode == 1 and "held" in done.stdout, done.stdout + done.stderr
     [rec] = records(tmp_path / "lab" / "state" / "raven.sqlite")
     assert rec.state == "held" and rec.flow_run_id
@@ -97,7 +142,9 @@ def test_held_scan_page_in_the_prefect_ui(tmp_path: Path, ui_server: str) -> Non
     dom = _chromium(page, tmp_path / "profile-dom", "--dump-dom")
     html = dom.stdout.decode(errors="replace")
     assert "777001" in html and "Held" in html, html[-2000:]
-    assert "Read Sheet Metadata" in html and "Retry" in html, "the failed task and the Retry button are on the page"
+    assert "Read Sheet Metadata" in html and "Retry" in html, (
+        "the failed task and the Retry button are on the page"
+    )
     assert "Can't connect to Server API" not in html
 
     out = tmp_path / "screenshots"

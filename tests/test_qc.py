@@ -32,7 +32,9 @@ def synthetic_slide(size: int = 512, seed: int = 7) -> tuple[Image.Image, float]
         dot = ((yy[win] - y) ** 2 + (xx[win] - x) ** 2 <= r * r) & tissue[win]
         img[win][dot] = (110, 60, 150)
     out = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
-    return out.filter(ImageFilter.GaussianBlur(0.7)), float(tissue.mean())  # the softness of a downsampled scan
+    return out.filter(ImageFilter.GaussianBlur(0.7)), float(
+        tissue.mean()
+    )  # the softness of a downsampled scan
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +65,9 @@ def test_same_slide_out_of_focus_fails_on_blur(slide: tuple[Image.Image, float])
 
 def test_blur_score_falls_as_blur_grows(slide: tuple[Image.Image, float]) -> None:
     image, _ = slide
-    scores = [assess(image.filter(ImageFilter.GaussianBlur(r)) if r else image).blur_score for r in (0, 1, 2, 4)]
+    scores = [
+        assess(image.filter(ImageFilter.GaussianBlur(r)) if r else image).blur_score for r in (0, 1, 2, 4)
+    ]
     assert scores == sorted(scores, reverse=True)
 
 

@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 
-from scanner_agent.storage import transfer
 from scanner_agent.cli import main as cli_main
 from scanner_agent.config import AgentConfig, load_config
+from scanner_agent.core.sheet_table import CsvSource
 from scanner_agent.journal.store import Journal
 from scanner_agent.reports.reconcile import CATEGORIES, reconcile, render_reconcile
 from scanner_agent.scanunit import ScanUnit
-from scanner_agent.core.sheet_table import CsvSource
+from scanner_agent.storage import transfer
 
 SHEET = """\
 Include in Name?,REQUIRED,REQUIRED,REQUIRED,REQUIRED,,,
@@ -75,12 +75,24 @@ class Lab:
         path.write_bytes(data if data is not None else f"slide {barcode} scan {self.counter}".encode() * 50)
         return ScanUnit.from_path(path)
 
-    def place(self, barcode: str, folder: str = "Prec01/Run2", *, supersede: Path | None = None,
-              prefix: str = "Prec01_Run2_P1") -> tuple[ScanUnit, transfer.TransferResult]:
+    def place(
+        self,
+        barcode: str,
+        folder: str = "Prec01/Run2",
+        *,
+        supersede: Path | None = None,
+        prefix: str = "Prec01_Run2_P1",
+    ) -> tuple[ScanUnit, transfer.TransferResult]:
         unit = self.scan_file(barcode)
-        result = transfer.place_scan(unit, self.storage / folder, f"{prefix}_{barcode}.svs",
-                                     sidecar={"barcode": barcode, "scanner": "cardinal"}, supersede=supersede,
-                                     storage_root=self.storage, margin=0)
+        result = transfer.place_scan(
+            unit,
+            self.storage / folder,
+            f"{prefix}_{barcode}.svs",
+            sidecar={"barcode": barcode, "scanner": "cardinal"},
+            supersede=supersede,
+            storage_root=self.storage,
+            margin=0,
+        )
         return unit, result
 
     def record(self, unit: ScanUnit) -> int:
@@ -88,21 +100,40 @@ class Lab:
         rec, _ = self.journal.record_ready(str(unit.primary), st.st_size, st.st_mtime_ns)
         return rec.id
 
-    def store(self, barcode: str, folder: str = "Prec01/Run2", *, supersede: Path | None = None,
-              prefix: str = "Prec01_Run2_P1") -> tuple[int, transfer.TransferResult]:
+    def store(
+        self,
+        barcode: str,
+        folder: str = "Prec01/Run2",
+        *,
+        supersede: Path | None = None,
+        prefix: str = "Prec01_Run2_P1",
+    ) -> tuple[int, transfer.TransferResult]:
         """What the flow does for a stored scan: place it, then record it stored in the journal."""
         unit, result = self.place(barcode, folder, supersede=supersede, prefix=prefix)
         sid = self.record(unit)
         self.journal.transition(sid, "processing")
-        self.journal.transition(sid, "stored", reason="stored", dest=str(result.dest), sha256=result.sha256,
-                                barcode=barcode, details={"superseded": [str(p) for p in result.superseded]})
+        self.journal.transition(
+            sid,
+            "stored",
+            reason="stored",
+            dest=str(result.dest),
+            sha256=result.sha256,
+            barcode=barcode,
+            details={"superseded": [str(p) for p in result.superseded]},
+        )
         return sid, result
 
     def fail(self, barcode: str, state: str, kind: str, reason: str, *, unit: ScanUnit | None = None) -> int:
         sid = self.record(unit or self.scan_file(barcode))
         self.journal.transition(sid, "processing")
-        self.journal.transition(sid, state, reason=reason, kind=kind, barcode=barcode,
-                                next_check=time.time() + 300 if state == "held" else None)
+        self.journal.transition(
+            sid,
+            state,
+            reason=reason,
+            kind=kind,
+            barcode=barcode,
+            next_check=time.time() + 300 if state == "held" else None,
+        )
         return sid
 
 
@@ -110,13 +141,13 @@ def write_config(tmp: Path, *, journal: Path | None = None, storage: Path | None
     sheet = tmp / "sheet.csv"
     toml = tmp / "cardinal.toml"
     toml.write_text(
-        "[scanner]\nname = \"cardinal\"\n"
-        f"watch = \"{tmp / 'watch'}\"\n"
+        '[scanner]\nname = "cardinal"\n'
+        f'watch = "{tmp / "watch"}"\n'
         "[storage]\n"
-        f"root = \"{storage or tmp / 'storage'}\"\n"
-        "layout = \"{Study}/{Experiment}\"\n"
-        f"[sheet]\ncsv = \"{sheet}\"\n"
-        f"[journal]\npath = \"{journal or tmp / 'state' / 'journal.sqlite'}\"\n"
+        f'root = "{storage or tmp / "storage"}"\n'
+        'layout = "{Study}/{Experiment}"\n'
+        f'[sheet]\ncsv = "{sheet}"\n'
+        f'[journal]\npath = "{journal or tmp / "state" / "journal.sqlite"}"\n'
     )
     return toml
 
@@ -144,7 +175,12 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
     j.update(first_id, details={"superseded_by": str(second.dest)})
     lab.results["100002"] = second
 
-    lab.fail("100003", "held", "incomplete_row", "Barcode 100003 (row 5) has no value in REQUIRED column(s) 'Experiment'.")
+    lab.fail(
+        "100003",
+        "held",
+        "incomplete_row",
+        "Barcode 100003 (row 5) has no value in REQUIRED column(s) 'Experiment'.",
+    )
     lab.fail("900001", "held", "unknown_barcode", "No row for barcode 900001 in sheet.csv.")
 
     # The scanner rewrote 100004's file before it was processed: the older row is noise, not a failure.
@@ -152,15 +188,26 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
     lab.record(unit)
     unit.primary.write_bytes(b"rewritten" * 100)
     os.utime(unit.primary, ns=(time.time_ns(), time.time_ns() + 10**9))
-    lab.fail("100004", "failed", "destination_collision", "Prec01_Run2_P1_100004.svs already holds a different scan",
-             unit=unit)
+    lab.fail(
+        "100004",
+        "failed",
+        "destination_collision",
+        "Prec01_Run2_P1_100004.svs already holds a different scan",
+        unit=unit,
+    )
 
     bad = lab.scan_file("100005", b"not a slide")
     sid = lab.record(bad)  # as the flow does: recorded, then moved aside, then marked quarantined
     j.transition(sid, "processing")
     where = transfer.quarantine(bad, lab.cfg.quarantine_dir, "corrupt_slide: cannot open", margin=0)
-    j.transition(sid, "quarantined", reason=f"{bad.name} is not a readable slide", kind="corrupt_slide",
-                 barcode="100005", details={"quarantined_to": str(where)})
+    j.transition(
+        sid,
+        "quarantined",
+        reason=f"{bad.name} is not a readable slide",
+        kind="corrupt_slide",
+        barcode="100005",
+        details={"quarantined_to": str(where)},
+    )
     lab.results["quarantine"] = where
 
     lab.store("100007")
@@ -224,9 +271,12 @@ def test_details_per_category(lab: Lab) -> None:
     twice = by["stored_twice"]
     assert twice["100007"]["found_by"] == ["journal", "storage"]
     assert twice["100008"]["found_by"] == ["storage"]
-    assert twice["100007"]["paths"] == sorted([
-        str(lab.storage / "Prec01/Run2/Prec01_Run2_P1_100007.svs"),
-        str(lab.storage / "Prec01/Run3/Prec01_Run3_P1_100007.svs")])
+    assert twice["100007"]["paths"] == sorted(
+        [
+            str(lab.storage / "Prec01/Run2/Prec01_Run2_P1_100007.svs"),
+            str(lab.storage / "Prec01/Run3/Prec01_Run3_P1_100007.svs"),
+        ]
+    )
 
     rescans = by["missing_rescans"]
     assert rescans["100009"]["overdue"] is True and rescans["100001"]["overdue"] is False
@@ -258,7 +308,7 @@ def test_render_mentions_every_barcode_in_sorted_sections(lab: Lab) -> None:
             assert b in text, (key, b)
     lines = text.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("Stored twice"))
-    assert [line.split()[0] for line in lines[start + 1:start + 3]] == ["100007", "100008"]
+    assert [line.split()[0] for line in lines[start + 1 : start + 3]] == ["100007", "100008"]
     assert "Prec01/Run2/Prec01_Run2_P1_100007.svs" in text  # relative to the storage root
     assert "OVERDUE" in text and str(lab.root / "sheet.csv") in text and str(lab.storage) in text
 
@@ -270,8 +320,17 @@ def test_unreachable_sheet_still_reports_journal_and_storage(lab: Lab) -> None:
     assert "sheet.csv" in report["sheet"]["error"]
     assert report["in_sheet_never_scanned"] is None and report["scanned_not_in_sheet"] is None
     assert report["summary"]["in_sheet_never_scanned"] is None
-    for key in ("stored", "held", "failed", "quarantined", "rescanned", "stored_twice", "missing_rescans",
-                "missing_from_storage", "in_progress"):
+    for key in (
+        "stored",
+        "held",
+        "failed",
+        "quarantined",
+        "rescanned",
+        "stored_twice",
+        "missing_rescans",
+        "missing_from_storage",
+        "in_progress",
+    ):
         assert barcodes(report[key]) == EXPECTED[key], key
     json.dumps(report)
     text = render_reconcile(report)
@@ -304,7 +363,9 @@ def test_clean_storage_has_nothing_twice(tmp_path: Path) -> None:
     (tmp_path / "storage").mkdir()
     (tmp_path / "sheet.csv").write_text(SHEET, encoding="utf-8")
     cfg = load_config(write_config(tmp_path))
-    lab = Lab(root=tmp_path, cfg=cfg, config_file=tmp_path / "cardinal.toml", journal=Journal(cfg.journal.path))
+    lab = Lab(
+        root=tmp_path, cfg=cfg, config_file=tmp_path / "cardinal.toml", journal=Journal(cfg.journal.path)
+    )
     try:
         _, first = lab.store("100001")
         lab.store("100001", supersede=first.dest)
@@ -327,10 +388,12 @@ def test_cli_exit_code_and_json(lab: Lab, clean_env: None, capsys: pytest.Captur
     assert cli_main(["reconcile", "--config", str(lab.config_file), "--json"]) == 1  # stored twice
     out = json.loads(capsys.readouterr().out)
     assert out["summary"]["stored_twice"] == 2
-    for path in (lab.storage / "Prec01/Run3/Prec01_Run3_P1_100007.svs",
-                 lab.storage / "Prec01/Run3/Prec01_Run3_P1_100007.json",
-                 lab.storage / "Prec01/Run3/Prec01_Run3_P1_100008.svs",
-                 lab.storage / "Prec01/Run3/Prec01_Run3_P1_100008.json"):
+    for path in (
+        lab.storage / "Prec01/Run3/Prec01_Run3_P1_100007.svs",
+        lab.storage / "Prec01/Run3/Prec01_Run3_P1_100007.json",
+        lab.storage / "Prec01/Run3/Prec01_Run3_P1_100008.svs",
+        lab.storage / "Prec01/Run3/Prec01_Run3_P1_100008.json",
+    ):
         path.unlink()  # the lab manager removed the extra copies
     assert cli_main(["reconcile", "--config", str(lab.config_file)]) == 0
     assert "Reconcile report for scanner cardinal" in capsys.readouterr().out

@@ -11,20 +11,25 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
-
-import pytest
+from typing import Any
 
 from scanner_agent.service.daemon import slow_timers, sweep_rescan_requests
 from tests.harness import SAMPLE_SHEET, process
+
 # The Slack/SMTP servers and the Lab builder are shared with the alert tests (fixtures by import).
-from tests.test_alerts_e2e import (SMTP_PASSWORD, SMTP_USER, TOKEN, Lab, button_url, header,  # noqa: F401
-                                   mail_text, make_lab, post_text, slack, smtp)  # the fixtures read TOKEN etc. here
+from tests.test_alerts_e2e import (
+    Lab,
+    button_url,
+    header,
+    mail_text,
+    post_text,
+)  # the fixtures read TOKEN etc. here
 
 NO_SHEET_REQUESTS = SAMPLE_SHEET.replace(",yes,blurry on first scan", ",,")
-CARDINAL_ROW = ("Prec01", "Run-2", "P1", "Cardinal")   # the sample sheet's rows for Run 2
-RAVEN_ROW = ("Prec01", "Run-3", "P2", "Raven")         # row 9, barcode 545891
+CARDINAL_ROW = ("Prec01", "Run-2", "P1", "Cardinal")  # the sample sheet's rows for Run 2
+RAVEN_ROW = ("Prec01", "Run-3", "P2", "Raven")  # row 9, barcode 545891
 
 
 def stored_path(lab: Lab, barcode: str, row: tuple[str, ...] = CARDINAL_ROW) -> Path:
@@ -38,7 +43,9 @@ def task_names(flow_run_id: str) -> list[str]:
         from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
         async with get_client() as client:
-            runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+            runs = await client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+            )
             return [t.name.rsplit("-", 1)[0] for t in runs]
 
     return asyncio.run(read())
@@ -58,7 +65,8 @@ def label_of(stored_at: float) -> str:
 
 
 def test_second_scan_of_a_stored_barcode_supersedes_the_first_and_the_sidecars_link(
-        make_lab: Callable[..., Lab]) -> None:
+    make_lab: Callable[..., Lab],
+) -> None:
     lab = make_lab()
     first_src = lab.scan("620995_x.svs", barcode="620995", seed=1)
     first_bytes = first_src.read_bytes()
@@ -74,7 +82,9 @@ def test_second_scan_of_a_stored_barcode_supersedes_the_first_and_the_sidecars_l
     dest = stored_path(lab, "620995")
     assert Path(first.dest) == Path(second.dest) == dest
     assert dest.read_bytes() == second_bytes and not second_src.exists()
-    assert "Move Image" in task_names(first.flow_run_id) and "Move Rescanned Images" not in task_names(first.flow_run_id)
+    assert "Move Image" in task_names(first.flow_run_id) and "Move Rescanned Images" not in task_names(
+        first.flow_run_id
+    )
     tasks = task_names(second.flow_run_id)
     assert "Move Rescanned Images" in tasks and "Move Image" not in tasks
 
@@ -122,7 +132,9 @@ def test_rescanning_twice_keeps_both_earlier_images(make_lab: Callable[..., Lab]
 # Rescan requests
 
 
-def test_sheet_rescan_request_is_satisfied_by_the_next_scan_and_announced_once(make_lab: Callable[..., Lab]) -> None:
+def test_sheet_rescan_request_is_satisfied_by_the_next_scan_and_announced_once(
+    make_lab: Callable[..., Lab],
+) -> None:
     lab = make_lab()
     [original] = process(lab.agent, lab.scan("545891_a.svs", barcode="545891", seed=1))
     assert original.state == "stored", original.reason
@@ -179,7 +191,10 @@ def test_rescan_request_past_its_deadline_alerts_missing_rescan_once(make_lab: C
     [mail] = lab.mails()
     body = mail_text(mail)
     assert "Rescan overdue for 545891" in str(mail["Subject"])
-    assert "requested by: the sheet (Rescan Requested, row 9)" in body and time.ctime(req["requested_at"]) in body
+    assert (
+        "requested by: the sheet (Rescan Requested, row 9)" in body
+        and time.ctime(req["requested_at"]) in body
+    )
     assert lab.agent.journal.overdue_rescans(now + 5 * 3600) == []
 
 
@@ -196,7 +211,10 @@ def test_qc_failed_scan_requests_a_rescan_that_is_chased_then_satisfied(make_lab
     slow_timers(lab.agent, time.time() + 10)
     overdue = [p for p in lab.posts() if "Rescan overdue" in header(p)]
     assert len(overdue) == 1
-    assert "A rescan of 465551 was requested by qc" in overdue[0]["text"] and "out of focus" in overdue[0]["text"]
+    assert (
+        "A rescan of 465551 was requested by qc" in overdue[0]["text"]
+        and "out of focus" in overdue[0]["text"]
+    )
 
     [sharp] = process(lab.agent, lab.scan("465551_a.svs", barcode="465551", seed=7))
     assert sharp.state == "stored" and "qc_failed" not in sharp.details
@@ -208,7 +226,9 @@ def test_qc_failed_scan_requests_a_rescan_that_is_chased_then_satisfied(make_lab
     assert len(superseded) == 1 and sidecar(superseded[0])["qc"]["passed"] is False
 
 
-def test_a_second_blurry_rescan_is_alerted_and_the_good_one_announced_again(make_lab: Callable[..., Lab]) -> None:
+def test_a_second_blurry_rescan_is_alerted_and_the_good_one_announced_again(
+    make_lab: Callable[..., Lab],
+) -> None:
     lab = make_lab(sheet=NO_SHEET_REQUESTS)
     for seed, blurred in ((1, True), (2, True), (3, False)):  # the first rescan is blurry too
         [rec] = process(lab.agent, lab.scan("465551_a.svs", barcode="465551", seed=seed, blurred=blurred))

@@ -121,7 +121,8 @@ def test_pings_from_another_thread_arrive(receiver: Receiver) -> None:
 
 @pytest.mark.parametrize("value", [None, "", "relative/notify", "vsock:2:1234", "@"])
 def test_without_a_usable_notify_socket_every_call_is_a_quiet_no(
-        monkeypatch: pytest.MonkeyPatch, value: str | None) -> None:
+    monkeypatch: pytest.MonkeyPatch, value: str | None
+) -> None:
     if value is None:
         monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
     else:
@@ -135,7 +136,8 @@ def test_without_a_usable_notify_socket_every_call_is_a_quiet_no(
 
 
 def test_a_vanished_socket_returns_false_and_warns_once(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / f"gone-{uuid.uuid4().hex[:8]}"))
     with caplog.at_level("WARNING", logger="scanner_agent.systemd.notify"):
         assert sdnotify.watchdog() is False
@@ -176,8 +178,9 @@ def test_no_message_is_sent_when_not_asked(receiver: Receiver) -> None:
         (None, "self", None),
     ],
 )
-def test_watchdog_interval(monkeypatch: pytest.MonkeyPatch, usec: str | None, pid: str | None,
-                           expected: float | None) -> None:
+def test_watchdog_interval(
+    monkeypatch: pytest.MonkeyPatch, usec: str | None, pid: str | None, expected: float | None
+) -> None:
     if usec is None:
         monkeypatch.delenv("WATCHDOG_USEC", raising=False)
     else:
@@ -185,5 +188,7 @@ def test_watchdog_interval(monkeypatch: pytest.MonkeyPatch, usec: str | None, pi
     if pid is None:
         monkeypatch.delenv("WATCHDOG_PID", raising=False)
     else:
-        monkeypatch.setenv("WATCHDOG_PID", {"self": str(os.getpid()), "other": str(os.getpid() + 1)}.get(pid, pid))
+        monkeypatch.setenv(
+            "WATCHDOG_PID", {"self": str(os.getpid()), "other": str(os.getpid() + 1)}.get(pid, pid)
+        )
     assert sdnotify.watchdog_interval() == expected

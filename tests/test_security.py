@@ -81,14 +81,25 @@ def plant(folder: Path, api: FakeSheetsApi) -> Planted:
     tok_file.write_text(token + "\n")
     os.chmod(tok_file, 0o600)
     sa = write_service_account(folder, api)
-    p = Planted(token, password, sa, pw_file, tok_file,
-                needles={"Slack token": token.encode(), "SMTP password": password.encode()})
+    p = Planted(
+        token,
+        password,
+        sa,
+        pw_file,
+        tok_file,
+        needles={"Slack token": token.encode(), "SMTP password": password.encode()},
+    )
     p.add_key_needles()
     return p
 
 
 def leaks(haystacks: dict[str, bytes], needles: dict[str, bytes]) -> list[str]:
-    return [f"{n} found in {h}" for h, data in haystacks.items() for n, needle in needles.items() if needle in data]
+    return [
+        f"{n} found in {h}"
+        for h, data in haystacks.items()
+        for n, needle in needles.items()
+        if needle in data
+    ]
 
 
 def files_written(*roots: Path, skip: tuple[Path, ...] = ()) -> dict[str, bytes]:
@@ -122,20 +133,32 @@ def slack_received(slack: SlackApiServer) -> dict[str, bytes]:
 
 def mail_received(smtp: SmtpServer) -> dict[str, bytes]:
     with smtp.lock:
-        return {f"mail {i}": raw for i, raw in enumerate(smtp.raw)} | \
-               {f"mail envelope {i}": json.dumps(e).encode() for i, e in enumerate(smtp.envelopes)}
+        return {f"mail {i}": raw for i, raw in enumerate(smtp.raw)} | {
+            f"mail envelope {i}": json.dumps(e).encode() for i, e in enumerate(smtp.envelopes)
+        }
 
 
 def prefect_written(flow_name: str) -> dict[str, bytes]:
     """Everything the Prefect API holds about this scanner's runs, read back through the client."""
+
     async def go() -> dict[str, bytes]:
         from prefect.client.orchestration import get_client
-        from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRunId, FlowFilter, FlowFilterName,
-                                                    FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId)
+        from prefect.client.schemas.filters import (
+            ArtifactFilter,
+            ArtifactFilterFlowRunId,
+            FlowFilter,
+            FlowFilterName,
+            FlowRunFilter,
+            FlowRunFilterId,
+            LogFilter,
+            LogFilterFlowRunId,
+        )
 
         out: dict[str, bytes] = {}
         async with get_client() as c:
-            runs = await c.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])), limit=200)
+            runs = await c.read_flow_runs(
+                flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])), limit=200
+            )
             ids = [r.id for r in runs]
             for r in runs:
                 out[f"flow run {r.name} {r.id}"] = r.model_dump_json().encode()
@@ -143,13 +166,19 @@ def prefect_written(flow_name: str) -> dict[str, bytes]:
                     out[f"flow run {r.id} state {s.id}"] = s.model_dump_json(exclude={"data"}).encode()
             if not ids:
                 return out
-            for t in await c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)), limit=200):
+            for t in await c.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)), limit=200
+            ):
                 out[f"task run {t.name}"] = t.model_dump_json().encode()
-            for a in await c.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=ids))):
+            for a in await c.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=ids))
+            ):
                 out[f"artifact {a.key}"] = a.model_dump_json().encode()
             offset, n = 0, 0
             while True:
-                page = await c.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=ids)), limit=200, offset=offset)
+                page = await c.read_logs(
+                    LogFilter(flow_run_id=LogFilterFlowRunId(any_=ids)), limit=200, offset=offset
+                )
                 for log in page:
                     out[f"prefect log {offset + n}"] = log.model_dump_json().encode()
                     n += 1
@@ -187,7 +216,11 @@ class Lab(Folders):
         """One scan per outcome: stored, held (no row), quarantined (corrupt), quarantined (no barcode)."""
         template = write_svs(self.base / "template.svs", width=W, height=H)
         out = {}
-        for key, name in (("stored", "610001_a.svs"), ("held", "610009_a.svs"), ("no_barcode", "slide_x.svs")):
+        for key, name in (
+            ("stored", "610001_a.svs"),
+            ("held", "610009_a.svs"),
+            ("no_barcode", "slide_x.svs"),
+        ):
             out[key] = self.watch / name
             shutil.copyfile(template, self.watch / (name + ".tmp"))
             os.replace(self.watch / (name + ".tmp"), out[key])  # appears whole, as a finished scan does
@@ -216,9 +249,16 @@ def with_google_sheet(cfg: Path, credentials: Path, **keys: Any) -> Path:
     return cfg
 
 
-def build_lab(tmp_path: Path, servers: tuple[SlackApiServer, SmtpServer, FakeSheetsApi], monkeypatch: pytest.MonkeyPatch,
-              *, prefix: str, slack_token: str | None = None, smtp_password: str | None = None,
-              sheet_rows: list[list[str]] | None = None) -> Lab:
+def build_lab(
+    tmp_path: Path,
+    servers: tuple[SlackApiServer, SmtpServer, FakeSheetsApi],
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    prefix: str,
+    slack_token: str | None = None,
+    smtp_password: str | None = None,
+    sheet_rows: list[list[str]] | None = None,
+) -> Lab:
     """A scanner configured with planted secrets; the servers accept them unless told otherwise."""
     slack, smtp, api = servers
     planted = plant(tmp_path / "secrets", api)
@@ -228,20 +268,38 @@ def build_lab(tmp_path: Path, servers: tuple[SlackApiServer, SmtpServer, FakeShe
     monkeypatch.setenv("SLACK_BOT_TOKEN", planted.slack_token)
     monkeypatch.delenv("SCANNER_AGENT_ALLOW_ROOT", raising=False)
     name = unique_scanner_name(prefix)
-    alerts = {"slack_channel": "#slide-scanning", "slack_api_url": slack.url, "email_to": ["lab@example.org"],
-              "email_from": "scanner@example.org", "smtp_host": "127.0.0.1", "smtp_port": smtp.port,
-              "smtp_starttls": True, "smtp_username": SMTP_USER, "smtp_password_file": str(planted.smtp_password_file),
-              "smtp_ca_file": str(smtp.cert_path), "prefect_ui_url": "http://prefect.example.org:4200"}
-    cfg = with_google_sheet(write_config(tmp_path / "lab", name=name, alerts=alerts), planted.service_account,
-                            api_url=api.url, refresh_seconds=1, recheck_seconds=60)
+    alerts = {
+        "slack_channel": "#slide-scanning",
+        "slack_api_url": slack.url,
+        "email_to": ["lab@example.org"],
+        "email_from": "scanner@example.org",
+        "smtp_host": "127.0.0.1",
+        "smtp_port": smtp.port,
+        "smtp_starttls": True,
+        "smtp_username": SMTP_USER,
+        "smtp_password_file": str(planted.smtp_password_file),
+        "smtp_ca_file": str(smtp.cert_path),
+        "prefect_ui_url": "http://prefect.example.org:4200",
+    }
+    cfg = with_google_sheet(
+        write_config(tmp_path / "lab", name=name, alerts=alerts),
+        planted.service_account,
+        api_url=api.url,
+        refresh_seconds=1,
+        recheck_seconds=60,
+    )
     return Lab(tmp_path / "lab", cfg, name, planted, slack, smtp, api)
 
 
 @pytest.fixture
 def cli_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """The CLI's ``main`` sets Prefect variables and quiets library loggers for the process; undo both."""
-    for k in ("PREFECT_UI_URL", "PREFECT_LOGGING_EXTRA_LOGGERS", "PREFECT_SERVER_ANALYTICS_ENABLED",
-              "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW"):
+    for k in (
+        "PREFECT_UI_URL",
+        "PREFECT_LOGGING_EXTRA_LOGGERS",
+        "PREFECT_SERVER_ANALYTICS_ENABLED",
+        "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW",
+    ):
         if k in os.environ:
             monkeypatch.setenv(k, os.environ[k])
         else:
@@ -256,12 +314,24 @@ def cli_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 # --------------------------------------------------------------------------- the leak tests
 
 
-def test_no_secret_in_anything_the_daemon_wrote_or_sent(tmp_path: Path, prefect_api: str, monkeypatch: pytest.MonkeyPatch,
-                                                        servers: Any, capsys: pytest.CaptureFixture[str],
-                                                        cli_env: None) -> None:
-    lab = build_lab(tmp_path, servers, monkeypatch, prefix="Secrets",
-                    sheet_rows=[["610001", "Prec01", "Run 2", "P1", "Cardinal", "", "", ""],
-                                ["610002", "Prec01", "Run 2", "P1", "Cardinal", "", "", ""]])
+def test_no_secret_in_anything_the_daemon_wrote_or_sent(
+    tmp_path: Path,
+    prefect_api: str,
+    monkeypatch: pytest.MonkeyPatch,
+    servers: Any,
+    capsys: pytest.CaptureFixture[str],
+    cli_env: None,
+) -> None:
+    lab = build_lab(
+        tmp_path,
+        servers,
+        monkeypatch,
+        prefix="Secrets",
+        sheet_rows=[
+            ["610001", "Prec01", "Run 2", "P1", "Cardinal", "", "", ""],
+            ["610002", "Prec01", "Run 2", "P1", "Cardinal", "", "", ""],
+        ],
+    )
     log_path = tmp_path / "daemon.log"
     with DaemonProcess(lab.cfg, log_path, extra_args=["-v"]) as daemon:
         daemon.wait_watching(180)
@@ -270,6 +340,7 @@ def test_no_secret_in_anything_the_daemon_wrote_or_sent(tmp_path: Path, prefect_
         def settled() -> bool:
             states = sorted(r.state for r in records(lab.journal))
             return states == ["held", "quarantined", "quarantined", "stored"] and len(lab.smtp.raw) >= 3
+
         wait_for(settled, 240, "the four scans to be stored, held and quarantined, and alerted", alive=daemon)
         assert daemon.terminate(120) == 0
 
@@ -286,8 +357,9 @@ def test_no_secret_in_anything_the_daemon_wrote_or_sent(tmp_path: Path, prefect_
 
     needles = dict(lab.planted.needles)
     # The search itself works: every planted needle is found where it was planted.
-    planted_files = files_written(lab.planted.service_account, lab.planted.smtp_password_file,
-                                  lab.planted.slack_token_file)
+    planted_files = files_written(
+        lab.planted.service_account, lab.planted.smtp_password_file, lab.planted.slack_token_file
+    )
     assert {hit.split(" found in ")[0] for hit in leaks(planted_files, needles)} == set(needles)
     needles |= {f"Google access token {i}": t.encode() for i, t in enumerate(lab.api.tokens)}
     haystacks = files_written(lab.base, tmp_path / "daemon.log")
@@ -297,21 +369,36 @@ def test_no_secret_in_anything_the_daemon_wrote_or_sent(tmp_path: Path, prefect_
     haystacks |= slack_received(lab.slack) | mail_received(lab.smtp)
     haystacks["scanner-agent check output"] = (check_out.out + check_out.err).encode()
     from_prefect = prefect_written(f"Scan Image Flow: {lab.name}")
-    assert any(k.startswith("prefect log") for k in from_prefect) and any(k.startswith("artifact") for k in from_prefect)
+    assert any(k.startswith("prefect log") for k in from_prefect) and any(
+        k.startswith("artifact") for k in from_prefect
+    )
     haystacks |= from_prefect | prefect_database()
     assert len(lab.smtp.raw) >= 3 and len([c for c in lab.slack.calls if c.method == "chat.postMessage"]) >= 3
 
     assert leaks(haystacks, needles) == []
 
 
-def test_failing_credentials_never_echo_the_secret(tmp_path: Path, prefect_api: str, monkeypatch: pytest.MonkeyPatch,
-                                                  servers: Any, caplog: pytest.LogCaptureFixture,
-                                                  capsys: pytest.CaptureFixture[str], cli_env: None) -> None:
+def test_failing_credentials_never_echo_the_secret(
+    tmp_path: Path,
+    prefect_api: str,
+    monkeypatch: pytest.MonkeyPatch,
+    servers: Any,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+    cli_env: None,
+) -> None:
     """Wrong Slack token, wrong SMTP password, a damaged service-account key: every error is
     reported (log, journal, alert outbox, Prefect, `check`) without quoting the secret."""
     caplog.set_level(logging.DEBUG)
-    lab = build_lab(tmp_path, servers, monkeypatch, prefix="BadCreds", slack_token="xoxb-the-real-one",
-                    smtp_password="the-real-one", sheet_rows=[["620001", "Prec01", "Run 2", "P1", "Cardinal", "", "", ""]])
+    lab = build_lab(
+        tmp_path,
+        servers,
+        monkeypatch,
+        prefix="BadCreds",
+        slack_token="xoxb-the-real-one",
+        smtp_password="the-real-one",
+        sheet_rows=[["620001", "Prec01", "Run 2", "P1", "Cardinal", "", "", ""]],
+    )
     info = json.loads(lab.planted.service_account.read_text())
     lines = info["private_key"].splitlines()
     info["private_key"] = "\n".join(lines[: len(lines) // 2] + lines[-1:]) + "\n"  # cut in half: unusable
@@ -326,7 +413,10 @@ def test_failing_credentials_never_echo_the_secret(tmp_path: Path, prefect_api: 
     agent = make_agent(lab.cfg)
     try:
         recs = process(agent, nobarcode, held)
-        assert [(r.state, r.kind) for r in recs] == [("quarantined", "no_barcode"), ("held", "sheet_unreachable")]
+        assert [(r.state, r.kind) for r in recs] == [
+            ("quarantined", "no_barcode"),
+            ("held", "sheet_unreachable"),
+        ]
         pending = agent.journal._db.execute("SELECT COUNT(*) FROM alert_pending").fetchone()[0]
         assert pending >= 2  # both channels refused: the alerts wait in the outbox
     finally:
@@ -342,7 +432,8 @@ def test_failing_credentials_never_echo_the_secret(tmp_path: Path, prefect_api: 
 
     haystacks = files_written(lab.base)
     haystacks["captured log records"] = "\n".join(
-        f"{r.name} {r.getMessage()} {r.exc_text or ''} {r.args!r}" for r in caplog.records).encode()
+        f"{r.name} {r.getMessage()} {r.exc_text or ''} {r.args!r}" for r in caplog.records
+    ).encode()
     haystacks["captured log text"] = caplog.text.encode()
     haystacks["scanner-agent check output"] = (check_out.out + check_out.err).encode()
     haystacks |= slack_received(lab.slack) | prefect_written(f"Scan Image Flow: {lab.name}")
@@ -361,20 +452,34 @@ def _check(cfg: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
     return code, capsys.readouterr().out
 
 
-def test_check_warns_about_secret_files_others_can_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                       capsys: pytest.CaptureFixture[str], cli_env: None) -> None:
+def test_check_warns_about_secret_files_others_can_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], cli_env: None
+) -> None:
     monkeypatch.delenv("SLACK_BOT_TOKEN", raising=False)
     secret_dir = tmp_path / "secrets"
     secret_dir.mkdir()
-    files = {"sheet.credentials_file": secret_dir / "sa.json", "alerts.slack_token_file": secret_dir / "slack-token",
-             "alerts.smtp_password_file": secret_dir / "smtp-password"}
+    files = {
+        "sheet.credentials_file": secret_dir / "sa.json",
+        "alerts.slack_token_file": secret_dir / "slack-token",
+        "alerts.smtp_password_file": secret_dir / "smtp-password",
+    }
     for p in files.values():
         p.write_text("not-a-real-secret\n")
-    cfg = with_google_sheet(write_config(
-        tmp_path / "lab", name="Modes",
-        alerts={"slack_channel": "#x", "slack_token_file": str(files["alerts.slack_token_file"]),
-                "email_to": ["a@example.org"], "email_from": "b@example.org", "smtp_host": "127.0.0.1",
-                "smtp_password_file": str(files["alerts.smtp_password_file"])}), files["sheet.credentials_file"])
+    cfg = with_google_sheet(
+        write_config(
+            tmp_path / "lab",
+            name="Modes",
+            alerts={
+                "slack_channel": "#x",
+                "slack_token_file": str(files["alerts.slack_token_file"]),
+                "email_to": ["a@example.org"],
+                "email_from": "b@example.org",
+                "smtp_host": "127.0.0.1",
+                "smtp_password_file": str(files["alerts.smtp_password_file"]),
+            },
+        ),
+        files["sheet.credentials_file"],
+    )
 
     for p in files.values():
         os.chmod(p, 0o644)
@@ -390,8 +495,9 @@ def test_check_warns_about_secret_files_others_can_read(tmp_path: Path, monkeypa
     assert "readable" not in out and code == 0, out
 
 
-def test_process_refuses_root_unless_allowed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                    capsys: pytest.CaptureFixture[str], cli_env: None) -> None:
+def test_process_refuses_root_unless_allowed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], cli_env: None
+) -> None:
     if not hasattr(os, "geteuid") or os.geteuid() != 0:
         pytest.skip("only meaningful when run as root")
     from scanner_agent.cli import main
@@ -407,13 +513,17 @@ def test_process_refuses_root_unless_allowed(tmp_path: Path, monkeypatch: pytest
     assert main(["process", "--config", str(cfg), str(scan)]) == 2
     err = capsys.readouterr().err
     assert "refusing to run as root" in err and "allow_root" in err and "SCANNER_AGENT_ALLOW_ROOT" in err
-    assert scan.exists() and not (tmp_path / "lab" / "state" / "rooted.sqlite").exists()  # nothing was started
+    assert (
+        scan.exists() and not (tmp_path / "lab" / "state" / "rooted.sqlite").exists()
+    )  # nothing was started
 
     code, out = _check(cfg, capsys)
     assert code == 1 and "running as root" in out
 
 
-def test_journal_is_private_and_sidecars_group_readable_whatever_the_umask(tmp_path: Path, prefect_api: str) -> None:
+def test_journal_is_private_and_sidecars_group_readable_whatever_the_umask(
+    tmp_path: Path, prefect_api: str
+) -> None:
     old = os.umask(0)  # the most permissive umask: the modes must not depend on it
     try:
         cfg = write_config(tmp_path / "lab", name="Umask")

@@ -31,8 +31,16 @@ def write(path: Path, text: str) -> Path:
 # -- parsing ----------------------------------------------------------------------------------------
 def test_sample_sheet_shape() -> None:
     t = parse_table(rows(SAMPLE_SHEET), source="sample.csv", fetched_at=123.0)
-    assert t.columns == ("Barcode", "Study", "Experiment", "Panel", "Scanner", "Scan Date",
-                         "Rescan Requested", "Notes")
+    assert t.columns == (
+        "Barcode",
+        "Study",
+        "Experiment",
+        "Panel",
+        "Scanner",
+        "Scan Date",
+        "Rescan Requested",
+        "Notes",
+    )
     assert t.name_columns() == [("Study", True), ("Experiment", True), ("Panel", True), ("Scanner", True)]
     assert t.flags["Notes"] == "" and t.flags["Barcode"] == ""
     assert len(t.rows) == 7 and t.problems == () and t.duplicates == {}
@@ -96,9 +104,16 @@ def test_barcodes_compare_exactly() -> None:
 
 
 def test_ragged_rows_are_padded_and_blank_barcodes_skipped() -> None:
-    t = parse_table([FLAGS, HEADER, ["111", "S", "E"], ["", "", ""], [], ["112", "S"]],
-                    source="s", fetched_at=0)
-    assert t.rows["111"].values == {"Barcode": "111", "Study": "S", "Experiment": "E", "Panel": "", "Notes": ""}
+    t = parse_table(
+        [FLAGS, HEADER, ["111", "S", "E"], ["", "", ""], [], ["112", "S"]], source="s", fetched_at=0
+    )
+    assert t.rows["111"].values == {
+        "Barcode": "111",
+        "Study": "S",
+        "Experiment": "E",
+        "Panel": "",
+        "Notes": "",
+    }
     assert set(t.rows) == {"111", "112"}
     assert t.rows["112"].row_number == 6
     with pytest.raises(IncompleteRow, match="'Experiment'"):
@@ -119,7 +134,9 @@ def test_row_with_values_but_no_barcode_is_reported() -> None:
 
 
 def test_line_breaks_and_nul_in_flagged_columns_are_refused() -> None:
-    t = table(["111", "S\nX", "E", "", "free\ntext"], ["112", "S", "E\x00", "", ""], ["113", "S", "E", "", "a\nb"])
+    t = table(
+        ["111", "S\nX", "E", "", "free\ntext"], ["112", "S", "E\x00", "", ""], ["113", "S", "E", "", "a\nb"]
+    )
     assert any("row 3, column B ('Study')" in p for p in t.problems)
     assert any("row 4, column C ('Experiment')" in p for p in t.problems)
     with pytest.raises(SheetMalformed, match=r"row 3, column B \('Study'\)"):
@@ -162,8 +179,10 @@ def test_value_under_no_header_is_a_problem_not_a_column() -> None:
     assert any("row 3, column F" in p and "'stray'" in p for p in t.problems)
 
 
-@pytest.mark.parametrize("values, words", [([], "is empty"), ([[]], "is empty"), ([["", ""], [" "]], "is empty"),
-                                           ([FLAGS], "has only 1 row")])
+@pytest.mark.parametrize(
+    "values, words",
+    [([], "is empty"), ([[]], "is empty"), ([["", ""], [" "]], "is empty"), ([FLAGS], "has only 1 row")],
+)
 def test_empty_or_too_short(values: list[list[str]], words: str) -> None:
     with pytest.raises(SheetMalformed, match=f"test.csv {words}"):
         parse_table(values, source="test.csv")

@@ -15,10 +15,9 @@ import pytest
 from PIL import Image
 
 from scanner_agent.core import errors
-
-from scanner_agent.testing import synthetic
 from scanner_agent.scanunit import ScanUnit
 from scanner_agent.slides.validate import SlideInfo, read_properties, slide_file, validate_slide
+from scanner_agent.testing import synthetic
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +107,11 @@ def test_mrxs_levels_show_the_same_picture(slides: dict[str, Path]) -> None:
     """Tiles are placed where OpenSlide expects them: level 0 shrunk matches the top level."""
     with openslide.OpenSlide(str(slides["mrxs"])) as s:
         top = np.asarray(s.read_region((0, 0), 2, s.level_dimensions[2]).convert("RGB"), float)
-        full = s.read_region((0, 0), 0, s.dimensions).convert("RGB").resize(s.level_dimensions[2], Image.Resampling.BOX)
+        full = (
+            s.read_region((0, 0), 0, s.dimensions)
+            .convert("RGB")
+            .resize(s.level_dimensions[2], Image.Resampling.BOX)
+        )
     assert np.abs(np.asarray(full, float) - top).mean() < 12
 
 
@@ -174,13 +177,16 @@ def test_corrupt_kinds_are_refused_naming_the_file(tmp_path: Path, kind: str) ->
     assert info.value.state == "quarantined"
 
 
-@pytest.mark.parametrize(("kind", "words"), [
-    ("zero", "is zero bytes"),
-    ("truncated", "truncated"),
-    ("garbage", "OpenSlide cannot open"),
-    ("bad_tags", "level 0 could not be decoded"),
-    ("bomb_tiled", "decode limit"),
-])
+@pytest.mark.parametrize(
+    ("kind", "words"),
+    [
+        ("zero", "is zero bytes"),
+        ("truncated", "truncated"),
+        ("garbage", "OpenSlide cannot open"),
+        ("bad_tags", "level 0 could not be decoded"),
+        ("bomb_tiled", "decode limit"),
+    ],
+)
 def test_corrupt_messages_say_what_failed(tmp_path: Path, kind: str, words: str) -> None:
     p = synthetic.write_corrupt(tmp_path / "bad.svs", kind)
     with pytest.raises(errors.CorruptSlide, match=words):

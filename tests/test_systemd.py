@@ -69,7 +69,7 @@ class _Checks:
     def run(self, name: str, fn: Callable[[], object]) -> None:
         try:
             detail = fn()
-        except BaseException as exc:  # noqa: BLE001 - every failure is reported, none aborts the probe
+        except BaseException as exc:
             self.results[name] = f"FAILED: {type(exc).__name__}: {exc}"
         else:
             self.results[name] = "ok" + (f": {detail}" if detail else "")
@@ -81,7 +81,9 @@ def _expect_refused(action: Callable[[], object], *errnos: int) -> str:
     except OSError as exc:
         if exc.errno in errnos:
             return errno.errorcode[exc.errno]
-        raise AssertionError(f"refused with {exc!r}, expected {[errno.errorcode[e] for e in errnos]}") from exc
+        raise AssertionError(
+            f"refused with {exc!r}, expected {[errno.errorcode[e] for e in errnos]}"
+        ) from exc
     raise AssertionError("was allowed")
 
 
@@ -95,12 +97,18 @@ def _check_identity() -> str:
 
 
 def _check_service_directories() -> str:
-    for var, root in (("STATE_DIRECTORY", "/var/lib"), ("LOGS_DIRECTORY", "/var/log"), ("CACHE_DIRECTORY", "/var/cache")):
+    for var, root in (
+        ("STATE_DIRECTORY", "/var/lib"),
+        ("LOGS_DIRECTORY", "/var/log"),
+        ("CACHE_DIRECTORY", "/var/cache"),
+    ):
         path = Path(os.environ[var])
         assert path == Path(root, "scanner-agent"), (var, path)
         (path / f"{os.environ['PROBE_INSTANCE']}.probe").write_text("ok")
     prefect_home = Path(os.environ["PREFECT_HOME"])
-    assert prefect_home == Path(os.environ["STATE_DIRECTORY"], f"prefect-{os.environ['PROBE_INSTANCE']}"), prefect_home
+    assert prefect_home == Path(os.environ["STATE_DIRECTORY"], f"prefect-{os.environ['PROBE_INSTANCE']}"), (
+        prefect_home
+    )
     return os.environ["STATE_DIRECTORY"]
 
 
@@ -134,8 +142,12 @@ def _check_read_only_elsewhere(outside: Path) -> str:
     _expect_refused(lambda: (outside / "probe").write_text("x"), errno.EROFS)
     refused = []
     for path in ("/etc", "/usr", "/opt", "/var/lib", "/srv"):
-        refused.append(f"{path} " + _expect_refused(lambda p=path: Path(p, f"probe-{uuid.uuid4().hex}").write_text("x"),
-                                                    errno.EROFS, errno.EACCES))
+        refused.append(
+            f"{path} "
+            + _expect_refused(
+                lambda p=path: Path(p, f"probe-{uuid.uuid4().hex}").write_text("x"), errno.EROFS, errno.EACCES
+            )
+        )
     return ", ".join(refused)
 
 
@@ -177,7 +189,14 @@ def _check_ctypes_callback() -> str:
 def _check_write_execute_refused() -> str:
     libc = ctypes.CDLL(None, use_errno=True)
     libc.mmap.restype = ctypes.c_void_p
-    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.mmap.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_long,
+    ]
     address = libc.mmap(None, 4096, PROT_READ | PROT_WRITE | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
     if address not in (None, ctypes.c_void_p(-1).value):
         raise AssertionError("a writable+executable mapping was allowed")
@@ -196,7 +215,9 @@ def _check_network(port: int) -> str:
         assert conn.recv(4) == b"pong"
     socket.socket(socket.AF_INET6, socket.SOCK_STREAM).close()
     socket.getaddrinfo("localhost", 443)  # glibc may try netlink first; it must fall back quietly
-    netlink = _expect_refused(lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0), errno.EAFNOSUPPORT)
+    netlink = _expect_refused(
+        lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0), errno.EAFNOSUPPORT
+    )
     packet = _expect_refused(lambda: socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0), errno.EAFNOSUPPORT)
     return f"loopback TCP ok; netlink {netlink}, packet {packet}"
 
@@ -210,9 +231,15 @@ def _check_proc_and_writers(watch: Path) -> str:
     Path("/proc/locks").read_text()  # ProcSubset=all keeps the kernel's lock table readable
     target = watch / "still-writing.svs"
     writer = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys, time; f = open(sys.argv[1], 'ab'); f.write(b'x'); f.flush(); print('open', flush=True); time.sleep(120)",
-         str(target)], stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; f = open(sys.argv[1], 'ab'); f.write(b'x'); f.flush(); print('open', flush=True); time.sleep(120)",
+            str(target),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert writer.stdout is not None and writer.stdout.readline().strip() == "open"
         holders = set()
@@ -220,7 +247,9 @@ def _check_proc_and_writers(watch: Path) -> str:
             with contextlib.suppress(OSError):
                 for fd in os.listdir(f"/proc/{pid}/fd"):
                     if os.readlink(f"/proc/{pid}/fd/{fd}") == str(target):
-                        flags = int(re.search(r"flags:\s*(\d+)", Path(f"/proc/{pid}/fdinfo/{fd}").read_text())[1], 8)
+                        flags = int(
+                            re.search(r"flags:\s*(\d+)", Path(f"/proc/{pid}/fdinfo/{fd}").read_text())[1], 8
+                        )
                         if flags & (os.O_WRONLY | os.O_RDWR):
                             holders.add(int(pid))
         assert holders == {writer.pid}, (holders, writer.pid)
@@ -397,7 +426,9 @@ def readme_drop_ins() -> dict[str, str]:
     for indent, block in re.findall(r"(?m)^( *)```ini\n(.*?)^ *```", README.read_text(), flags=re.S):
         block = textwrap.dedent(block) if indent else block
         first, _, body = block.partition("\n")
-        match = re.fullmatch(r"# /etc/systemd/system/scanner-agent@cardinal\.service\.d/([\w-]+\.conf)", first.strip())
+        match = re.fullmatch(
+            r"# /etc/systemd/system/scanner-agent@cardinal\.service\.d/([\w-]+\.conf)", first.strip()
+        )
         if match:
             found[match[1]] = body
     return found
@@ -438,6 +469,7 @@ def overall_exposure(unit: Path) -> tuple[float, str]:
 
 # --- static checks ----------------------------------------------------------------------------
 
+
 @needs_analyze
 def test_unit_verifies_without_any_warning(tmp_path: Path) -> None:
     unit = instance_copy(tmp_path)
@@ -451,8 +483,10 @@ def test_unmodified_unit_only_lacks_its_installed_binary(tmp_path: Path) -> None
     unit = instance_copy(tmp_path, stand_in_exec=False)
     result = analyze("verify", unit)
     complaints = [line for line in result.stderr.splitlines() if line.strip()]
-    assert complaints == [f"scanner-agent@cardinal.service: Command {INSTALLED_EXEC} is not executable: "
-                          "No such file or directory"] or (complaints == [] and Path(INSTALLED_EXEC).exists())
+    assert complaints == [
+        f"scanner-agent@cardinal.service: Command {INSTALLED_EXEC} is not executable: "
+        "No such file or directory"
+    ] or (complaints == [] and Path(INSTALLED_EXEC).exists())
 
 
 @needs_analyze
@@ -525,10 +559,13 @@ def test_example_configs_fit_the_default_sandbox(config: Path) -> None:
 @pytest.mark.skipif(shutil.which("systemd-sysusers") is None, reason="systemd-sysusers is not installed")
 def test_sysusers_creates_a_locked_system_user(tmp_path: Path) -> None:
     (tmp_path / "etc").mkdir()
-    result = subprocess.run(["systemd-sysusers", f"--root={tmp_path}", str(SYSUSERS)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        ["systemd-sysusers", f"--root={tmp_path}", str(SYSUSERS)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
-    passwd = {line.split(":")[0]: line.split(":") for line in (tmp_path / "etc/passwd").read_text().splitlines()}
+    passwd = {
+        line.split(":")[0]: line.split(":") for line in (tmp_path / "etc/passwd").read_text().splitlines()
+    }
     name, _pw, uid, gid, _gecos, home, shell = passwd["scanner-agent"]
     assert int(uid) < 1000 and uid == gid, "a system user with its own group"
     assert home == "/var/lib/scanner-agent" and shell.endswith("nologin")
@@ -537,6 +574,7 @@ def test_sysusers_creates_a_locked_system_user(tmp_path: Path) -> None:
 
 
 # --- a real systemd -----------------------------------------------------------------------------
+
 
 def _cgroup2_mount() -> Path | None:
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
@@ -590,7 +628,9 @@ class SystemdInNamespaces:
         shutil.copy("/etc/passwd", root / "passwd")
         shutil.copy("/etc/group", root / "group")
         with open(root / "passwd", "a") as f:
-            f.write(f"scanner-agent:x:{uid}:{uid}:Slide scanner agent:/var/lib/scanner-agent:/usr/sbin/nologin\n")
+            f.write(
+                f"scanner-agent:x:{uid}:{uid}:Slide scanner agent:/var/lib/scanner-agent:/usr/sbin/nologin\n"
+            )
         with open(root / "group", "a") as f:
             f.write(f"scanner-agent:x:{uid}:\n")
         self.console.touch()
@@ -623,10 +663,26 @@ class SystemdInNamespaces:
         self.boot_log = root / "boot.log"
         with self.boot_log.open("w") as log:
             self.process = subprocess.Popen(
-                ["sh", "-c", f'echo $$ > {self.cgroup}/cgroup.procs && exec "$@"', "sh",
-                 "unshare", "--mount", "--pid", "--fork", "--kill-child", "--cgroup", "--propagation", "private",
-                 "sh", "-c", script],
-                stdout=log, stderr=subprocess.STDOUT)
+                [
+                    "sh",
+                    "-c",
+                    f'echo $$ > {self.cgroup}/cgroup.procs && exec "$@"',
+                    "sh",
+                    "unshare",
+                    "--mount",
+                    "--pid",
+                    "--fork",
+                    "--kill-child",
+                    "--cgroup",
+                    "--propagation",
+                    "private",
+                    "sh",
+                    "-c",
+                    script,
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         try:
             self.pid1 = self._wait_for_pid1()
         except BaseException:
@@ -639,7 +695,9 @@ class SystemdInNamespaces:
             if self.process.poll() is not None:
                 raise RuntimeError(f"namespace setup failed: {self.boot_log.read_text()}")
             try:
-                children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()
+                children = (
+                    Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()
+                )
             except OSError as exc:
                 raise RuntimeError(f"cannot list unshare's children: {exc}") from exc
             for child in children:
@@ -652,12 +710,20 @@ class SystemdInNamespaces:
 
     def systemctl(self, *args: str, pid1: int | None = None) -> subprocess.CompletedProcess[str]:
         # --pid too: the manager's private bus only talks to peers in its own PID namespace.
-        return subprocess.run(["nsenter", f"--target={pid1 or self.pid1}", "--mount", "--pid", "systemctl", *args],
-                              capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            ["nsenter", f"--target={pid1 or self.pid1}", "--mount", "--pid", "systemctl", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     def show(self, unit: str) -> dict[str, str]:
-        out = self.systemctl("show", unit, "--property=ActiveState,SubState,Result,NRestarts,StatusText,"
-                             "ExecMainStatus,ExecMainCode,WatchdogUSec,MainPID").stdout
+        out = self.systemctl(
+            "show",
+            unit,
+            "--property=ActiveState,SubState,Result,NRestarts,StatusText,"
+            "ExecMainStatus,ExecMainCode,WatchdogUSec,MainPID",
+        ).stdout
         return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
     def wait_for(self, what: str, condition: Callable[[], bool], timeout: float = 600) -> None:
@@ -671,8 +737,10 @@ class SystemdInNamespaces:
     def diagnostics(self) -> str:
         agent_log = self.srv / "agent.log"
         status = self.systemctl("status", "--no-pager", "scanner-agent@t.service")
-        return (f"--- systemctl status ---\n{status.stdout}{status.stderr}\n"
-                f"--- agent log ---\n{agent_log.read_text()[-6000:] if agent_log.exists() else ''}")
+        return (
+            f"--- systemctl status ---\n{status.stdout}{status.stderr}\n"
+            f"--- agent log ---\n{agent_log.read_text()[-6000:] if agent_log.exists() else ''}"
+        )
 
     def close(self) -> None:
         self.process.kill()  # --kill-child takes PID 1, and with it the whole namespace
@@ -698,7 +766,9 @@ def _tiled_slide(path: Path) -> None:
     with tifffile.TiffWriter(path) as tif:
         for index, level in enumerate((base, base[::2, ::2], base[::4, ::4])):
             # subfiletype=1 marks a reduced-resolution image, which OpenSlide takes as a level.
-            tif.write(level, tile=(256, 256), photometric="rgb", compression="zlib", subfiletype=1 if index else 0)
+            tif.write(
+                level, tile=(256, 256), photometric="rgb", compression="zlib", subfiletype=1 if index else 0
+            )
 
 
 @contextlib.contextmanager
@@ -734,15 +804,17 @@ def _hidden_by_protect_home(path: Path) -> bool:
 
 def _test_drop_in(mode: str, srv: Path, extra: str = "", env: dict[str, str] | None = None) -> str:
     """Test plumbing only: the probe as ExecStart, its log to a file (no journald in here)."""
-    lines = ["[Unit]",
-             # sysinit.target & co. would start half a distribution inside the namespace.
-             "DefaultDependencies=no",
-             "[Service]",
-             "ExecStart=",
-             f"ExecStart={sys.executable} {Path(__file__).resolve()} {mode}",
-             "StandardOutput=append:/srv/agent.log",
-             "StandardError=inherit",
-             "LimitCORE=0"]
+    lines = [
+        "[Unit]",
+        # sysinit.target & co. would start half a distribution inside the namespace.
+        "DefaultDependencies=no",
+        "[Service]",
+        "ExecStart=",
+        f"ExecStart={sys.executable} {Path(__file__).resolve()} {mode}",
+        "StandardOutput=append:/srv/agent.log",
+        "StandardError=inherit",
+        "LimitCORE=0",
+    ]
     # This build box's Python lives under /root (pyenv); a production venv must not (README).
     hidden = sorted({str(p) for p in (Path(sys.base_prefix), REPO) if _hidden_by_protect_home(p)})
     if hidden:
@@ -789,32 +861,41 @@ def booted(tmp_path: Path) -> Iterator[Callable[..., SystemdInNamespaces]]:
 
 
 @pytest.mark.slow
-def test_real_systemd_runs_the_agent_in_the_full_sandbox(booted: Callable[..., SystemdInNamespaces],
-                                                         tmp_path: Path) -> None:
+def test_real_systemd_runs_the_agent_in_the_full_sandbox(
+    booted: Callable[..., SystemdInNamespaces], tmp_path: Path
+) -> None:
     srv = tmp_path / "srv"
     _tiled_slide(srv / "watch" / "S24-0001.tif")
     token = f"xoxb-test-{uuid.uuid4().hex}"
     (srv / "secrets" / "slack-bot-token").write_text(token + "\n")
     (srv / "secrets" / "slack-bot-token").chmod(0o600)
     with echo_server() as port:
-        manager = booted("serve", extra="LoadCredential=slack-bot-token:/srv/secrets/slack-bot-token\n", env={
-            "PROBE_INSTANCE": "t",
-            "PROBE_WATCH": "/srv/watch",
-            "PROBE_STORAGE": "/srv/storage",
-            "PROBE_OUTSIDE": "/srv/outside",
-            "PROBE_SLIDE": "S24-0001.tif",
-            "PROBE_ECHO_PORT": str(port),
-            "PROBE_CREDENTIAL": "%d/slack-bot-token",
-            "PROBE_CREDENTIAL_SOURCE": "/srv/secrets/slack-bot-token",
-            "PROBE_CREDENTIAL_EXPECTED": token,
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "600",
-        })
+        manager = booted(
+            "serve",
+            extra="LoadCredential=slack-bot-token:/srv/secrets/slack-bot-token\n",
+            env={
+                "PROBE_INSTANCE": "t",
+                "PROBE_WATCH": "/srv/watch",
+                "PROBE_STORAGE": "/srv/storage",
+                "PROBE_OUTSIDE": "/srv/outside",
+                "PROBE_SLIDE": "S24-0001.tif",
+                "PROBE_ECHO_PORT": str(port),
+                "PROBE_CREDENTIAL": "%d/slack-bot-token",
+                "PROBE_CREDENTIAL_SOURCE": "/srv/secrets/slack-bot-token",
+                "PROBE_CREDENTIAL_EXPECTED": token,
+                "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "600",
+            },
+        )
         unit = "scanner-agent@t.service"
         report = srv / "storage" / "report.json"
-        manager.wait_for("the probe's report", lambda: report.exists() or manager.show(unit)["ActiveState"] == "failed")
+        manager.wait_for(
+            "the probe's report", lambda: report.exists() or manager.show(unit)["ActiveState"] == "failed"
+        )
         results = json.loads(report.read_text()) if report.exists() else {}
-        failed = {name: result for name, result in results.items() if not result.startswith(("ok", "applied"))}
+        failed = {
+            name: result for name, result in results.items() if not result.startswith(("ok", "applied"))
+        }
         assert results and not failed, f"{json.dumps(results, indent=2)}\n{manager.diagnostics()}"
 
     # READY=1 made it through the sandbox, and so did STATUS=.
@@ -836,15 +917,17 @@ def test_watchdog_restarts_a_hung_agent(booted: Callable[..., SystemdInNamespace
     manager = booted("hang", extra="WatchdogSec=2s\nRestartSec=1s\n", env={"PROBE_STORAGE": "/srv/storage"})
     starts = tmp_path / "srv" / "storage" / "starts"
     unit = "scanner-agent@t.service"
-    manager.wait_for("a restart after the watchdog fired",
-                     lambda: starts.exists() and len(starts.read_text().split()) >= 2)
+    manager.wait_for(
+        "a restart after the watchdog fired", lambda: starts.exists() and len(starts.read_text().split()) >= 2
+    )
     assert int(manager.show(unit)["NRestarts"]) >= 1
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("code", "restarts"), [(78, False), (1, True)], ids=["EX_CONFIG", "other-failure"])
 def test_config_errors_are_not_restarted_but_other_failures_are(
-        booted: Callable[..., SystemdInNamespaces], tmp_path: Path, code: int, restarts: bool) -> None:
+    booted: Callable[..., SystemdInNamespaces], tmp_path: Path, code: int, restarts: bool
+) -> None:
     manager = booted(f"exit {code}", extra="RestartSec=1s\n", env={"PROBE_STORAGE": "/srv/storage"})
     unit = "scanner-agent@t.service"
     starts = tmp_path / "srv" / "storage" / "starts"

@@ -74,8 +74,9 @@ def mount_tmpfs(tmp_path: Path) -> Iterator:
     def mount(name: str, options: str) -> Path:
         point = tmp_path / name
         point.mkdir()
-        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)],
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)], capture_output=True, text=True
+        )
         if proc.returncode != 0:
             pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip()}); needs root")
         mounted.append(point)
@@ -87,6 +88,7 @@ def mount_tmpfs(tmp_path: Path) -> Iterator:
 
 
 # --------------------------------------------------------------------------- single files
+
 
 def test_single_file_across_filesystems(shm: Path, tmp_path: Path) -> None:
     data = os.urandom(3_000_000)
@@ -150,6 +152,7 @@ def test_single_file_same_filesystem_links_and_keeps_source(tmp_path: Path) -> N
 
 # --------------------------------------------------------------------------- multi-file units
 
+
 @pytest.mark.parametrize("cross", [True, False], ids=["cross-fs", "same-fs"])
 def test_mirax_moves_as_one_and_is_renamed_consistently(cross: bool, shm: Path, tmp_path: Path) -> None:
     unit = make_mirax((shm if cross else tmp_path) / "scanner")
@@ -210,6 +213,7 @@ def test_mirax_resumes_when_only_the_data_folder_was_placed(shm: Path, tmp_path:
 
 # --------------------------------------------------------------------------- existing destinations
 
+
 def test_different_file_at_destination_is_a_collision(shm: Path, tmp_path: Path) -> None:
     src = write(shm / "a.svs", os.urandom(10_000))
     dest = tmp_path / "store"
@@ -246,8 +250,11 @@ def test_rescan_twice_keeps_both_superseded_images_and_links_sidecars(shm: Path,
     for i, data in enumerate(versions):
         src = write(shm / f"scan{i}.svs", data)
         os.utime(src, (1_700_000_000 + i * 3600,) * 2)  # each scan an hour later
-        results.append(place_scan(ScanUnit.from_path(src), dest, name, sidecar={"n": i},
-                                  supersede=dest / name if i else None))
+        results.append(
+            place_scan(
+                ScanUnit.from_path(src), dest, name, sidecar={"n": i}, supersede=dest / name if i else None
+            )
+        )
 
     sup = dest / "superseded"
     assert (dest / name).read_bytes() == versions[2]
@@ -268,17 +275,33 @@ def test_rescan_with_same_label_never_overwrites(shm: Path, tmp_path: Path) -> N
     dest = tmp_path / "store"
     for i in range(3):
         src = write(shm / f"s{i}.svs", os.urandom(1000))
-        place_scan(ScanUnit.from_path(src), dest, "N.svs", sidecar={}, supersede=dest / "N.svs",
-                   superseded_label="rescan")
+        place_scan(
+            ScanUnit.from_path(src),
+            dest,
+            "N.svs",
+            sidecar={},
+            supersede=dest / "N.svs",
+            superseded_label="rescan",
+        )
     assert sorted(p.name for p in (dest / "superseded").iterdir()) == [
-        "N__rescan-2.json", "N__rescan-2.svs", "N__rescan.json", "N__rescan.svs"]
+        "N__rescan-2.json",
+        "N__rescan-2.svs",
+        "N__rescan.json",
+        "N__rescan.svs",
+    ]
 
 
 def test_rescan_of_mirax_renames_the_superseded_pair(shm: Path, tmp_path: Path) -> None:
     dest = tmp_path / "store"
     place_scan(make_mirax(shm / "a"), dest, "N.mrxs", sidecar={})
-    r = place_scan(make_mirax(shm / "b", seed=b"v2"), dest, "N.mrxs", sidecar={},
-                   supersede=dest / "N.mrxs", superseded_label="old")
+    r = place_scan(
+        make_mirax(shm / "b", seed=b"v2"),
+        dest,
+        "N.mrxs",
+        sidecar={},
+        supersede=dest / "N.mrxs",
+        superseded_label="old",
+    )
     sup = dest / "superseded"
     assert (sup / "N__old.mrxs").is_file() and (sup / "N__old" / "Data0000.dat").is_file()
     assert r.superseded == [sup / "N__old.mrxs"]
@@ -289,8 +312,14 @@ def test_rescan_stored_under_an_earlier_name(shm: Path, tmp_path: Path) -> None:
     """The sheet changed between scans: the old name is superseded, the new name is placed."""
     dest = tmp_path / "store"
     place_scan(ScanUnit.from_path(write(shm / "a.svs", b"v1")), dest, "S_P1_7.svs", sidecar={})
-    r = place_scan(ScanUnit.from_path(write(shm / "b.svs", b"v2")), dest, "S_P2_7.svs", sidecar={},
-                   supersede=dest / "S_P1_7.svs", superseded_label="r1")
+    r = place_scan(
+        ScanUnit.from_path(write(shm / "b.svs", b"v2")),
+        dest,
+        "S_P2_7.svs",
+        sidecar={},
+        supersede=dest / "S_P1_7.svs",
+        superseded_label="r1",
+    )
     assert r.superseded == [dest / "superseded" / "S_P1_7__r1.svs"]
     assert sorted(p.name for p in dest.iterdir() if p.is_file()) == ["S_P2_7.json", "S_P2_7.svs"]
     assert json.loads(r.sidecar.read_text())["supersedes"] == "superseded/S_P1_7__r1.svs"
@@ -300,8 +329,9 @@ def test_rerun_after_a_crash_before_the_sidecar_restores_the_rescan_link(shm: Pa
     dest = tmp_path / "store"
     place_scan(ScanUnit.from_path(write(shm / "a.svs", b"v1")), dest, "N.svs", sidecar={})
     src = write(shm / "b.svs", b"v2")
-    r = place_scan(ScanUnit.from_path(src), dest, "N.svs", sidecar={}, supersede=dest / "N.svs",
-                   superseded_label="r1")
+    r = place_scan(
+        ScanUnit.from_path(src), dest, "N.svs", sidecar={}, supersede=dest / "N.svs", superseded_label="r1"
+    )
     r.sidecar.unlink()  # as if the process died right after the rename
 
     again = place_scan(ScanUnit.from_path(src), dest, "N.svs", sidecar={"k": 1}, supersede=dest / "N.svs")
@@ -323,6 +353,7 @@ def test_rerun_after_a_linked_store_is_already_present(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- the source changes
 
+
 def test_source_vanishing_mid_copy_is_source_changed(shm: Path, tmp_path: Path) -> None:
     src = write(shm / "a.svs", os.urandom(4_000_000))
     dest = tmp_path / "store"
@@ -331,8 +362,14 @@ def test_source_vanishing_mid_copy_is_source_changed(shm: Path, tmp_path: Path) 
         path.unlink(missing_ok=True)
 
     with pytest.raises(SourceChanged) as exc:
-        place_scan(ScanUnit.from_path(src), dest, "N.svs", sidecar={}, bufsize=256 << 10,
-                   _on_chunk=unlink_after_first_chunk)
+        place_scan(
+            ScanUnit.from_path(src),
+            dest,
+            "N.svs",
+            sidecar={},
+            bufsize=256 << 10,
+            _on_chunk=unlink_after_first_chunk,
+        )
     assert str(src) in str(exc.value)
     assert incoming_empty(dest) and not (dest / "N.svs").exists() and not (dest / "N.json").exists()
 
@@ -348,8 +385,9 @@ def test_source_appended_during_copy_is_source_changed(shm: Path, tmp_path: Path
                 f.write(b"more tiles")
 
     with pytest.raises(SourceChanged):
-        place_scan(ScanUnit.from_path(src), dest, "N.svs", sidecar={}, bufsize=256 << 10,
-                   _on_chunk=scanner_resumes)
+        place_scan(
+            ScanUnit.from_path(src), dest, "N.svs", sidecar={}, bufsize=256 << 10, _on_chunk=scanner_resumes
+        )
     assert src.read_bytes() == data + b"more tiles"
     assert incoming_empty(dest) and not (dest / "N.svs").exists()
 
@@ -362,8 +400,14 @@ def test_file_appearing_in_dicom_folder_is_source_changed(shm: Path, tmp_path: P
         write(folder / "IM2.dcm", b"late")
 
     with pytest.raises(SourceChanged, match="IM2.dcm appeared"):
-        place_scan(ScanUnit.from_path(folder), tmp_path / "store", "N", sidecar={},
-                   bufsize=256 << 10, _on_chunk=new_file)
+        place_scan(
+            ScanUnit.from_path(folder),
+            tmp_path / "store",
+            "N",
+            sidecar={},
+            bufsize=256 << 10,
+            _on_chunk=new_file,
+        )
     assert incoming_empty(tmp_path / "store") and not (tmp_path / "store" / "N").exists()
 
 
@@ -383,6 +427,7 @@ def test_copy_corrupted_on_storage_fails_verification(shm: Path, tmp_path: Path)
 
 
 # --------------------------------------------------------------------------- storage problems
+
 
 def test_read_only_storage(shm: Path, mount_tmpfs) -> None:
     ro = mount_tmpfs("ro", "size=1m,ro")
@@ -416,8 +461,15 @@ def test_storage_filling_up_during_the_copy(shm: Path, mount_tmpfs) -> None:
                 pass
 
     with pytest.raises(StorageUnavailable, match="storage full") as exc:
-        place_scan(ScanUnit.from_path(src), small, "N.svs", sidecar={}, margin=0, bufsize=256 << 10,
-                   _on_chunk=someone_else_fills_it)
+        place_scan(
+            ScanUnit.from_path(src),
+            small,
+            "N.svs",
+            sidecar={},
+            margin=0,
+            bufsize=256 << 10,
+            _on_chunk=someone_else_fills_it,
+        )
     assert exc.value.kind == "storage_full"
     assert incoming_empty(small) and not (small / "N.svs").exists() and src.read_bytes() == data
 
@@ -425,8 +477,13 @@ def test_storage_filling_up_during_the_copy(shm: Path, mount_tmpfs) -> None:
 def test_missing_storage_root(shm: Path, tmp_path: Path) -> None:
     src = write(shm / "a.svs", b"x")
     with pytest.raises(StorageUnavailable, match="missing"):
-        place_scan(ScanUnit.from_path(src), tmp_path / "nas" / "S", "N.svs", sidecar={},
-                   storage_root=tmp_path / "nas")
+        place_scan(
+            ScanUnit.from_path(src),
+            tmp_path / "nas" / "S",
+            "N.svs",
+            sidecar={},
+            storage_root=tmp_path / "nas",
+        )
     assert not (tmp_path / "nas").exists()
 
 
@@ -442,6 +499,7 @@ def test_free_space_of_a_path_not_yet_created(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- removing the source
+
 
 def test_remove_source_refuses_when_the_source_changed(shm: Path, tmp_path: Path) -> None:
     src = write(shm / "a.svs", os.urandom(10_000))
@@ -472,6 +530,7 @@ def test_remove_source_finishes_a_half_done_removal(shm: Path, tmp_path: Path) -
 
 
 # --------------------------------------------------------------------------- quarantine and cleanup
+
 
 def test_quarantine_across_filesystems_never_overwrites(shm: Path, tmp_path: Path) -> None:
     q = tmp_path / "quarantine"

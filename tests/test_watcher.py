@@ -68,8 +68,9 @@ def make_watcher() -> Iterator[WatcherFactory]:
 
     def factory(watch: Path, observer: str = "inotify", **kw: object) -> tuple[ScanWatcher, Reports]:
         reports = Reports()
-        opts: dict[str, object] = dict(settle_seconds=SETTLE, rescan_seconds=60, poll_interval=0.1,
-                                       tick_seconds=0.05)
+        opts: dict[str, object] = dict(
+            settle_seconds=SETTLE, rescan_seconds=60, poll_interval=0.1, tick_seconds=0.05
+        )
         opts.update(kw)
         watcher = ScanWatcher(watch, reports, observer=observer, **opts)  # type: ignore[arg-type]
         watcher.start()
@@ -100,9 +101,11 @@ def settle_quietly(seconds: float = SETTLE * 2) -> None:
 
 # ---- the main cases, on both observers -------------------------------------------------------------
 
+
 @pytest.mark.parametrize("observer", OBSERVERS)
-def test_slow_write_is_reported_once_after_the_last_write(tmp_path: Path, make_watcher: WatcherFactory,
-                                                         observer: str) -> None:
+def test_slow_write_is_reported_once_after_the_last_write(
+    tmp_path: Path, make_watcher: WatcherFactory, observer: str
+) -> None:
     watch = tmp_path / "watch"
     watch.mkdir()
     watcher, reports = make_watcher(watch, observer)
@@ -118,8 +121,9 @@ def test_slow_write_is_reported_once_after_the_last_write(tmp_path: Path, make_w
 
 
 @pytest.mark.parametrize("observer", OBSERVERS)
-def test_file_renamed_into_the_folder_is_reported(tmp_path: Path, make_watcher: WatcherFactory,
-                                                  observer: str) -> None:
+def test_file_renamed_into_the_folder_is_reported(
+    tmp_path: Path, make_watcher: WatcherFactory, observer: str
+) -> None:
     watch, outside = tmp_path / "watch", tmp_path / "outside"
     watch.mkdir()
     outside.mkdir()
@@ -132,8 +136,9 @@ def test_file_renamed_into_the_folder_is_reported(tmp_path: Path, make_watcher: 
 
 
 @pytest.mark.parametrize("observer", OBSERVERS)
-def test_mrxs_reported_once_and_only_after_finished(tmp_path: Path, make_watcher: WatcherFactory,
-                                                    observer: str) -> None:
+def test_mrxs_reported_once_and_only_after_finished(
+    tmp_path: Path, make_watcher: WatcherFactory, observer: str
+) -> None:
     watch = tmp_path / "watch"
     watch.mkdir()
     _, reports = make_watcher(watch, observer)
@@ -179,8 +184,9 @@ def test_dicom_folder_is_one_unit(tmp_path: Path, make_watcher: WatcherFactory, 
 
 
 @pytest.mark.parametrize("observer", OBSERVERS)
-def test_two_hundred_files_at_once_each_reported_exactly_once(tmp_path: Path, make_watcher: WatcherFactory,
-                                                              observer: str) -> None:
+def test_two_hundred_files_at_once_each_reported_exactly_once(
+    tmp_path: Path, make_watcher: WatcherFactory, observer: str
+) -> None:
     watch = tmp_path / "watch"
     watch.mkdir()
     _, reports = make_watcher(watch, observer, rescan_seconds=0.5)  # rescans must not re-report
@@ -193,8 +199,9 @@ def test_two_hundred_files_at_once_each_reported_exactly_once(tmp_path: Path, ma
 
 
 @pytest.mark.parametrize("observer", OBSERVERS)
-def test_files_present_before_start_are_caught_up(tmp_path: Path, make_watcher: WatcherFactory,
-                                                  observer: str) -> None:
+def test_files_present_before_start_are_caught_up(
+    tmp_path: Path, make_watcher: WatcherFactory, observer: str
+) -> None:
     watch = tmp_path / "watch"
     (watch / "2024-05-01" / "series").mkdir(parents=True)
     (watch / "old.svs").write_bytes(b"old")
@@ -211,8 +218,9 @@ def test_files_present_before_start_are_caught_up(tmp_path: Path, make_watcher: 
 
 
 @pytest.mark.parametrize("observer", OBSERVERS)
-def test_ignored_names_and_symlinks_are_never_reported(tmp_path: Path, make_watcher: WatcherFactory,
-                                                       observer: str) -> None:
+def test_ignored_names_and_symlinks_are_never_reported(
+    tmp_path: Path, make_watcher: WatcherFactory, observer: str
+) -> None:
     watch, outside = tmp_path / "watch", tmp_path / "outside"
     watch.mkdir()
     (outside / "dir").mkdir(parents=True)
@@ -234,8 +242,11 @@ def test_ignored_names_and_symlinks_are_never_reported(tmp_path: Path, make_watc
 
 # ---- health -----------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("observer", OBSERVERS)
-def test_watch_folder_removed_and_recreated(tmp_path: Path, make_watcher: WatcherFactory, observer: str) -> None:
+def test_watch_folder_removed_and_recreated(
+    tmp_path: Path, make_watcher: WatcherFactory, observer: str
+) -> None:
     watch = tmp_path / "watch"
     watch.mkdir()
     changes: list[WatcherHealth] = []
@@ -272,7 +283,9 @@ def test_watch_folder_missing_at_start_is_waited_for(tmp_path: Path, make_watche
 
 
 @pytest.mark.parametrize("observer", OBSERVERS)
-def test_dead_observer_is_restarted_and_counted(tmp_path: Path, make_watcher: WatcherFactory, observer: str) -> None:
+def test_dead_observer_is_restarted_and_counted(
+    tmp_path: Path, make_watcher: WatcherFactory, observer: str
+) -> None:
     watch = tmp_path / "watch"
     watch.mkdir()
     changes: list[WatcherHealth] = []
@@ -295,8 +308,9 @@ def test_on_ready_failure_is_offered_again(tmp_path: Path) -> None:
         if len(calls) == 1:
             raise RuntimeError("queue full")
 
-    watcher = ScanWatcher(watch, flaky, observer="inotify", settle_seconds=SETTLE, rescan_seconds=0.5,
-                          tick_seconds=0.05)
+    watcher = ScanWatcher(
+        watch, flaky, observer="inotify", settle_seconds=SETTLE, rescan_seconds=0.5, tick_seconds=0.05
+    )
     watcher.start()
     try:
         (watch / "a.svs").write_bytes(b"a")
@@ -339,6 +353,7 @@ def test_bad_settings_are_config_errors(tmp_path: Path) -> None:
 
 # ---- filesystem type and observer choice ---------------------------------------------------------
 
+
 def test_filesystem_type_of_root_matches_mountinfo() -> None:
     mounts = parse_mountinfo(Path("/proc/self/mountinfo").read_text())
     root_types = [t for mp, t in mounts if mp == "/"]
@@ -353,27 +368,32 @@ def test_dev_shm_is_tmpfs_and_watched_with_inotify() -> None:
     assert choose_observer(Path("/dev/shm"), "polling") == "polling"
 
 
-FAKE_MOUNTINFO = "\n".join([
-    "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw",
-    "40 22 0:40 / /mnt/scanner rw,relatime shared:20 - nfs4 filer:/export/scans rw,vers=4.2",
-    "41 40 8:2 / /mnt/scanner/local rw,relatime - ext4 /dev/sdb1 rw",
-    r"42 22 0:42 / /mnt/lab\040share rw,relatime shared:21 master:3 - cifs //nas/lab rw,vers=3.0",
-    "43 22 0:43 / /mnt/remote rw,nosuid,nodev - fuse.sshfs me@host:/scans rw",
-    "44 22 0:44 / /media/usb rw - fuseblk /dev/sdc1 rw",
-    "garbage line without separator",
-])
+FAKE_MOUNTINFO = "\n".join(
+    [
+        "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw",
+        "40 22 0:40 / /mnt/scanner rw,relatime shared:20 - nfs4 filer:/export/scans rw,vers=4.2",
+        "41 40 8:2 / /mnt/scanner/local rw,relatime - ext4 /dev/sdb1 rw",
+        r"42 22 0:42 / /mnt/lab\040share rw,relatime shared:21 master:3 - cifs //nas/lab rw,vers=3.0",
+        "43 22 0:43 / /mnt/remote rw,nosuid,nodev - fuse.sshfs me@host:/scans rw",
+        "44 22 0:44 / /media/usb rw - fuseblk /dev/sdc1 rw",
+        "garbage line without separator",
+    ]
+)
 
 
-@pytest.mark.parametrize(("path", "fstype", "choice"), [
-    ("/mnt/scanner/cardinal", "nfs4", "polling"),
-    ("/mnt/scanner", "nfs4", "polling"),
-    ("/mnt/scanner/local/out", "ext4", "inotify"),  # a local disk mounted inside the share
-    ("/mnt/lab share/raven", "cifs", "polling"),
-    ("/mnt/remote/x", "fuse.sshfs", "polling"),
-    ("/media/usb/scans", "fuseblk", "inotify"),  # NTFS on a local disk
-    ("/mnt/scannerX", "ext4", "inotify"),  # a prefix of the name is not a mount
-    ("/srv/scans", "ext4", "inotify"),
-])
+@pytest.mark.parametrize(
+    ("path", "fstype", "choice"),
+    [
+        ("/mnt/scanner/cardinal", "nfs4", "polling"),
+        ("/mnt/scanner", "nfs4", "polling"),
+        ("/mnt/scanner/local/out", "ext4", "inotify"),  # a local disk mounted inside the share
+        ("/mnt/lab share/raven", "cifs", "polling"),
+        ("/mnt/remote/x", "fuse.sshfs", "polling"),
+        ("/media/usb/scans", "fuseblk", "inotify"),  # NTFS on a local disk
+        ("/mnt/scannerX", "ext4", "inotify"),  # a prefix of the name is not a mount
+        ("/srv/scans", "ext4", "inotify"),
+    ],
+)
 def test_fake_mountinfo_chooses_polling_for_network_shares(path: str, fstype: str, choice: str) -> None:
     assert filesystem_type(Path(path), mountinfo=FAKE_MOUNTINFO) == fstype
     assert choose_observer(Path(path), "auto", mountinfo=FAKE_MOUNTINFO) == choice
@@ -388,6 +408,7 @@ def test_unknown_filesystem_polls_and_bad_setting_is_refused() -> None:
 
 # ---- the simulator, end to end ------------------------------------------------------------------------
 
+
 def test_simulated_scanner_is_reported_once_per_scan(tmp_path: Path, make_watcher: WatcherFactory) -> None:
     synthetic = pytest.importorskip("scanner_agent.testing.synthetic")
     from scanner_agent.testing.simulator import SimScan, simulate
@@ -396,11 +417,14 @@ def test_simulated_scanner_is_reported_once_per_scan(tmp_path: Path, make_watche
     watch = tmp_path / "watch"
     watch.mkdir()
     _, reports = make_watcher(watch, "inotify")
-    scans = [SimScan(name=f"sim-{k}", kind=k, barcode="620995", width=1024, height=768)  # type: ignore[arg-type]
-             for k in kinds]
+    scans = [
+        SimScan(name=f"sim-{k}", kind=k, barcode="620995", width=1024, height=768)  # type: ignore[arg-type]
+        for k in kinds
+    ]
     progress: list[str] = []
-    paths = simulate(watch, scans, chunk_bytes=32 << 10, chunk_interval=0.02, between=0.1,
-                     on_progress=progress.append)
+    paths = simulate(
+        watch, scans, chunk_bytes=32 << 10, chunk_interval=0.02, between=0.1, on_progress=progress.append
+    )
     assert [p.parent for p in paths] == [watch] * len(kinds)
     assert not any(p.name.startswith(".watch-sim-") for p in tmp_path.iterdir())  # staging cleaned up
     wait_for(lambda: len(reports.items) == len(kinds), what="one report per simulated scan")
@@ -416,4 +440,5 @@ def test_simulated_scanner_is_reported_once_per_scan(tmp_path: Path, make_watche
     for unit, _ in reports.items:
         if unit.primary.suffix == ".mrxs":
             from scanner_agent.watch.completeness import format_says_done
+
             assert format_says_done(unit) is True

@@ -17,15 +17,15 @@ import json
 import logging
 import re
 import smtplib
-import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from pathlib import PurePath
-from typing import TYPE_CHECKING, Any, Callable, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from urllib.error import URLError
 
 from slack_sdk import WebClient
@@ -74,15 +74,18 @@ KINDS: dict[str, AlertKind] = {
     ),
     "no_barcode": AlertKind("No barcode found in {subject}", errors.NoBarcode.action),
     "corrupt_slide": AlertKind("Unreadable slide {subject}", errors.CorruptSlide.action),
-    "destination_collision": AlertKind("Name already taken in storage for {subject}",
-                                       errors.DestinationCollision.action),
+    "destination_collision": AlertKind(
+        "Name already taken in storage for {subject}", errors.DestinationCollision.action
+    ),
     "storage_unavailable": AlertKind("Storage unavailable for {subject}", errors.StorageUnavailable.action),
     "storage_full": AlertKind(
         "Storage full for {subject}",
         "Free space on the storage share (or extend it); scans stay on the scanner and are retried.",
     ),
     "source_changed": AlertKind("Scan changed while copying {subject}", errors.SourceChanged.action),
-    "sheet_unreachable": AlertKind("Metadata sheet unreachable for {subject}", errors.SheetUnavailable.action),
+    "sheet_unreachable": AlertKind(
+        "Metadata sheet unreachable for {subject}", errors.SheetUnavailable.action
+    ),
     "watcher_unhealthy": AlertKind(
         "Scanner folder watch unhealthy",
         "Check that the scanner's output folder is mounted and readable, then run `scanner-agent check`; "
@@ -145,18 +148,35 @@ class Alert:
             self.action = _RECOVERED_ACTION if self.recovery else kind_info(self.kind).action
 
     @classmethod
-    def from_error(cls, err: errors.ScanError, *, scanner: str, file: str | None = None,
-                   run_url: str | None = None, thumbnail_png: bytes | None = None,
-                   details: dict[str, str] | None = None) -> "Alert":
+    def from_error(
+        cls,
+        err: errors.ScanError,
+        *,
+        scanner: str,
+        file: str | None = None,
+        run_url: str | None = None,
+        thumbnail_png: bytes | None = None,
+        details: dict[str, str] | None = None,
+    ) -> Alert:
         """The alert for a ``ScanError``: its kind, message, action, barcode and path."""
-        return cls(kind=err.kind, scanner=scanner, message=err.message, action=err.action,
-                   barcode=err.barcode, file=file or err.path, run_url=run_url,
-                   thumbnail_png=thumbnail_png, details=dict(details or {}))
+        return cls(
+            kind=err.kind,
+            scanner=scanner,
+            message=err.message,
+            action=err.action,
+            barcode=err.barcode,
+            file=file or err.path,
+            run_url=run_url,
+            thumbnail_png=thumbnail_png,
+            details=dict(details or {}),
+        )
 
     def problem_key(self) -> str:
         """The key of the problem this alert is (or, for a recovery, resolves)."""
-        return "|".join([self.kind, self.scanner, self.barcode or "", self.file or ""]
-                        + ([self.scan] if self.scan else []))
+        return "|".join(
+            [self.kind, self.scanner, self.barcode or "", self.file or ""]
+            + ([self.scan] if self.scan else [])
+        )
 
     def key(self) -> str:
         """Dedupe key: kind + scanner + barcode + file (+ scan); a recovery has its own key."""
@@ -196,12 +216,13 @@ class Alert:
 
     def to_json(self) -> str:
         data = asdict(self)
-        data["thumbnail_png"] = (base64.b64encode(self.thumbnail_png).decode("ascii")
-                                 if self.thumbnail_png is not None else None)
+        data["thumbnail_png"] = (
+            base64.b64encode(self.thumbnail_png).decode("ascii") if self.thumbnail_png is not None else None
+        )
         return json.dumps(data, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "Alert":
+    def from_json(cls, text: str) -> Alert:
         data: dict[str, Any] = json.loads(text)
         known = {f.name for f in fields(cls)}
         data = {k: v for k, v in data.items() if k in known}  # tolerate rows written by a newer version
@@ -271,27 +292,52 @@ def slack_blocks(alert: Alert) -> list[dict[str, Any]]:
     """Block Kit layout: headline, what happened, facts, what to do, and a button to the run."""
     icon = "✅ " if alert.recovery else "⚠️ "
     blocks: list[dict[str, Any]] = [
-        {"type": "header", "text": {"type": "plain_text", "text": _clip(icon + alert.title, _HEADER_MAX),
-                                    "emoji": True}},
+        {
+            "type": "header",
+            "text": {"type": "plain_text", "text": _clip(icon + alert.title, _HEADER_MAX), "emoji": True},
+        },
         {"type": "section", "text": {"type": "mrkdwn", "text": _clip(_mrkdwn(alert.message), _SECTION_MAX)}},
     ]
-    facts = [{"type": "mrkdwn", "text": _clip(f"*{_mrkdwn(label)}*\n{_mrkdwn(value)}", _FIELD_MAX)}
-             for label, value in alert.facts()]
+    facts = [
+        {"type": "mrkdwn", "text": _clip(f"*{_mrkdwn(label)}*\n{_mrkdwn(value)}", _FIELD_MAX)}
+        for label, value in alert.facts()
+    ]
     blocks.append({"type": "section", "fields": facts[:_FIELDS_MAX]})
     if len(facts) > _FIELDS_MAX:  # Slack allows ten fields; the rest go in a plain section
         rest = "\n".join(f["text"].replace("\n", ": ", 1) for f in facts[_FIELDS_MAX:])
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": _clip(rest, _SECTION_MAX)}})
-    blocks.append({"type": "section", "text": {"type": "mrkdwn",
-                                               "text": _clip(f"*What to do*\n{_mrkdwn(alert.action or '')}",
-                                                             _SECTION_MAX)}})
+    blocks.append(
+        {
+            "type": "section",
+            "text": {
+                "type": "mrkdwn",
+                "text": _clip(f"*What to do*\n{_mrkdwn(alert.action or '')}", _SECTION_MAX),
+            },
+        }
+    )
     if _is_web_url(alert.run_url) and len(alert.run_url or "") <= _BUTTON_URL_MAX:
-        blocks.append({"type": "actions", "elements": [{
-            "type": "button", "action_id": "open_prefect_run", "url": alert.run_url,
-            "text": {"type": "plain_text", "text": "Open run in Prefect"},
-        }]})
+        blocks.append(
+            {
+                "type": "actions",
+                "elements": [
+                    {
+                        "type": "button",
+                        "action_id": "open_prefect_run",
+                        "url": alert.run_url,
+                        "text": {"type": "plain_text", "text": "Open run in Prefect"},
+                    }
+                ],
+            }
+        )
     elif alert.run_url:  # not a link Slack accepts on a button; still show it
-        blocks.append({"type": "context", "elements": [
-            {"type": "mrkdwn", "text": _clip(f"Prefect run: {_mrkdwn(alert.run_url)}", _SECTION_MAX)}]})
+        blocks.append(
+            {
+                "type": "context",
+                "elements": [
+                    {"type": "mrkdwn", "text": _clip(f"Prefect run: {_mrkdwn(alert.run_url)}", _SECTION_MAX)}
+                ],
+            }
+        )
     return blocks
 
 
@@ -341,9 +387,17 @@ def _retry_after_seconds(headers: Any) -> float:
 class SlackChannel:
     """Posts alerts to one Slack channel with the real ``slack_sdk.WebClient``."""
 
-    def __init__(self, token: str, channel: str, *, api_url: str = "", timeout: float = 10,
-                 max_rate_limit_retries: int = 2, max_rate_limit_wait: float = 30,
-                 name: str = "slack") -> None:
+    def __init__(
+        self,
+        token: str,
+        channel: str,
+        *,
+        api_url: str = "",
+        timeout: float = 10,
+        max_rate_limit_retries: int = 2,
+        max_rate_limit_wait: float = 30,
+        name: str = "slack",
+    ) -> None:
         self.name = name
         self.channel = channel
         self.api_url = api_url or WebClient.BASE_URL
@@ -353,16 +407,24 @@ class SlackChannel:
             ConnectionErrorRetryHandler(max_retry_count=1),
             ServerErrorRetryHandler(max_retry_count=1),
         ]
-        self._client = WebClient(token=token, base_url=self.api_url, timeout=int(max(1, timeout)),
-                                 retry_handlers=handlers)
+        self._client = WebClient(
+            token=token, base_url=self.api_url, timeout=int(max(1, timeout)), retry_handlers=handlers
+        )
 
     def __repr__(self) -> str:
         return f"SlackChannel(name={self.name!r}, channel={self.channel!r}, api_url={self.api_url!r})"
 
     def send(self, alert: Alert) -> None:
-        posted = self._call("chat.postMessage", lambda: self._client.chat_postMessage(
-            channel=self.channel, text=slack_text(alert), blocks=slack_blocks(alert),
-            unfurl_links=False, unfurl_media=False))
+        posted = self._call(
+            "chat.postMessage",
+            lambda: self._client.chat_postMessage(
+                channel=self.channel,
+                text=slack_text(alert),
+                blocks=slack_blocks(alert),
+                unfurl_links=False,
+                unfurl_media=False,
+            ),
+        )
         if alert.thumbnail_png:
             self._upload_thumbnail(alert, posted)
 
@@ -377,13 +439,21 @@ class SlackChannel:
         channel_id = posted.get("channel") or self.channel
         name = f"{alert.subject or 'slide'}-thumbnail.png"
         try:
-            self._call("files.upload", lambda: self._client.files_upload_v2(
-                channel=channel_id, thread_ts=posted.get("ts"), file=alert.thumbnail_png,
-                filename=name, title=f"Thumbnail: {alert.subject or alert.scanner}",
-                alt_txt=f"Slide thumbnail for {alert.subject or 'the scan'}"))
+            self._call(
+                "files.upload",
+                lambda: self._client.files_upload_v2(
+                    channel=channel_id,
+                    thread_ts=posted.get("ts"),
+                    file=alert.thumbnail_png,
+                    filename=name,
+                    title=f"Thumbnail: {alert.subject or alert.scanner}",
+                    alt_txt=f"Slide thumbnail for {alert.subject or 'the scan'}",
+                ),
+            )
         except AlertDeliveryError as exc:
-            log.warning("Alert %s: message posted to Slack but the thumbnail upload failed: %s",
-                        alert.key(), exc)
+            log.warning(
+                "Alert %s: message posted to Slack but the thumbnail upload failed: %s", alert.key(), exc
+            )
 
     def check(self) -> list[str]:
         try:
@@ -428,8 +498,12 @@ def email_message(alert: Alert, *, sender: str, recipients: list[str]) -> EmailM
     msg.set_content(_email_plain(alert))
     msg.add_alternative(_email_html(alert), subtype="html")
     if alert.thumbnail_png:
-        msg.add_attachment(alert.thumbnail_png, maintype="image", subtype="png",
-                           filename=f"{alert.subject or 'slide'}-thumbnail.png")
+        msg.add_attachment(
+            alert.thumbnail_png,
+            maintype="image",
+            subtype="png",
+            filename=f"{alert.subject or 'slide'}-thumbnail.png",
+        )
     return msg
 
 
@@ -443,23 +517,40 @@ def _email_plain(alert: Alert) -> str:
 
 def _email_html(alert: Alert) -> str:
     e = html.escape
-    rows = "".join(f"<tr><th align='left'>{e(label)}</th><td>{e(value)}</td></tr>"
-                   for label, value in alert.facts())
+    rows = "".join(
+        f"<tr><th align='left'>{e(label)}</th><td>{e(value)}</td></tr>" for label, value in alert.facts()
+    )
     link = ""
     if alert.run_url:
         href = e(alert.run_url, quote=True) if _is_web_url(alert.run_url) else ""
-        link = (f"<p><a href=\"{href}\">Open run in Prefect</a></p>" if href
-                else f"<p>Prefect run: {e(alert.run_url)}</p>")
-    return (f"<html><body><h2>{e(alert.title)}</h2><p>{e(alert.message)}</p>"
-            f"<p><b>What to do:</b> {e(alert.action or '')}</p><table>{rows}</table>{link}</body></html>")
+        link = (
+            f'<p><a href="{href}">Open run in Prefect</a></p>'
+            if href
+            else f"<p>Prefect run: {e(alert.run_url)}</p>"
+        )
+    return (
+        f"<html><body><h2>{e(alert.title)}</h2><p>{e(alert.message)}</p>"
+        f"<p><b>What to do:</b> {e(alert.action or '')}</p><table>{rows}</table>{link}</body></html>"
+    )
 
 
 class EmailChannel:
     """Sends alerts by SMTP (``smtplib``), with STARTTLS and login when configured."""
 
-    def __init__(self, host: str, port: int, *, sender: str, recipients: list[str], starttls: bool = True,
-                 username: str | None = None, password: str | None = None, timeout: float = 10,
-                 ssl_context: ssl.SSLContext | None = None, name: str = "email") -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        sender: str,
+        recipients: list[str],
+        starttls: bool = True,
+        username: str | None = None,
+        password: str | None = None,
+        timeout: float = 10,
+        ssl_context: ssl.SSLContext | None = None,
+        name: str = "email",
+    ) -> None:
         if not recipients:
             raise ValueError("EmailChannel needs at least one recipient")
         self.name = name
@@ -474,14 +565,19 @@ class EmailChannel:
         self._ssl_context = ssl_context
 
     def __repr__(self) -> str:
-        return (f"EmailChannel(name={self.name!r}, host={self.host!r}, port={self.port!r}, "
-                f"sender={self.sender!r}, recipients={self.recipients!r}, username={self.username!r})")
+        return (
+            f"EmailChannel(name={self.name!r}, host={self.host!r}, port={self.port!r}, "
+            f"sender={self.sender!r}, recipients={self.recipients!r}, username={self.username!r})"
+        )
 
     def send(self, alert: Alert) -> None:
         msg = email_message(alert, sender=self.sender, recipients=self.recipients)
         refused: dict[str, Any] = {}
-        self._session(lambda smtp: refused.update(
-            smtp.send_message(msg, from_addr=self.sender, to_addrs=self.recipients)))
+        self._session(
+            lambda smtp: refused.update(
+                smtp.send_message(msg, from_addr=self.sender, to_addrs=self.recipients)
+            )
+        )
         if refused:  # the others got it; say who did not rather than re-send to everyone
             log.warning("Alert %s: SMTP server refused some recipients: %s", alert.key(), ", ".join(refused))
 
@@ -505,22 +601,29 @@ class EmailChannel:
                     smtp.login(self.username, self._password or "")
                 work(smtp)
         except smtplib.SMTPAuthenticationError as exc:
-            raise self._error(f"{where} rejected the login for user {self.username!r} "
-                              f"({exc.smtp_code} {_smtp_text(exc.smtp_error)}); check the SMTP username "
-                              "and password") from None
+            raise self._error(
+                f"{where} rejected the login for user {self.username!r} "
+                f"({exc.smtp_code} {_smtp_text(exc.smtp_error)}); check the SMTP username "
+                "and password"
+            ) from None
         except smtplib.SMTPNotSupportedError as exc:
-            raise self._error(f"{where} does not offer what the agent needs ({exc}); check the port and "
-                              "the starttls/username settings") from None
+            raise self._error(
+                f"{where} does not offer what the agent needs ({exc}); check the port and "
+                "the starttls/username settings"
+            ) from None
         except smtplib.SMTPRecipientsRefused as exc:
-            refused = ", ".join(f"{rcpt} ({code} {_smtp_text(text)})"
-                                for rcpt, (code, text) in exc.recipients.items())
+            refused = ", ".join(
+                f"{rcpt} ({code} {_smtp_text(text)})" for rcpt, (code, text) in exc.recipients.items()
+            )
             raise self._error(f"{where} refused the recipients: {refused}") from None
         except smtplib.SMTPResponseException as exc:
             raise self._error(f"{where} answered {exc.smtp_code} {_smtp_text(exc.smtp_error)}") from None
         except ssl.SSLError as exc:
-            raise self._error(f"TLS with {where} failed: {exc.reason or exc}; check the server's "
-                              "certificate and the CA the agent trusts") from None
-        except (socket.timeout, TimeoutError):
+            raise self._error(
+                f"TLS with {where} failed: {exc.reason or exc}; check the server's "
+                "certificate and the CA the agent trusts"
+            ) from None
+        except TimeoutError:
             raise self._error(f"{where} did not answer within {self.timeout:g} s") from None
         except (smtplib.SMTPException, OSError) as exc:
             why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
@@ -546,9 +649,16 @@ class Alerter:
     alerts for it go straight to the outbox and ``retry_pending`` delivers them in order.
     """
 
-    def __init__(self, channels: list[Channel], outbox: "AlertOutbox | None", *,
-                 repeat_after_seconds: float = 3600, clock: Callable[[], float] = time.time,
-                 retry_base_seconds: float = 60, retry_max_seconds: float = 1800) -> None:
+    def __init__(
+        self,
+        channels: list[Channel],
+        outbox: AlertOutbox | None,
+        *,
+        repeat_after_seconds: float = 3600,
+        clock: Callable[[], float] = time.time,
+        retry_base_seconds: float = 60,
+        retry_max_seconds: float = 1800,
+    ) -> None:
         names = [c.name for c in channels]
         if len(set(names)) != len(names):
             raise ValueError(f"alert channel names must be unique, got {names}")
@@ -617,8 +727,13 @@ class Alerter:
                 if self.outbox.pending_id(alert.key(), channel.name) is not None:
                     return "queued"  # already waiting for this channel; don't queue it twice
                 if self._channel_backing_off(channel.name, now):
-                    self.outbox.enqueue(alert, channel.name, "channel failed recently; waiting to retry",
-                                        now=now, next_try=self._backoff_until(channel.name, now))
+                    self.outbox.enqueue(
+                        alert,
+                        channel.name,
+                        "channel failed recently; waiting to retry",
+                        now=now,
+                        next_try=self._backoff_until(channel.name, now),
+                    )
                     return "queued"
             try:
                 channel.send(alert)
@@ -632,7 +747,9 @@ class Alerter:
                 self._inflight.discard(slot)
 
     def _failed(self, channel: Channel, alert: Alert, exc: Exception, now: float) -> str:
-        reason = str(exc) if isinstance(exc, AlertDeliveryError) else f"{type(exc).__name__} in {channel.name}"
+        reason = (
+            str(exc) if isinstance(exc, AlertDeliveryError) else f"{type(exc).__name__} in {channel.name}"
+        )
         if self.outbox is None:
             log.error("Alert %s not delivered via %s: %s", alert.key(), channel.name, reason)
             return "failed"
@@ -665,12 +782,17 @@ class Alerter:
         for item_id, channel_name, alert, created in self.outbox.due_with_created(now):
             channel = by_name.get(channel_name)
             if channel is None:
-                self.outbox.failed_again(item_id, f"channel {channel_name!r} is not configured",
-                                         now + self.retry_max_seconds)
+                self.outbox.failed_again(
+                    item_id, f"channel {channel_name!r} is not configured", now + self.retry_max_seconds
+                )
                 continue
             if channel_name in broken:  # it just failed; don't spend another timeout on it now
-                self.outbox.failed_again(item_id, "channel failed again during this retry round",
-                                         self._backoff_until(channel_name, now), count=False)
+                self.outbox.failed_again(
+                    item_id,
+                    "channel failed again during this retry round",
+                    self._backoff_until(channel_name, now),
+                    count=False,
+                )
                 continue
             if self._superseded(alert, channel_name, created):
                 self.outbox.delivered(item_id)
@@ -684,7 +806,9 @@ class Alerter:
                 attempts = self.outbox.attempts(item_id) + 1
                 self.outbox.failed_again(item_id, reason, now + self._delay(attempts))
                 broken.add(channel_name)
-                log.warning("Queued alert %s still not delivered via %s: %s", alert.key(), channel_name, reason)
+                log.warning(
+                    "Queued alert %s still not delivered via %s: %s", alert.key(), channel_name, reason
+                )
                 continue
             self._mark_sent(alert.key(), channel_name, self.clock())
             self.outbox.delivered(item_id)

@@ -67,10 +67,13 @@ def compile_barcode_regex(pattern: str) -> re.Pattern[str]:
     try:
         regex = re.compile(pattern)
     except re.error as exc:
-        raise errors.ConfigError(f"{CONFIG_KEY} {pattern!r} is not a valid regular expression: {exc}") from None
+        raise errors.ConfigError(
+            f"{CONFIG_KEY} {pattern!r} is not a valid regular expression: {exc}"
+        ) from None
     if "barcode" not in regex.groupindex:
         raise errors.ConfigError(
-            f"{CONFIG_KEY} {pattern!r} has no named group 'barcode'; write it like (?P<barcode>\\d{{6}})")
+            f"{CONFIG_KEY} {pattern!r} has no named group 'barcode'; write it like (?P<barcode>\\d{{6}})"
+        )
     return regex
 
 
@@ -84,8 +87,10 @@ def clean_barcode(value: str) -> str:
     for ch in text:
         if not ch.isascii():
             name = unicodedata.name(ch, "unnamed character")
-            raise ValueError(f"it contains the non-ASCII character {ch!r} (U+{ord(ch):04X} {name}); "
-                             "look-alike characters are not converted")
+            raise ValueError(
+                f"it contains the non-ASCII character {ch!r} (U+{ord(ch):04X} {name}); "
+                "look-alike characters are not converted"
+            )
         if ch in _FORBIDDEN:
             raise ValueError(f"it contains the path separator {ch!r}")
         if ch.isspace():
@@ -106,13 +111,16 @@ def barcode_from_name(name: str, regex: re.Pattern[str]) -> str | None:
         return None
     distinct = list(dict.fromkeys(found))
     if len(distinct) > 1:
-        raise ValueError(f"the regex matches {len(distinct)} different barcodes ({', '.join(map(repr, distinct))}); "
-                         "anchor it so that only one matches")
+        raise ValueError(
+            f"the regex matches {len(distinct)} different barcodes ({', '.join(map(repr, distinct))}); "
+            "anchor it so that only one matches"
+        )
     return clean_barcode(distinct[0])
 
 
-def find_barcode(unit: ScanUnit, regex: re.Pattern[str], *,
-                 properties: Mapping[str, str] | None = None) -> BarcodeResult:
+def find_barcode(
+    unit: ScanUnit, regex: re.Pattern[str], *, properties: Mapping[str, str] | None = None
+) -> BarcodeResult:
     """The scan's barcode: from its name first, then from its slide metadata.
 
     ``properties`` are OpenSlide's properties if the caller already has them; otherwise the slide
@@ -131,7 +139,9 @@ def find_barcode(unit: ScanUnit, regex: re.Pattern[str], *,
         tried.append(f"file name {unit.stem!r} does not match {CONFIG_KEY} {regex.pattern!r}")
 
     if properties is None:
-        from scanner_agent.slides.validate import read_properties  # OpenSlide is only loaded when a name has no barcode
+        from scanner_agent.slides.validate import (
+            read_properties,
+        )  # OpenSlide is only loaded when a name has no barcode
 
         properties = read_properties(unit.primary)
         if not properties:
@@ -143,8 +153,9 @@ def find_barcode(unit: ScanUnit, regex: re.Pattern[str], *,
     raise errors.NoBarcode(f"No barcode for {unit.primary}: " + "; ".join(tried), path=str(unit.primary))
 
 
-def _from_metadata(properties: Mapping[str, str], regex: re.Pattern[str],
-                   tried: list[str]) -> BarcodeResult | None:
+def _from_metadata(
+    properties: Mapping[str, str], regex: re.Pattern[str], tried: list[str]
+) -> BarcodeResult | None:
     present = False
     for key in METADATA_KEYS:
         raw = properties.get(key)

@@ -20,8 +20,9 @@ class ScanError(Exception):
     #: Whether retrying the same step soon may help (storage blinked, sheet slow).
     transient: bool = False
 
-    def __init__(self, message: str, *, barcode: str | None = None, path: str | None = None,
-                 action: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, barcode: str | None = None, path: str | None = None, action: str | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.barcode = barcode
@@ -60,15 +61,19 @@ class SheetMalformed(HeldScan):
     """The sheet itself is wrong (no flags row, duplicate barcode, unsafe value): never guess a name."""
 
     kind = "sheet_malformed"
-    action = "Correct the metadata sheet at the named row and column; affected scans are held until it is fixed."
+    action = (
+        "Correct the metadata sheet at the named row and column; affected scans are held until it is fixed."
+    )
 
 
 class NoBarcode(ScanError):
     kind = "no_barcode"
     state = "quarantined"
     # Not `retry`: that re-queues held and failed scans only; a quarantined scan is re-submitted by path.
-    action = ("Rename the file in the quarantine folder so it contains the barcode (or fix the slide label), then run "
-              "`scanner-agent process --config <config> <renamed file>`; the scan is kept in quarantine.")
+    action = (
+        "Rename the file in the quarantine folder so it contains the barcode (or fix the slide label), then run "
+        "`scanner-agent process --config <config> <renamed file>`; the scan is kept in quarantine."
+    )
 
 
 class CorruptSlide(ScanError):

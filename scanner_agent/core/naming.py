@@ -29,8 +29,9 @@ _EXT = re.compile(r"(\.[A-Za-z0-9]{1,16})?")
 # overrides and zero-width marks that make a name display differently from what it is) and
 # lone surrogates (not encodable as UTF-8).
 _DROPPED_CATEGORIES = frozenset({"Cc", "Cf", "Cs"})
-_WINDOWS_RESERVED = frozenset({"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)),
-                               *(f"LPT{i}" for i in range(1, 10))})
+_WINDOWS_RESERVED = frozenset(
+    {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
+)
 
 
 def safe_component(value: str, *, max_len: int = MAX_COMPONENT) -> str:
@@ -58,8 +59,14 @@ def safe_component(value: str, *, max_len: int = MAX_COMPONENT) -> str:
     return text
 
 
-def build_name(barcode: str, fields: Sequence[tuple[str, str, bool]], ext: str, *,
-               row_number: int | None = None, source: str = "the sheet") -> str:
+def build_name(
+    barcode: str,
+    fields: Sequence[tuple[str, str, bool]],
+    ext: str,
+    *,
+    row_number: int | None = None,
+    source: str = "the sheet",
+) -> str:
     """The stored file name for ``barcode`` from its row's flagged ``(column, value, required)``
     fields (sheet order, barcode column excluded) and the scan's extension (``".svs"`` or ``""``).
 
@@ -74,9 +81,14 @@ def build_name(barcode: str, fields: Sequence[tuple[str, str, bool]], ext: str, 
     missing = [column for column, value, required in fields if required and not (value or "").strip()]
     if missing:
         cols = ", ".join(repr(c) for c in missing)
-        raise errors.IncompleteRow(f"{where}: REQUIRED column(s) {cols} empty for barcode {barcode!r}",
-                                   missing=missing, barcode=barcode)
-    parts = [_safe_cell(value, column, where, barcode) for column, value, _ in fields if (value or "").strip()]
+        raise errors.IncompleteRow(
+            f"{where}: REQUIRED column(s) {cols} empty for barcode {barcode!r}",
+            missing=missing,
+            barcode=barcode,
+        )
+    parts = [
+        _safe_cell(value, column, where, barcode) for column, value, _ in fields if (value or "").strip()
+    ]
     code = _safe_cell(barcode, "Barcode", where, barcode)
     budget = MAX_NAME_BYTES - len(ext) - _nbytes(code) - len(SEPARATOR) * len(parts)
     parts = _fit_parts(parts, budget, where, barcode)
@@ -96,7 +108,9 @@ def layout_columns(layout: str) -> list[str]:
         return columns
     for segment in layout.split("/"):
         if not segment:
-            raise errors.ConfigError(f"folder layout {layout!r} has an empty segment (double or trailing '/')")
+            raise errors.ConfigError(
+                f"folder layout {layout!r} has an empty segment (double or trailing '/')"
+            )
         try:
             parsed = list(string.Formatter().parse(segment))
         except ValueError as exc:
@@ -107,16 +121,21 @@ def layout_columns(layout: str) -> list[str]:
             if field is None:
                 continue
             if not field.strip():
-                raise errors.ConfigError(f"folder layout {layout!r} has an empty placeholder '{{}}'; name a column")
+                raise errors.ConfigError(
+                    f"folder layout {layout!r} has an empty placeholder '{{}}'; name a column"
+                )
             if spec or conversion:
-                raise errors.ConfigError(f"folder layout {layout!r}: placeholder {{{field}}} may not have "
-                                         "a format spec or conversion")
+                raise errors.ConfigError(
+                    f"folder layout {layout!r}: placeholder {{{field}}} may not have "
+                    "a format spec or conversion"
+                )
             columns.append(field)
     return columns
 
 
-def build_folder(layout: str, values: Mapping[str, str], *, row_number: int | None = None,
-                 source: str = "the sheet") -> PurePosixPath:
+def build_folder(
+    layout: str, values: Mapping[str, str], *, row_number: int | None = None, source: str = "the sheet"
+) -> PurePosixPath:
     """The relative folder for a row: ``layout`` with each ``{Column}`` replaced by its value,
     made safe. Never absolute, never containing ``..``. A column the row does not have raises
     ``errors.SheetMalformed``; an empty value raises ``errors.IncompleteRow`` (a scan is not filed
@@ -132,12 +151,17 @@ def build_folder(layout: str, values: Mapping[str, str], *, row_number: int | No
             if field is None:
                 continue
             if field not in values:
-                raise errors.SheetMalformed(f"{where}: folder layout {layout!r} uses column {field!r}, "
-                                            "which the sheet does not have", barcode=barcode)
+                raise errors.SheetMalformed(
+                    f"{where}: folder layout {layout!r} uses column {field!r}, which the sheet does not have",
+                    barcode=barcode,
+                )
             value = values[field] or ""
             if not value.strip():
-                raise errors.IncompleteRow(f"{where}: column {field!r} (used in the folder layout) is empty",
-                                           missing=[field], barcode=barcode)
+                raise errors.IncompleteRow(
+                    f"{where}: column {field!r} (used in the folder layout) is empty",
+                    missing=[field],
+                    barcode=barcode,
+                )
             rendered.append(_safe_cell(value, field, where, barcode))
         segments.append(_safe_cell("".join(rendered), f"folder {segment!r}", where, barcode))
     return PurePosixPath(*segments)
@@ -151,8 +175,16 @@ def destination(root: Path, folder: PurePosixPath, name: str) -> Path:
     outside ``root`` is refused. Raises ``errors.SheetMalformed``.
     """
     folder = PurePosixPath(folder)
-    bad = (folder.is_absolute() or ".." in folder.parts or not name or name in (".", "..")
-           or "/" in name or "\\" in name or "\0" in name or "\0" in str(folder))
+    bad = (
+        folder.is_absolute()
+        or ".." in folder.parts
+        or not name
+        or name in (".", "..")
+        or "/" in name
+        or "\\" in name
+        or "\0" in name
+        or "\0" in str(folder)
+    )
     if bad:
         raise errors.SheetMalformed(f"destination {folder}/{name!r} would leave the storage root {root}")
     base = Path(os.path.realpath(root))
@@ -162,8 +194,9 @@ def destination(root: Path, folder: PurePosixPath, name: str) -> Path:
         if os.path.lexists(step):
             real = Path(os.path.realpath(step))
             if real != base and base not in real.parents:
-                raise errors.SheetMalformed(f"destination folder {step} resolves to {real}, outside the "
-                                            f"storage root {base}")
+                raise errors.SheetMalformed(
+                    f"destination folder {step} resolves to {real}, outside the storage root {base}"
+                )
     return Path(root).joinpath(*folder.parts, name)
 
 
@@ -179,8 +212,10 @@ def _safe_cell(value: str, column: str, where: str, barcode: str | None) -> str:
         return safe_component(value)
     except ValueError as exc:
         shown = value if len(value) <= 60 else value[:57] + "..."
-        raise errors.SheetMalformed(f"{where}, column {column!r}: value {shown!r} cannot be used in a "
-                                    f"file name: {exc}", barcode=barcode) from None
+        raise errors.SheetMalformed(
+            f"{where}, column {column!r}: value {shown!r} cannot be used in a file name: {exc}",
+            barcode=barcode,
+        ) from None
 
 
 def _trim(text: str) -> str:
@@ -219,8 +254,9 @@ def _fit_parts(parts: list[str], budget: int, where: str, barcode: str) -> list[
     if sum(map(_nbytes, parts)) <= budget:
         return parts
     if budget < 2 * len(parts):
-        raise errors.SheetMalformed(f"{where}: too many name columns to fit a {MAX_NAME_BYTES}-byte file name",
-                                    barcode=barcode)
+        raise errors.SheetMalformed(
+            f"{where}: too many name columns to fit a {MAX_NAME_BYTES}-byte file name", barcode=barcode
+        )
     cap = max(map(_nbytes, parts))
     while cap > 1 and sum(min(_nbytes(p), cap) for p in parts) > budget:
         cap -= 1
@@ -228,7 +264,9 @@ def _fit_parts(parts: list[str], budget: int, where: str, barcode: str) -> list[
     for part in parts:
         cut = _trim(_truncate_utf8(part, cap))
         if not cut:
-            raise errors.SheetMalformed(f"{where}: value {part!r} cannot be shortened to fit a "
-                                        f"{MAX_NAME_BYTES}-byte file name", barcode=barcode)
+            raise errors.SheetMalformed(
+                f"{where}: value {part!r} cannot be shortened to fit a {MAX_NAME_BYTES}-byte file name",
+                barcode=barcode,
+            )
         fitted.append(cut)
     return fitted

@@ -58,8 +58,13 @@ class QcResult:
         return f"QC {verdict} (blur score {self.blur_score:.1f}, tissue {self.tissue_fraction:.1%})"
 
 
-def assess(image: Image.Image, *, blur_threshold: float = DEFAULT_BLUR_THRESHOLD,
-           min_tissue_fraction: float = DEFAULT_MIN_TISSUE_FRACTION, work_size: int = 512) -> QcResult:
+def assess(
+    image: Image.Image,
+    *,
+    blur_threshold: float = DEFAULT_BLUR_THRESHOLD,
+    min_tissue_fraction: float = DEFAULT_MIN_TISSUE_FRACTION,
+    work_size: int = 512,
+) -> QcResult:
     """Judge a slide thumbnail: enough tissue, and that tissue in focus. Pure; does not modify ``image``."""
     rgb = _working_rgb(image, work_size)
     gray = rgb @ np.array([0.299, 0.587, 0.114])  # ITU-R 601 luma, as PIL's "L" conversion
@@ -69,11 +74,15 @@ def assess(image: Image.Image, *, blur_threshold: float = DEFAULT_BLUR_THRESHOLD
 
     reasons: list[str] = []
     if fraction < min_tissue_fraction:
-        reasons.append(f"no tissue found: {fraction:.1%} of the thumbnail is tissue, "
-                       f"at least {min_tissue_fraction:.1%} expected (blank or empty slide?)")
+        reasons.append(
+            f"no tissue found: {fraction:.1%} of the thumbnail is tissue, "
+            f"at least {min_tissue_fraction:.1%} expected (blank or empty slide?)"
+        )
     elif score < blur_threshold:
-        reasons.append(f"out of focus: blur score {score:.1f} is below {blur_threshold:g} "
-                       "(variance of the Laplacian over the tissue)")
+        reasons.append(
+            f"out of focus: blur score {score:.1f} is below {blur_threshold:g} "
+            "(variance of the Laplacian over the tissue)"
+        )
     return QcResult(passed=not reasons, blur_score=score, tissue_fraction=fraction, reasons=reasons)
 
 
@@ -118,6 +127,6 @@ def _erode(mask: np.ndarray, steps: int) -> np.ndarray:
         shrunk = np.ones_like(out)
         for dy in (0, 1, 2):
             for dx in (0, 1, 2):
-                shrunk &= padded[dy:dy + out.shape[0], dx:dx + out.shape[1]]
+                shrunk &= padded[dy : dy + out.shape[0], dx : dx + out.shape[1]]
         out = shrunk
     return out

@@ -22,9 +22,10 @@ import io
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Protocol
+from typing import Protocol
 
 from scanner_agent.core.errors import IncompleteRow, SheetMalformed, SheetUnavailable, UnknownBarcode
 
@@ -68,8 +69,11 @@ class SheetTable:
 
     def name_columns(self) -> list[tuple[str, bool]]:
         """(column, required) for each flagged column in sheet order, the barcode column excluded."""
-        return [(c, self.flags[c] == REQUIRED) for c in self.columns
-                if self.flags.get(c) in _FLAGS and c != self.barcode_column]
+        return [
+            (c, self.flags[c] == REQUIRED)
+            for c in self.columns
+            if self.flags.get(c) in _FLAGS and c != self.barcode_column
+        ]
 
 
 def column_letter(index: int) -> str:
@@ -102,18 +106,22 @@ def _find_barcode_column(header: list[str], barcode_column: str, source: str) ->
     shown = ", ".join(repr(h) for h in header if h) or "nothing"
     raise SheetMalformed(
         f"{source}: no '{barcode_column}' column in the header (row 2); it holds {shown}. "
-        "Row 1 must be the include-in-name flags and row 2 the header.")
+        "Row 1 must be the include-in-name flags and row 2 the header."
+    )
 
 
-def _check_flags_row_present(flags_row: list[str], header: list[str], barcode_column: str,
-                             source: str) -> None:
+def _check_flags_row_present(
+    flags_row: list[str], header: list[str], barcode_column: str, source: str
+) -> None:
     def has_barcode(cells: list[str]) -> bool:
         return any(_cell(cells, i).casefold() == barcode_column.casefold() for i in range(len(cells)))
+
     if has_barcode(flags_row) and not has_barcode(header):
         raise SheetMalformed(
             f"{source}: row 1 looks like the header ('{barcode_column}' is in row 1), so the "
             "include-in-name flags row is missing. Insert a row above the header with "
-            "REQUIRED/OPTIONAL/blank per column.")
+            "REQUIRED/OPTIONAL/blank per column."
+        )
 
 
 def _check_header(header: list[str], flags_row: list[str], source: str) -> None:
@@ -125,19 +133,22 @@ def _check_header(header: list[str], flags_row: list[str], source: str) -> None:
             if flag:
                 raise SheetMalformed(
                     f"{_where(source, 2, i)}: blank header under the flag {flag!r} in row 1; "
-                    "name the column or clear its flag.")
+                    "name the column or clear its flag."
+                )
             continue
         key = name.casefold()
         if key in seen:
             first = seen[key]
             raise SheetMalformed(
                 f"{source}: duplicate header {name!r} in row 2 (columns {column_letter(first)} and "
-                f"{column_letter(i)}); every column needs its own name.")
+                f"{column_letter(i)}); every column needs its own name."
+            )
         seen[key] = i
 
 
-def _read_flags(header: list[str], flags_row: list[str], source: str,
-                barcode_index: int) -> tuple[dict[str, str], list[str]]:
+def _read_flags(
+    header: list[str], flags_row: list[str], source: str, barcode_index: int
+) -> tuple[dict[str, str], list[str]]:
     flags: dict[str, str] = {}
     problems: list[str] = []
     for i, name in enumerate(header):
@@ -152,13 +163,16 @@ def _read_flags(header: list[str], flags_row: list[str], source: str,
             flags[name] = flag
         else:
             flags[name] = ""
-            problems.append(f"{_where(source, 1, i, name)}: include-in-name flag {raw!r} is not "
-                            f"{REQUIRED}, {OPTIONAL} or blank.")
+            problems.append(
+                f"{_where(source, 1, i, name)}: include-in-name flag {raw!r} is not "
+                f"{REQUIRED}, {OPTIONAL} or blank."
+            )
     return flags, problems
 
 
-def parse_table(values: list[list[str]], *, source: str, barcode_column: str = "Barcode",
-                fetched_at: float | None = None) -> SheetTable:
+def parse_table(
+    values: list[list[str]], *, source: str, barcode_column: str = "Barcode", fetched_at: float | None = None
+) -> SheetTable:
     """Build a ``SheetTable`` from raw rows of cell text (row 1 = flags, row 2 = header).
 
     Raises ``SheetMalformed`` (naming ``source``) when the sheet cannot be read as a table at all:
@@ -170,11 +184,14 @@ def parse_table(values: list[list[str]], *, source: str, barcode_column: str = "
     while rows_in and not any(_cell(rows_in[-1], i) for i in range(len(rows_in[-1]))):
         rows_in.pop()  # trailing blank lines carry nothing
     if not rows_in:
-        raise SheetMalformed(f"{source} is empty: expected row 1 = include-in-name flags, "
-                             "row 2 = header, then one row per barcode.")
+        raise SheetMalformed(
+            f"{source} is empty: expected row 1 = include-in-name flags, "
+            "row 2 = header, then one row per barcode."
+        )
     if len(rows_in) < 2:
-        raise SheetMalformed(f"{source} has only 1 row: expected row 1 = include-in-name flags "
-                             "and row 2 = header.")
+        raise SheetMalformed(
+            f"{source} has only 1 row: expected row 1 = include-in-name flags and row 2 = header."
+        )
 
     flags_row = rows_in[0]
     header = [_cell(rows_in[1], i) for i in range(len(rows_in[1]))]
@@ -197,18 +214,24 @@ def parse_table(values: list[list[str]], *, source: str, barcode_column: str = "
         cells = {h: _cell(raw, i) for i, h in named}
         for i in range(len(raw)):
             if (i >= len(header) or not header[i]) and _cell(raw, i):
-                problems.append(f"{_where(source, row_number, i)}: value {_cell(raw, i)!r} has no "
-                                "header in row 2; ignored.")
+                problems.append(
+                    f"{_where(source, row_number, i)}: value {_cell(raw, i)!r} has no "
+                    "header in row 2; ignored."
+                )
         barcode = cells[barcode_name]
         if not barcode:
             if any(cells.values()):
-                problems.append(f"{_where(source, row_number, barcode_index, barcode_name)}: row has "
-                                "values but no barcode; skipped.")
+                problems.append(
+                    f"{_where(source, row_number, barcode_index, barcode_name)}: row has "
+                    "values but no barcode; skipped."
+                )
             continue
         for i, h in named:
             if h in flagged and any(ch in _LINE_BREAKERS for ch in cells[h]):
-                msg = (f"{_where(source, row_number, i, h)}: value {cells[h]!r} holds a line break "
-                       "or NUL character, which cannot go into a file name.")
+                msg = (
+                    f"{_where(source, row_number, i, h)}: value {cells[h]!r} holds a line break "
+                    "or NUL character, which cannot go into a file name."
+                )
                 problems.append(msg)
                 bad_rows.setdefault(barcode, []).append(msg)
         holders.setdefault(barcode, []).append(row_number)
@@ -216,12 +239,22 @@ def parse_table(values: list[list[str]], *, source: str, barcode_column: str = "
 
     duplicates = {b: tuple(ns) for b, ns in holders.items() if len(ns) > 1}
     for b, ns in duplicates.items():
-        problems.append(f"{source}: barcode {b} is on rows {_join(ns)} "
-                        f"(column {column_letter(barcode_index)}); keep one row per barcode.")
-    return SheetTable(source=source, columns=tuple(h for _, h in named), flags=flags, rows=rows,
-                      duplicates=duplicates, problems=tuple(problems), fetched_at=fetched,
-                      barcode_column=barcode_name, blocking=tuple(blocking),
-                      bad_rows={b: tuple(p) for b, p in bad_rows.items()})
+        problems.append(
+            f"{source}: barcode {b} is on rows {_join(ns)} "
+            f"(column {column_letter(barcode_index)}); keep one row per barcode."
+        )
+    return SheetTable(
+        source=source,
+        columns=tuple(h for _, h in named),
+        flags=flags,
+        rows=rows,
+        duplicates=duplicates,
+        problems=tuple(problems),
+        fetched_at=fetched,
+        barcode_column=barcode_name,
+        blocking=tuple(blocking),
+        bad_rows={b: tuple(p) for b, p in bad_rows.items()},
+    )
 
 
 def _join(numbers: tuple[int, ...] | list[int]) -> str:
@@ -230,8 +263,10 @@ def _join(numbers: tuple[int, ...] | list[int]) -> str:
 
 def _near_misses(table: SheetTable, barcode: str) -> list[SheetRow]:
     """Rows whose barcode differs only by case or leading zeros: likely a typo worth pointing at."""
+
     def squash(b: str) -> str:
         return b.casefold().lstrip("0")
+
     key = squash(barcode)
     return [r for b, r in table.rows.items() if b != barcode and squash(b) == key]
 
@@ -244,27 +279,41 @@ def lookup(table: SheetTable, barcode: str) -> SheetRow:
     """
     b = barcode.strip()
     if table.blocking:
-        raise SheetMalformed(f"Cannot name barcode {b} from {table.source}: "
-                             + " ".join(table.blocking), barcode=b)
+        raise SheetMalformed(
+            f"Cannot name barcode {b} from {table.source}: " + " ".join(table.blocking), barcode=b
+        )
     row = table.rows.get(b)
     if row is None:
         hint = ""
         near = _near_misses(table, b)
         if near:
-            hint = " Close matches: " + ", ".join(f"{r.barcode!r} on row {r.row_number}" for r in near) + \
-                   " (barcodes must match exactly, leading zeros included)."
-        raise UnknownBarcode(f"No row for barcode {b} in {table.source}: no cell in column "
-                             f"'{table.barcode_column}' equals {b!r}.{hint}", barcode=b)
+            hint = (
+                " Close matches: "
+                + ", ".join(f"{r.barcode!r} on row {r.row_number}" for r in near)
+                + " (barcodes must match exactly, leading zeros included)."
+            )
+        raise UnknownBarcode(
+            f"No row for barcode {b} in {table.source}: no cell in column "
+            f"'{table.barcode_column}' equals {b!r}.{hint}",
+            barcode=b,
+        )
     if b in table.duplicates:
-        raise SheetMalformed(f"Barcode {b} is on rows {_join(table.duplicates[b])} of {table.source}; "
-                             "keep one row per barcode so the name is not a guess.", barcode=b)
+        raise SheetMalformed(
+            f"Barcode {b} is on rows {_join(table.duplicates[b])} of {table.source}; "
+            "keep one row per barcode so the name is not a guess.",
+            barcode=b,
+        )
     if b in table.bad_rows:
         raise SheetMalformed(" ".join(table.bad_rows[b]), barcode=b)
     missing = [c for c, required in table.name_columns() if required and not row.values.get(c)]
     if missing:
         cols = ", ".join(repr(c) for c in missing)
-        raise IncompleteRow(f"Barcode {b} (row {row.row_number} of {table.source}) has no value in "
-                            f"REQUIRED column(s) {cols}.", missing=missing, barcode=b)
+        raise IncompleteRow(
+            f"Barcode {b} (row {row.row_number} of {table.source}) has no value in "
+            f"REQUIRED column(s) {cols}.",
+            missing=missing,
+            barcode=b,
+        )
     return row
 
 
@@ -275,8 +324,7 @@ class MetadataSource(Protocol):
         """The current table. ``want`` is the barcode the caller is after (a hint to refresh early)."""
         ...
 
-    def describe(self) -> str:
-        ...
+    def describe(self) -> str: ...
 
     def check(self) -> list[str]:
         """Everything wrong with the source (reachability, permissions, malformed sheet), as sentences."""
@@ -290,8 +338,9 @@ def read_csv_values(path: Path) -> list[list[str]]:
         text = data.decode("utf-8-sig")  # Excel's "CSV UTF-8" starts with a BOM
     except UnicodeDecodeError as e:
         # Guessing another encoding could silently change a name (é vs Ã©): refuse instead.
-        raise SheetMalformed(f"{path} is not UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start}); "
-                             "save it as 'CSV UTF-8'.") from None
+        raise SheetMalformed(
+            f"{path} is not UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start}); save it as 'CSV UTF-8'."
+        ) from None
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
         return [row for row in reader]
@@ -318,8 +367,9 @@ class CsvSource:
             try:
                 st = self.path.stat()
             except OSError as e:
-                raise SheetUnavailable(f"Cannot read metadata sheet {self.path}: "
-                                       f"{e.strerror or e}.") from None
+                raise SheetUnavailable(
+                    f"Cannot read metadata sheet {self.path}: {e.strerror or e}."
+                ) from None
             stamp = (st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)
             if stamp != self._stamp:
                 self._result = self._read()
@@ -334,16 +384,20 @@ class CsvSource:
         fetched = time.time()
         try:
             values = read_csv_values(self.path)
-            table = parse_table(values, source=str(self.path), barcode_column=self.barcode_column,
-                                fetched_at=fetched)
+            table = parse_table(
+                values, source=str(self.path), barcode_column=self.barcode_column, fetched_at=fetched
+            )
         except SheetMalformed as e:
             log.warning("Metadata sheet is malformed: %s", e)
             return e
         except OSError as e:
-            raise SheetUnavailable(f"Cannot read metadata sheet {self.path}: "
-                                   f"{e.strerror or e}.") from None
-        log.info("Read metadata sheet %s: %d barcodes, %d problem(s)", self.path, len(table.rows),
-                 len(table.problems))
+            raise SheetUnavailable(f"Cannot read metadata sheet {self.path}: {e.strerror or e}.") from None
+        log.info(
+            "Read metadata sheet %s: %d barcodes, %d problem(s)",
+            self.path,
+            len(table.rows),
+            len(table.problems),
+        )
         return table
 
     def check(self) -> list[str]:

@@ -60,8 +60,9 @@ class AlertOutbox:
             log.debug("Could not switch %s to WAL now: %s", self.db_path, exc)
             return
         if str(mode).lower() != "wal":
-            log.warning("%s is in %s mode, not WAL; alerts still work but may wait on the journal",
-                        self.db_path, mode)
+            log.warning(
+                "%s is in %s mode, not WAL; alerts still work but may wait on the journal", self.db_path, mode
+            )
 
     def close(self) -> None:
         with self._lock:
@@ -71,28 +72,45 @@ class AlertOutbox:
 
     def last_sent(self, key: str, channel: str) -> float | None:
         with self._lock:
-            row = self._db.execute("SELECT at FROM alert_sent WHERE key = ? AND channel = ?",
-                                   (key, channel)).fetchone()
+            row = self._db.execute(
+                "SELECT at FROM alert_sent WHERE key = ? AND channel = ?", (key, channel)
+            ).fetchone()
         return None if row is None else float(row[0])
 
     def record_sent(self, key: str, channel: str, at: float) -> None:
         with self._lock:
             self._db.execute(
                 "INSERT INTO alert_sent (key, channel, at) VALUES (?, ?, ?) "
-                "ON CONFLICT (key, channel) DO UPDATE SET at = excluded.at", (key, channel, at))
+                "ON CONFLICT (key, channel) DO UPDATE SET at = excluded.at",
+                (key, channel, at),
+            )
 
     # -- pending queue
 
-    def enqueue(self, alert: Alert, channel: str, error: str, *, now: float | None = None,
-                next_try: float | None = None) -> int:
+    def enqueue(
+        self,
+        alert: Alert,
+        channel: str,
+        error: str,
+        *,
+        now: float | None = None,
+        next_try: float | None = None,
+    ) -> int:
         """Keep ``alert`` for ``channel``; returns its id. ``next_try`` defaults to now (due at once)."""
         created = time.time() if now is None else now
         with self._lock:
             cur = self._db.execute(
                 "INSERT INTO alert_pending (channel, key, alert_json, attempts, last_error, created, next_try) "
                 "VALUES (?, ?, ?, 1, ?, ?, ?)",
-                (channel, alert.key(), alert.to_json(), error, created,
-                 created if next_try is None else next_try))
+                (
+                    channel,
+                    alert.key(),
+                    alert.to_json(),
+                    error,
+                    created,
+                    created if next_try is None else next_try,
+                ),
+            )
             return int(cur.lastrowid or 0)
 
     def due(self, now: float) -> list[tuple[int, str, Alert]]:
@@ -103,7 +121,8 @@ class AlertOutbox:
         with self._lock:
             rows = self._db.execute(
                 "SELECT id, channel, alert_json, created FROM alert_pending WHERE next_try <= ? ORDER BY id",
-                (now,)).fetchall()
+                (now,),
+            ).fetchall()
         out: list[tuple[int, str, Alert, float]] = []
         for item_id, channel, text, created in rows:
             try:
@@ -121,7 +140,8 @@ class AlertOutbox:
         with self._lock:
             self._db.execute(
                 "UPDATE alert_pending SET attempts = attempts + ?, last_error = ?, next_try = ? WHERE id = ?",
-                (1 if count else 0, error, next_try, item_id))
+                (1 if count else 0, error, next_try, item_id),
+            )
 
     def attempts(self, item_id: int) -> int:
         with self._lock:
@@ -131,15 +151,17 @@ class AlertOutbox:
     def pending_id(self, key: str, channel: str) -> int | None:
         """The id of a queued alert with this key for this channel, if one is waiting."""
         with self._lock:
-            row = self._db.execute("SELECT id FROM alert_pending WHERE key = ? AND channel = ? LIMIT 1",
-                                   (key, channel)).fetchone()
+            row = self._db.execute(
+                "SELECT id FROM alert_pending WHERE key = ? AND channel = ? LIMIT 1", (key, channel)
+            ).fetchone()
         return None if row is None else int(row[0])
 
     def next_try_for(self, channel: str) -> float | None:
         """The earliest retry time of anything queued for ``channel`` (None: nothing queued)."""
         with self._lock:
-            row = self._db.execute("SELECT MIN(next_try) FROM alert_pending WHERE channel = ?",
-                                   (channel,)).fetchone()
+            row = self._db.execute(
+                "SELECT MIN(next_try) FROM alert_pending WHERE channel = ?", (channel,)
+            ).fetchone()
         return None if row is None or row[0] is None else float(row[0])
 
     def pending_count(self, channel: str | None = None) -> int:
@@ -147,8 +169,9 @@ class AlertOutbox:
             if channel is None:
                 row = self._db.execute("SELECT COUNT(*) FROM alert_pending").fetchone()
             else:
-                row = self._db.execute("SELECT COUNT(*) FROM alert_pending WHERE channel = ?",
-                                       (channel,)).fetchone()
+                row = self._db.execute(
+                    "SELECT COUNT(*) FROM alert_pending WHERE channel = ?", (channel,)
+                ).fetchone()
         return int(row[0])
 
     def pending_summary(self) -> list[dict[str, object]]:

@@ -104,7 +104,7 @@ class ScanRecord:
     details: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> "ScanRecord":
+    def from_row(cls, row: sqlite3.Row) -> ScanRecord:
         d = dict(row)
         d["details"] = json.loads(d.get("details") or "{}")
         d["source_removed"] = bool(d["source_removed"])
@@ -132,7 +132,9 @@ class Journal:
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")  # the journal is the record: a stored row must survive power loss
+        self._db.execute(
+            "PRAGMA synchronous=FULL"
+        )  # the journal is the record: a stored row must survive power loss
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
         if created:
@@ -144,7 +146,7 @@ class Journal:
 
     # --- low level -------------------------------------------------------------------------
 
-    def _tx(self) -> "_Tx":
+    def _tx(self) -> _Tx:
         return _Tx(self)
 
     def _one(self, sql: str, args: tuple[Any, ...] = ()) -> ScanRecord | None:
@@ -159,7 +161,9 @@ class Journal:
 
     # --- recording scans -------------------------------------------------------------------
 
-    def record_ready(self, path: str, size: int, mtime_ns: int, *, details: dict[str, Any] | None = None) -> tuple[ScanRecord, bool]:
+    def record_ready(
+        self, path: str, size: int, mtime_ns: int, *, details: dict[str, Any] | None = None
+    ) -> tuple[ScanRecord, bool]:
         """Record a scan judged complete. Returns (record, new). A known identity is returned as is:
         a scan already stored, held, or in progress is never queued twice."""
         ident = identity_of(path, size, mtime_ns)
@@ -174,7 +178,10 @@ class Journal:
                 (path, ident, size, mtime_ns, now, now, now, json.dumps(details or {})),
             )
             sid = cur.lastrowid
-            db.execute("INSERT INTO events(scan_id, at, state, reason) VALUES (?,?,?,?)", (sid, now, "ready", "scan complete"))
+            db.execute(
+                "INSERT INTO events(scan_id, at, state, reason) VALUES (?,?,?,?)",
+                (sid, now, "ready", "scan complete"),
+            )
             # A newer identity at the same path supersedes older unfinished rows for that path
             # (the scanner rewrote the file before we got to it): they will never be processed.
             db.execute(
@@ -197,9 +204,17 @@ class Journal:
     def by_flow_run(self, flow_run_id: str) -> ScanRecord | None:
         return self._one("SELECT * FROM scans WHERE flow_run_id=? ORDER BY id DESC LIMIT 1", (flow_run_id,))
 
-    def transition(self, scan_id: int, state: str, *, reason: str | None = None, kind: str | None = None,
-                   expect: tuple[str, ...] | None = None, next_check: float | None = None,
-                   **fields: Any) -> ScanRecord:
+    def transition(
+        self,
+        scan_id: int,
+        state: str,
+        *,
+        reason: str | None = None,
+        kind: str | None = None,
+        expect: tuple[str, ...] | None = None,
+        next_check: float | None = None,
+        **fields: Any,
+    ) -> ScanRecord:
         """Move a scan to ``state`` in one transaction, recording why. ``expect`` guards against
         races: the transition only happens from one of those states (else ValueError)."""
         if state not in STATES:
@@ -211,7 +226,13 @@ class Journal:
                 raise KeyError(f"no scan with id {scan_id}")
             if expect is not None and row["state"] not in expect:
                 raise ValueError(f"scan {scan_id} is {row['state']}, not {'/'.join(expect)}")
-            sets: dict[str, Any] = {"state": state, "updated": now, "reason": reason, "kind": kind, "next_check": next_check}
+            sets: dict[str, Any] = {
+                "state": state,
+                "updated": now,
+                "reason": reason,
+                "kind": kind,
+                "next_check": next_check,
+            }
             if state == "held" and row["held_since"] is None:
                 sets["held_since"] = now
             if state == "stored":
@@ -225,7 +246,10 @@ class Journal:
             sets.update(fields)
             cols = ", ".join(f"{k}=?" for k in sets)
             db.execute(f"UPDATE scans SET {cols} WHERE id=?", (*sets.values(), scan_id))
-            db.execute("INSERT INTO events(scan_id, at, state, reason) VALUES (?,?,?,?)", (scan_id, now, state, reason))
+            db.execute(
+                "INSERT INTO events(scan_id, at, state, reason) VALUES (?,?,?,?)",
+                (scan_id, now, state, reason),
+            )
             row = db.execute("SELECT * FROM scans WHERE id=?", (scan_id,)).fetchone()
         return ScanRecord.from_row(row)
 
@@ -240,7 +264,9 @@ class Journal:
                 merged.update(fields["details"] or {})
                 fields["details"] = json.dumps(merged, default=str)
             cols = ", ".join(f"{k}=?" for k in fields)
-            db.execute(f"UPDATE scans SET {cols}, updated=? WHERE id=?", (*fields.values(), self._clock(), scan_id))
+            db.execute(
+                f"UPDATE scans SET {cols}, updated=? WHERE id=?", (*fields.values(), self._clock(), scan_id)
+            )
 
     # --- queries used by the dispatcher --------------------------------------------------
 
@@ -250,15 +276,20 @@ class Journal:
     def due(self, now: float | None = None) -> list[ScanRecord]:
         """Held and transiently failed scans whose re-check time has come."""
         now = self._clock() if now is None else now
-        return self._many("SELECT * FROM scans WHERE state IN ('held','failed') AND next_check IS NOT NULL"
-                          " AND next_check<=? ORDER BY next_check, id", (now,))
+        return self._many(
+            "SELECT * FROM scans WHERE state IN ('held','failed') AND next_check IS NOT NULL"
+            " AND next_check<=? ORDER BY next_check, id",
+            (now,),
+        )
 
     def in_state(self, *states: str) -> list[ScanRecord]:
         marks = ",".join("?" * len(states))
         return self._many(f"SELECT * FROM scans WHERE state IN ({marks}) ORDER BY id", states)
 
     def stored_for_barcode(self, barcode: str) -> list[ScanRecord]:
-        return self._many("SELECT * FROM scans WHERE barcode=? AND state='stored' ORDER BY stored_at, id", (barcode,))
+        return self._many(
+            "SELECT * FROM scans WHERE barcode=? AND state='stored' ORDER BY stored_at, id", (barcode,)
+        )
 
     def stored_unremoved(self) -> list[ScanRecord]:
         """Stored scans whose source was not yet removed (a crash between the two steps)."""
@@ -271,26 +302,37 @@ class Journal:
         """Rows left ``processing`` by a process that died go back to ``ready``; returns them."""
         rows = self.in_state("processing")
         for r in rows:
-            self.transition(r.id, "ready", reason="resumed after the agent stopped mid-scan",
-                            expect=("processing",), flow_run_id=r.flow_run_id)
+            self.transition(
+                r.id,
+                "ready",
+                reason="resumed after the agent stopped mid-scan",
+                expect=("processing",),
+                flow_run_id=r.flow_run_id,
+            )
         return rows
 
     def events(self, scan_id: int) -> list[dict[str, Any]]:
         with self._lock:
-            return [dict(r) for r in self._db.execute(
-                "SELECT at, state, reason FROM events WHERE scan_id=? ORDER BY id", (scan_id,)).fetchall()]
+            return [
+                dict(r)
+                for r in self._db.execute(
+                    "SELECT at, state, reason FROM events WHERE scan_id=? ORDER BY id", (scan_id,)
+                ).fetchall()
+            ]
 
     def counts(self) -> dict[str, int]:
         with self._lock:
             rows = self._db.execute("SELECT state, COUNT(*) AS n FROM scans GROUP BY state").fetchall()
-        out = {s: 0 for s in STATES}
+        out = dict.fromkeys(STATES, 0)
         out.update({r["state"]: r["n"] for r in rows})
         return out
 
     def stored_since(self, since: float) -> tuple[int, int]:
         with self._lock:
-            row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size),0) FROM scans WHERE state='stored' AND stored_at>=?",
-                                   (since,)).fetchone()
+            row = self._db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(size),0) FROM scans WHERE state='stored' AND stored_at>=?",
+                (since,),
+            ).fetchone()
         return int(row[0]), int(row[1])
 
     def last_stored(self) -> ScanRecord | None:
@@ -302,8 +344,11 @@ class Journal:
         now = self._clock()
         with self._tx() as db:
             for k, v in values.items():
-                db.execute("INSERT INTO health(key, value, updated) VALUES (?,?,?) ON CONFLICT(key) DO UPDATE"
-                           " SET value=excluded.value, updated=excluded.updated", (k, json.dumps(v, default=str), now))
+                db.execute(
+                    "INSERT INTO health(key, value, updated) VALUES (?,?,?) ON CONFLICT(key) DO UPDATE"
+                    " SET value=excluded.value, updated=excluded.updated",
+                    (k, json.dumps(v, default=str), now),
+                )
 
     def health(self) -> dict[str, Any]:
         with self._lock:
@@ -322,17 +367,21 @@ class Journal:
             row = db.execute("SELECT satisfied_at FROM rescans WHERE barcode=?", (barcode,)).fetchone()
             if row is not None and row["satisfied_at"] is None:
                 return False
-            db.execute("INSERT INTO rescans(barcode, requested_at, requested_by, reason, deadline) VALUES (?,?,?,?,?)"
-                       " ON CONFLICT(barcode) DO UPDATE SET requested_at=excluded.requested_at, requested_by=excluded.requested_by,"
-                       " reason=excluded.reason, deadline=excluded.deadline, satisfied_at=NULL, alerted_at=NULL",
-                       (barcode, now, by, reason, deadline))
+            db.execute(
+                "INSERT INTO rescans(barcode, requested_at, requested_by, reason, deadline) VALUES (?,?,?,?,?)"
+                " ON CONFLICT(barcode) DO UPDATE SET requested_at=excluded.requested_at, requested_by=excluded.requested_by,"
+                " reason=excluded.reason, deadline=excluded.deadline, satisfied_at=NULL, alerted_at=NULL",
+                (barcode, now, by, reason, deadline),
+            )
         return True
 
     def satisfy_rescan(self, barcode: str) -> dict[str, Any] | None:
         """A new scan of ``barcode`` arrived: close its open request (returned) if any."""
         now = self._clock()
         with self._tx() as db:
-            row = db.execute("SELECT * FROM rescans WHERE barcode=? AND satisfied_at IS NULL", (barcode,)).fetchone()
+            row = db.execute(
+                "SELECT * FROM rescans WHERE barcode=? AND satisfied_at IS NULL", (barcode,)
+            ).fetchone()
             if row is None:
                 return None
             db.execute("UPDATE rescans SET satisfied_at=? WHERE barcode=?", (now, barcode))
@@ -341,17 +390,29 @@ class Journal:
     def rescan_known(self, barcode: str) -> bool:
         """Whether any rescan request (open or satisfied) was ever recorded for ``barcode``."""
         with self._lock:
-            return self._db.execute("SELECT 1 FROM rescans WHERE barcode=?", (barcode,)).fetchone() is not None
+            return (
+                self._db.execute("SELECT 1 FROM rescans WHERE barcode=?", (barcode,)).fetchone() is not None
+            )
 
     def open_rescans(self) -> list[dict[str, Any]]:
         with self._lock:
-            return [dict(r) for r in self._db.execute("SELECT * FROM rescans WHERE satisfied_at IS NULL ORDER BY deadline")]
+            return [
+                dict(r)
+                for r in self._db.execute(
+                    "SELECT * FROM rescans WHERE satisfied_at IS NULL ORDER BY deadline"
+                )
+            ]
 
     def overdue_rescans(self, now: float | None = None) -> list[dict[str, Any]]:
         now = self._clock() if now is None else now
         with self._lock:
-            return [dict(r) for r in self._db.execute(
-                "SELECT * FROM rescans WHERE satisfied_at IS NULL AND alerted_at IS NULL AND deadline<=?", (now,))]
+            return [
+                dict(r)
+                for r in self._db.execute(
+                    "SELECT * FROM rescans WHERE satisfied_at IS NULL AND alerted_at IS NULL AND deadline<=?",
+                    (now,),
+                )
+            ]
 
     def mark_rescan_alerted(self, barcode: str) -> None:
         with self._tx() as db:
@@ -374,4 +435,3 @@ class _Tx:
             self.j._db.execute("ROLLBACK" if exc_type else "COMMIT")
         finally:
             self.j._lock.release()
-

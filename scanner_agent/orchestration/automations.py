@@ -36,8 +36,17 @@ WEBHOOK_SLUG = "custom-webhook"  # Prefect's CustomWebhookNotificationBlock
 
 #: Final states a scan run can end in (the flow names some of its own: Held, Quarantined, ...).
 #: Any of them after a heartbeat means the run ended normally and must not be crashed.
-FINAL_STATE_NAMES = ("Completed", "Failed", "Cancelled", "Crashed", "Held", "Quarantined", "Already stored",
-                     "Stored, QC failed", "Cached")
+FINAL_STATE_NAMES = (
+    "Completed",
+    "Failed",
+    "Cancelled",
+    "Crashed",
+    "Held",
+    "Quarantined",
+    "Already stored",
+    "Stored, QC failed",
+    "Cached",
+)
 #: Always notified: the one outcome the agent cannot report, because it is dead.
 CRASHED_STATES = ("Crashed",)
 #: Notified as well when the agent's own Slack/e-mail alerts are off for the scanner.
@@ -45,14 +54,17 @@ FAILED_STATES = ("Failed", "Held", "Quarantined", "Crashed")
 
 NOTIFY_WINDOW_SECONDS = 600
 
-CRASH_MESSAGE = ("No heartbeat from the scanner-agent running this scan for {minutes}: its host is down, asleep or "
-                 "cut off from the Prefect server. The scan is safe on the scanner's disk (a source is removed only "
-                 "after a verified copy exists) and resumes when the agent starts again; check "
-                 "`systemctl status scanner-agent@<scanner>` on that host.")
+CRASH_MESSAGE = (
+    "No heartbeat from the scanner-agent running this scan for {minutes}: its host is down, asleep or "
+    "cut off from the Prefect server. The scan is safe on the scanner's disk (a source is removed only "
+    "after a verified copy exists) and resumes when the agent starts again; check "
+    "`systemctl status scanner-agent@<scanner>` on that host."
+)
 
 NOTIFY_SUBJECT = "{{ flow.name }}: {{ flow_run.name }} is {{ flow_run.state.name }}"
-NOTIFY_BODY = ("{{ flow.name }}: scan {{ flow_run.name }} is {{ flow_run.state.name }}.\n"
-               "{{ flow_run.state.message }}\n")
+NOTIFY_BODY = (
+    "{{ flow.name }}: scan {{ flow_run.name }} is {{ flow_run.state.name }}.\n{{ flow_run.state.message }}\n"
+)
 #: The run's link: from the agent's configured UI address, else the server's PREFECT_UI_URL.
 SERVER_LINK = '{{ flow_run|ui_url or "(set PREFECT_UI_URL on the Prefect server for a link to the run)" }}'
 
@@ -94,17 +106,25 @@ def crash_automation(crash_after_seconds: float, *, heartbeat: int | None = None
 
     beat = heartbeat_seconds() if heartbeat is None else heartbeat
     if beat is None:
-        raise SetupError("flow-run heartbeats are off (PREFECT_FLOWS_HEARTBEAT_FREQUENCY is empty), so a dead host "
-                         "cannot be told from a long scan; unset it (default 180 s) and run setup-prefect again")
+        raise SetupError(
+            "flow-run heartbeats are off (PREFECT_FLOWS_HEARTBEAT_FREQUENCY is empty), so a dead host "
+            "cannot be told from a long scan; unset it (default 180 s) and run setup-prefect again"
+        )
     if crash_after_seconds < 2 * beat:
-        raise SetupError(f"prefect.crash_after_seconds = {crash_after_seconds:g} is less than twice the heartbeat "
-                         f"interval ({beat} s, PREFECT_FLOWS_HEARTBEAT_FREQUENCY): healthy runs would be crashed; "
-                         f"set it to at least {2 * beat}")
-    minutes = f"{crash_after_seconds / 60:g} min" if crash_after_seconds >= 60 else f"{crash_after_seconds:g} s"
+        raise SetupError(
+            f"prefect.crash_after_seconds = {crash_after_seconds:g} is less than twice the heartbeat "
+            f"interval ({beat} s, PREFECT_FLOWS_HEARTBEAT_FREQUENCY): healthy runs would be crashed; "
+            f"set it to at least {2 * beat}"
+        )
+    minutes = (
+        f"{crash_after_seconds / 60:g} min" if crash_after_seconds >= 60 else f"{crash_after_seconds:g} s"
+    )
     return AutomationCore(
         name=CRASH_AUTOMATION,
-        description=(f"Sets a scan run Crashed when its scanner-agent stops sending heartbeats (every {beat} s) for "
-                     f"{minutes} without the run finishing. Created by `scanner-agent setup-prefect`."),
+        description=(
+            f"Sets a scan run Crashed when its scanner-agent stops sending heartbeats (every {beat} s) for "
+            f"{minutes} without the run finishing. Created by `scanner-agent setup-prefect`."
+        ),
         tags=[TAG],
         trigger=EventTrigger(
             match={"prefect.resource.id": "prefect.flow-run.*"},
@@ -121,22 +141,32 @@ def crash_automation(crash_after_seconds: float, *, heartbeat: int | None = None
     )
 
 
-def notify_automation(scanner: str, block_document_id: UUID, *, agent_alerts_on: bool, ui_url: str = "") -> Any:
+def notify_automation(
+    scanner: str, block_document_id: UUID, *, agent_alerts_on: bool, ui_url: str = ""
+) -> Any:
     """The reactive trigger on the scanner's runs ending badly, posting through the webhook block."""
     from prefect.events.actions import SendNotification
     from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
 
     states = CRASHED_STATES if agent_alerts_on else FAILED_STATES
-    why = ("the agent's own alerts cover Failed, Held and Quarantined" if agent_alerts_on
-           else "the agent's own alerts are off for this scanner")
+    why = (
+        "the agent's own alerts cover Failed, Held and Quarantined"
+        if agent_alerts_on
+        else "the agent's own alerts are off for this scanner"
+    )
     return AutomationCore(
         name=NOTIFY_AUTOMATION.format(scanner=scanner),
-        description=(f"Posts to the lab's chat webhook when a {flow_name_pattern(scanner)} run ends "
-                     f"{'/'.join(states)} ({why}). Created by `scanner-agent setup-prefect --notify`."),
+        description=(
+            f"Posts to the lab's chat webhook when a {flow_name_pattern(scanner)} run ends "
+            f"{'/'.join(states)} ({why}). Created by `scanner-agent setup-prefect --notify`."
+        ),
         tags=[TAG, f"scanner:{scanner}"],
         trigger=EventTrigger(
             match={"prefect.resource.id": "prefect.flow-run.*"},
-            match_related={"prefect.resource.role": "flow", "prefect.resource.name": flow_name_pattern(scanner)},
+            match_related={
+                "prefect.resource.role": "flow",
+                "prefect.resource.name": flow_name_pattern(scanner),
+            },
             expect={f"prefect.flow-run.{s}" for s in states},
             for_each={"prefect.resource.id"},
             posture=Posture.Reactive,
@@ -145,14 +175,22 @@ def notify_automation(scanner: str, block_document_id: UUID, *, agent_alerts_on:
             # than once (seen: four posts for one Crashed state with a 0 s window).
             within=timedelta(seconds=NOTIFY_WINDOW_SECONDS),
         ),
-        actions=[SendNotification(block_document_id=block_document_id, subject=NOTIFY_SUBJECT, body=NOTIFY_BODY + (
-            f"{ui_url.rstrip('/')}/runs/flow-run/{{{{ flow_run.id }}}}" if ui_url else SERVER_LINK))],
+        actions=[
+            SendNotification(
+                block_document_id=block_document_id,
+                subject=NOTIFY_SUBJECT,
+                body=NOTIFY_BODY
+                + (f"{ui_url.rstrip('/')}/runs/flow-run/{{{{ flow_run.id }}}}" if ui_url else SERVER_LINK),
+            )
+        ],
     )
 
 
 def block_name(scanner: str) -> str:
     # Block document names: lowercase letters, digits and dashes.
-    return "scanner-agent-" + (re.sub(r"[^a-z0-9-]+", "-", scanner.lower()).strip("-") or "scanner") + "-notify"
+    return (
+        "scanner-agent-" + (re.sub(r"[^a-z0-9-]+", "-", scanner.lower()).strip("-") or "scanner") + "-notify"
+    )
 
 
 def webhook_block(scanner: str, webhook_url: str) -> Any:
@@ -161,8 +199,10 @@ def webhook_block(scanner: str, webhook_url: str) -> Any:
     from prefect.blocks.notifications import CustomWebhookNotificationBlock
 
     if not re.match(r"https?://", webhook_url):
-        raise SetupError("prefect.notify_webhook_url_file must hold an http(s) webhook URL "
-                         "(a Slack incoming webhook, or any webhook taking Slack's {\"text\": ...} JSON)")
+        raise SetupError(
+            "prefect.notify_webhook_url_file must hold an http(s) webhook URL "
+            '(a Slack incoming webhook, or any webhook taking Slack\'s {"text": ...} JSON)'
+        )
     return CustomWebhookNotificationBlock(
         name=f"scanner-agent {scanner}",
         url="{{webhook_url}}",
@@ -204,27 +244,40 @@ async def ensure_block(client: Any, block: Any, name: str) -> Outcome:
     from prefect.exceptions import ObjectNotFound
 
     try:
-        old = await client.read_block_document_by_name(name, block_type_slug=WEBHOOK_SLUG, include_secrets=True)
+        old = await client.read_block_document_by_name(
+            name, block_type_slug=WEBHOOK_SLUG, include_secrets=True
+        )
     except ObjectNotFound:
         old = None
-    want = {k: v for k, v in block.model_dump(mode="json", context={"include_secrets": True}).items()
-            if not k.startswith("_") and k != "block_type_slug"}
+    want = {
+        k: v
+        for k, v in block.model_dump(mode="json", context={"include_secrets": True}).items()
+        if not k.startswith("_") and k != "block_type_slug"
+    }
     if old is not None and old.data == want:
         return Outcome("block", name, "unchanged", old.id)
     block_id = await block.asave(name, overwrite=True, client=client)
     return Outcome("block", name, "updated" if old is not None else "created", block_id)
 
 
-async def setup_prefect(*, scanner: str, crash_after_seconds: float, notify: bool = False,
-                        webhook_url: str | None = None, agent_alerts_on: bool = True,
-                        ui_url: str = "") -> list[Outcome]:
+async def setup_prefect(
+    *,
+    scanner: str,
+    crash_after_seconds: float,
+    notify: bool = False,
+    webhook_url: str | None = None,
+    agent_alerts_on: bool = True,
+    ui_url: str = "",
+) -> list[Outcome]:
     """Create or update this server's automations for ``scanner``; returns what was done."""
     from prefect.client.orchestration import get_client
 
     crash = crash_automation(crash_after_seconds)
     if notify and not webhook_url:
-        raise SetupError("--notify needs a webhook: set prefect.notify_webhook_url_file (a file holding the URL) "
-                         "or SCANNER_AGENT_PREFECT__NOTIFY_WEBHOOK_URL")
+        raise SetupError(
+            "--notify needs a webhook: set prefect.notify_webhook_url_file (a file holding the URL) "
+            "or SCANNER_AGENT_PREFECT__NOTIFY_WEBHOOK_URL"
+        )
     out: list[Outcome] = []
     async with get_client() as client:
         out.append(await ensure_automation(client, crash))
@@ -233,8 +286,12 @@ async def setup_prefect(*, scanner: str, crash_after_seconds: float, notify: boo
             name = block_name(scanner)
             block = await ensure_block(client, webhook_block(scanner, webhook_url), name)
             out.append(block)
-            out.append(await ensure_automation(client, notify_automation(scanner, block.id, ui_url=ui_url,
-                                                                         agent_alerts_on=agent_alerts_on)))
+            out.append(
+                await ensure_automation(
+                    client,
+                    notify_automation(scanner, block.id, ui_url=ui_url, agent_alerts_on=agent_alerts_on),
+                )
+            )
     return out
 
 
@@ -253,6 +310,6 @@ async def remove(names: Sequence[str], block_names: Sequence[str] = ()) -> None:
         for bname in block_names:
             try:
                 doc = await client.read_block_document_by_name(bname, block_type_slug=WEBHOOK_SLUG)
-            except Exception:  # noqa: BLE001 - already gone
+            except Exception:
                 continue
             await client.delete_block_document(doc.id)

@@ -57,7 +57,9 @@ def _connect_ro(journal_path: Path) -> sqlite3.Connection:
     return db
 
 
-def daily_rows(journal_path: Path, *, days: int = DEFAULT_DAYS, today: date | None = None) -> list[dict[str, Any]]:
+def daily_rows(
+    journal_path: Path, *, days: int = DEFAULT_DAYS, today: date | None = None
+) -> list[dict[str, Any]]:
     """One row per day for the last ``days`` days (today first), zeros included, from the journal."""
     today = today or date.today()
     first = today - timedelta(days=days - 1)
@@ -73,15 +75,17 @@ def daily_rows(journal_path: Path, *, days: int = DEFAULT_DAYS, today: date | No
     for i in range(days):
         day = today - timedelta(days=i)
         c = counts.get(day.isoformat(), {})
-        rows.append({
-            "Day": day.isoformat(),
-            "New scans": c.get("ready", (0, 0))[0],
-            "Stored": c.get("stored", (0, 0))[0],
-            "Stored (GB)": round(c.get("stored", (0, 0))[1] / 1e9, 3),
-            "Held": c.get("held", (0, 0))[0],
-            "Failed": c.get("failed", (0, 0))[0],
-            "Quarantined": c.get("quarantined", (0, 0))[0],
-        })
+        rows.append(
+            {
+                "Day": day.isoformat(),
+                "New scans": c.get("ready", (0, 0))[0],
+                "Stored": c.get("stored", (0, 0))[0],
+                "Stored (GB)": round(c.get("stored", (0, 0))[1] / 1e9, 3),
+                "Held": c.get("held", (0, 0))[0],
+                "Failed": c.get("failed", (0, 0))[0],
+                "Quarantined": c.get("quarantined", (0, 0))[0],
+            }
+        )
     return rows
 
 
@@ -89,8 +93,10 @@ def open_counts(journal_path: Path) -> dict[str, int]:
     """Scans waiting for a person right now (for the artifact's description)."""
     db = _connect_ro(journal_path)
     try:
-        rows = db.execute("SELECT state, COUNT(*) AS n FROM scans WHERE state IN ('held','failed','quarantined')"
-                          " GROUP BY state").fetchall()
+        rows = db.execute(
+            "SELECT state, COUNT(*) AS n FROM scans WHERE state IN ('held','failed','quarantined')"
+            " GROUP BY state"
+        ).fetchall()
     finally:
         db.close()
     out = {"held": 0, "failed": 0, "quarantined": 0}
@@ -101,11 +107,13 @@ def open_counts(journal_path: Path) -> dict[str, int]:
 def describe(scanner: str, rows: list[dict[str, Any]], now_open: dict[str, int]) -> str:
     total = sum(r["Stored"] for r in rows)
     gb = sum(r["Stored (GB)"] for r in rows)
-    return (f"**{scanner}**: scans per day over the last {len(rows)} days, from the agent's journal "
-            f"({total} stored, {gb:.2f} GB). Now waiting: {now_open['held']} held (no complete sheet row), "
-            f"{now_open['failed']} failed, {now_open['quarantined']} in quarantine; `scanner-agent status` on the "
-            f"scanner's host lists them. A day counts each scan once per outcome; *New scans* are those found "
-            f"complete that day. Updated {datetime.now().astimezone().isoformat(timespec='minutes')}.")
+    return (
+        f"**{scanner}**: scans per day over the last {len(rows)} days, from the agent's journal "
+        f"({total} stored, {gb:.2f} GB). Now waiting: {now_open['held']} held (no complete sheet row), "
+        f"{now_open['failed']} failed, {now_open['quarantined']} in quarantine; `scanner-agent status` on the "
+        f"scanner's host lists them. A day counts each scan once per outcome; *New scans* are those found "
+        f"complete that day. Updated {datetime.now().astimezone().isoformat(timespec='minutes')}."
+    )
 
 
 def create_table(key: str, rows: list[dict[str, Any]], description: str) -> UUID:
@@ -116,8 +124,9 @@ def create_table(key: str, rows: list[dict[str, Any]], description: str) -> UUID
     from prefect.client.schemas.actions import ArtifactCreate
 
     with get_client(sync_client=True) as client:
-        return client.create_artifact(artifact=ArtifactCreate(type="table", key=key, description=description,
-                                                              data=json.dumps(rows))).id
+        return client.create_artifact(
+            artifact=ArtifactCreate(type="table", key=key, description=description, data=json.dumps(rows))
+        ).id
 
 
 def publish(scanner: str, journal_path: Path, *, days: int = DEFAULT_DAYS) -> UUID:
@@ -129,8 +138,14 @@ def publish(scanner: str, journal_path: Path, *, days: int = DEFAULT_DAYS) -> UU
 class DailyReporter:
     """Publishes one scanner's report at most every ``every_seconds``, and only when it changed."""
 
-    def __init__(self, scanner: str, journal_path: Path, *, every_seconds: float = DEFAULT_EVERY_SECONDS,
-                 days: int = DEFAULT_DAYS) -> None:
+    def __init__(
+        self,
+        scanner: str,
+        journal_path: Path,
+        *,
+        every_seconds: float = DEFAULT_EVERY_SECONDS,
+        days: int = DEFAULT_DAYS,
+    ) -> None:
         self.scanner = scanner
         self.journal_path = Path(journal_path)
         self.every_seconds = every_seconds
@@ -153,8 +168,9 @@ class DailyReporter:
         if not background:
             self._publish_if_changed()
             return True
-        self._thread = threading.Thread(target=self._publish_if_changed, name=f"daily-report-{self.scanner}",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._publish_if_changed, name=f"daily-report-{self.scanner}", daemon=True
+        )
         self._thread.start()
         return True
 
@@ -172,7 +188,7 @@ class DailyReporter:
             create_table(artifact_key(self.scanner), rows, describe(self.scanner, rows, now_open))
             self._last_digest = digest
             self.published += 1
-        except Exception as exc:  # noqa: BLE001 - a report must never trouble the agent; next try in a while
+        except Exception as exc:
             log.warning("could not publish the daily report for %s: %s", self.scanner, exc)
 
 

@@ -39,9 +39,11 @@ async def ensure_deployment(agent: Agent) -> UUID:
             flow_id=flow_id,
             name=deployment_name(agent),
             tags=[f"scanner:{agent.name}"],
-            description=(f"Scans from {agent.name}'s folder {agent.cfg.scanner.watch}, run by the scanner-agent "
-                         "on that host. Press Retry on a failed run once its cause is fixed; the agent that holds "
-                         "the scan reprocesses it."),
+            description=(
+                f"Scans from {agent.name}'s folder {agent.cfg.scanner.watch}, run by the scanner-agent "
+                "on that host. Press Retry on a failed run once its cause is fixed; the agent that holds "
+                "the scan reprocesses it."
+            ),
             entrypoint="scanner_agent/orchestration/flows.py:scan_image_flow",
             parameter_openapi_schema=parameter_schema(flow).model_dump_for_openapi(),
             enforce_parameter_schema=False,
@@ -54,23 +56,36 @@ def ensure_deployment_sync(agent: Agent) -> UUID | None:
 
     try:
         return asyncio.run(ensure_deployment(agent))
-    except Exception as exc:  # noqa: BLE001 - without it runs still work, only the UI's Retry does not
-        log.warning("could not register the Prefect deployment for %s (runs will not offer Retry): %s", agent.name, exc)
+    except Exception as exc:
+        log.warning(
+            "could not register the Prefect deployment for %s (runs will not offer Retry): %s",
+            agent.name,
+            exc,
+        )
         return None
 
 
 async def retry_requests(agent: Agent, deployment_id: UUID) -> list[Any]:
     """Runs of this agent's deployment that a person set to AwaitingRetry."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (DeploymentFilter, DeploymentFilterId, FlowRunFilter,
-                                                FlowRunFilterState, FlowRunFilterStateName)
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateName,
+    )
 
     async with get_client() as client:
-        return list(await client.read_flow_runs(
-            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
-            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(name=FlowRunFilterStateName(any_=["AwaitingRetry"]))),
-            limit=100,
-        ))
+        return list(
+            await client.read_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
+                flow_run_filter=FlowRunFilter(
+                    state=FlowRunFilterState(name=FlowRunFilterStateName(any_=["AwaitingRetry"]))
+                ),
+                limit=100,
+            )
+        )
 
 
 async def reject_run(run_id: UUID, message: str) -> None:

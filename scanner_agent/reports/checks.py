@@ -40,18 +40,30 @@ def run_checks(cfg: AgentConfig, *, network: bool = True) -> list[Result]:
     out.append(_writable_dir(cfg.storage.root, "storage.root"))
     if cfg.storage.marker_file:
         marker = cfg.storage.root / cfg.storage.marker_file
-        out.append((marker.exists(), f"storage.marker_file {marker} " + (
-            "is there (the share is mounted)" if marker.exists() else
-            "is missing: is the share mounted? (for a new storage location: touch it once)")))
+        out.append(
+            (
+                marker.exists(),
+                f"storage.marker_file {marker} "
+                + (
+                    "is there (the share is mounted)"
+                    if marker.exists()
+                    else "is missing: is the share mounted? (for a new storage location: touch it once)"
+                ),
+            )
+        )
     out.append(_writable_dir(cfg.state_dir, "journal folder", create=True))
     # Create it only inside a folder that exists: creating <missing watch>/.quarantine would also
     # create the missing scanner.watch, and the next `check` would hide the typo (or unmounted share).
-    out.append(_writable_dir(cfg.quarantine_dir, "quarantine folder", create=cfg.quarantine_dir.parent.is_dir()))
+    out.append(
+        _writable_dir(cfg.quarantine_dir, "quarantine folder", create=cfg.quarantine_dir.parent.is_dir())
+    )
     if hasattr(os, "geteuid") and os.geteuid() == 0 and not cfg.scanner.allow_root:
         out.append((False, "running as root: `run` will refuse; use the scanner-agent service user"))
-    for path, key in ((cfg.sheet.credentials_file, "sheet.credentials_file"),
-                      (cfg.alerts.slack_token_file, "alerts.slack_token_file"),
-                      (cfg.alerts.smtp_password_file, "alerts.smtp_password_file")):
+    for path, key in (
+        (cfg.sheet.credentials_file, "sheet.credentials_file"),
+        (cfg.alerts.slack_token_file, "alerts.slack_token_file"),
+        (cfg.alerts.smtp_password_file, "alerts.smtp_password_file"),
+    ):
         for p in secret_file_problems(path, key):
             out.append((False, p))
     out.extend(_sheet_checks(cfg, network))
@@ -62,9 +74,9 @@ def run_checks(cfg: AgentConfig, *, network: bool = True) -> list[Result]:
 
 
 def _sheet_checks(cfg: AgentConfig, network: bool) -> list[Result]:
-    from scanner_agent.service.bootstrap import build_sheet
     from scanner_agent.core.errors import ScanError
     from scanner_agent.core.naming import layout_columns
+    from scanner_agent.service.bootstrap import build_sheet
 
     if cfg.sheet.spreadsheet_key and not network:
         return [(True, "sheet: Google Sheet not checked (--offline)")]
@@ -74,13 +86,23 @@ def _sheet_checks(cfg: AgentConfig, network: bool) -> list[Result]:
         table = source.table()
     except ScanError as exc:
         return out + [(False, f"sheet {source.describe()}: {exc.message}")]
-    out.append((True, f"sheet {table.source}: {len(table.rows)} barcodes, name from "
-                      f"{', '.join(c for c, _ in table.name_columns()) or '(barcode only)'}"))
+    out.append(
+        (
+            True,
+            f"sheet {table.source}: {len(table.rows)} barcodes, name from "
+            f"{', '.join(c for c, _ in table.name_columns()) or '(barcode only)'}",
+        )
+    )
     out.extend((False, f"sheet: {p}") for p in table.problems)
     for col in layout_columns(cfg.storage.layout):
         if col not in table.columns:
-            out.append((False, f"storage.layout names column {col!r}, which the sheet {table.source} does not have "
-                               f"(columns: {', '.join(table.columns)})"))
+            out.append(
+                (
+                    False,
+                    f"storage.layout names column {col!r}, which the sheet {table.source} does not have "
+                    f"(columns: {', '.join(table.columns)})",
+                )
+            )
     return out
 
 
@@ -89,10 +111,12 @@ def _alert_checks(cfg: AgentConfig) -> list[Result]:
 
     try:
         channels = build_channels(cfg)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return [(False, f"alerts: {exc}")]
     if not channels:
-        return [(True, "alerts: no Slack or e-mail configured (failures are only in the journal and Prefect)")]
+        return [
+            (True, "alerts: no Slack or e-mail configured (failures are only in the journal and Prefect)")
+        ]
     out: list[Result] = []
     for ch in channels:
         problems = ch.check()
@@ -118,7 +142,7 @@ def _prefect_check(cfg: AgentConfig) -> Result:
                 if failed is not None:
                     raise failed
                 v = client.api_version()
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return False, f"prefect: server {url} does not answer: {exc}"
     ours = prefect.__version__
     if str(v).split(".")[0] != ours.split(".")[0]:

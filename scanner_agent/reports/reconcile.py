@@ -20,29 +20,42 @@ import os
 import re
 import time
 from collections import defaultdict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
-from scanner_agent.core.barcode import barcode_from_name, compile_barcode_regex
 from scanner_agent.config import AgentConfig
-from scanner_agent.journal.store import Journal, ScanRecord
+from scanner_agent.core.barcode import barcode_from_name, compile_barcode_regex
 from scanner_agent.core.sheet_table import MetadataSource, SheetTable
+from scanner_agent.journal.store import Journal, ScanRecord
 from scanner_agent.storage.transfer import SUPERSEDED_DIRNAME
 
 log = logging.getLogger(__name__)
 
 #: Report order: what needs a person first, the good news last.
 CATEGORIES = (
-    "stored_twice", "missing_from_storage", "failed", "quarantined", "held", "missing_rescans",
-    "scanned_not_in_sheet", "in_sheet_never_scanned", "rescanned", "in_progress", "stored",
+    "stored_twice",
+    "missing_from_storage",
+    "failed",
+    "quarantined",
+    "held",
+    "missing_rescans",
+    "scanned_not_in_sheet",
+    "in_sheet_never_scanned",
+    "rescanned",
+    "in_progress",
+    "stored",
 )
 
 #: Section heading and what it means, for the text report.
 TITLES = {
     "stored_twice": ("Stored twice", "two current images of one barcode; keep one, move the other away"),
-    "missing_from_storage": ("Missing from storage", "stored according to the journal, but the image is gone"),
+    "missing_from_storage": (
+        "Missing from storage",
+        "stored according to the journal, but the image is gone",
+    ),
     "failed": ("Failed", "need a person, or are being retried"),
     "quarantined": ("Quarantined", "moved aside, not stored"),
     "held": ("Held", "waiting for the sheet"),
@@ -58,6 +71,7 @@ _IN_PROGRESS_STATES = ("seen", "ready", "processing")
 
 
 # --------------------------------------------------------------------------- time helpers
+
 
 def _iso(ts: float | None) -> str | None:
     """Local time with its UTC offset: readable in the e-mail, unambiguous in the JSON."""
@@ -86,6 +100,7 @@ def _short_time(iso: str | None) -> str:
 
 
 # --------------------------------------------------------------------------- storage
+
 
 @dataclass(frozen=True)
 class _Sidecar:
@@ -120,10 +135,17 @@ def _read_sidecar(path: Path, superseded: bool, problems: list[str]) -> _Sidecar
     image = path.parent / name if isinstance(name, str) and name else path.with_suffix("")
     if not os.path.lexists(image):
         # A record without its image is not a stored copy: it must not count as one (stored twice).
-        problems.append(f"{path}: sidecar of barcode {meta['barcode'].strip()} but its image {image.name} is missing")
+        problems.append(
+            f"{path}: sidecar of barcode {meta['barcode'].strip()} but its image {image.name} is missing"
+        )
         return None
-    return _Sidecar(barcode=meta["barcode"].strip(), sidecar=path, image=image,
-                    stored_at=_iso_from_text(meta.get("stored_at")), superseded=superseded)
+    return _Sidecar(
+        barcode=meta["barcode"].strip(),
+        sidecar=path,
+        image=image,
+        stored_at=_iso_from_text(meta.get("stored_at")),
+        superseded=superseded,
+    )
 
 
 def scan_storage(root: Path) -> _Storage:
@@ -159,6 +181,7 @@ def scan_storage(root: Path) -> _Storage:
 
 # --------------------------------------------------------------------------- reading the sources
 
+
 @dataclass
 class _Sources:
     sheet: SheetTable | None
@@ -179,8 +202,15 @@ class _Sources:
 
 
 def _read_sheet(cfg: AgentConfig, sheet: MetadataSource | None) -> tuple[SheetTable | None, dict[str, Any]]:
-    info: dict[str, Any] = {"source": None, "read_at": None, "available": False, "error": None,
-                            "warning": None, "barcodes": None, "problems": []}
+    info: dict[str, Any] = {
+        "source": None,
+        "read_at": None,
+        "available": False,
+        "error": None,
+        "warning": None,
+        "barcodes": None,
+        "problems": [],
+    }
     try:
         if sheet is None:
             from scanner_agent.service.bootstrap import build_sheet
@@ -188,22 +218,30 @@ def _read_sheet(cfg: AgentConfig, sheet: MetadataSource | None) -> tuple[SheetTa
             sheet = build_sheet(cfg)
         info["source"] = sheet.describe()
         table = sheet.table()
-    except Exception as exc:  # noqa: BLE001 - an unreadable sheet must not stop the journal/storage report
+    except Exception as exc:
         info["source"] = info["source"] or str(cfg.sheet.csv or f"Google Sheet {cfg.sheet.spreadsheet_key}")
         info["error"] = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
         log.warning("reconcile: sheet unavailable: %s", info["error"])
         return None, info
-    info.update(source=table.source, read_at=_iso(table.fetched_at), available=True,
-                barcodes=len(table.rows), problems=list(table.problems))
+    info.update(
+        source=table.source,
+        read_at=_iso(table.fetched_at),
+        available=True,
+        barcodes=len(table.rows),
+        problems=list(table.problems),
+    )
     # A Google source serves its last good copy while Google is down: say the copy may be old.
     last_error = getattr(sheet, "last_error", None)
     if isinstance(last_error, str) and last_error:
-        info["warning"] = f"latest read failed, using the copy read {_short_time(info['read_at'])}: {last_error}"
+        info["warning"] = (
+            f"latest read failed, using the copy read {_short_time(info['read_at'])}: {last_error}"
+        )
     return table, info
 
 
-def _read_journal(cfg: AgentConfig, journal: Journal | None
-                  ) -> tuple[list[ScanRecord] | None, list[dict[str, Any]] | None, dict[str, Any]]:
+def _read_journal(
+    cfg: AgentConfig, journal: Journal | None
+) -> tuple[list[ScanRecord] | None, list[dict[str, Any]] | None, dict[str, Any]]:
     path = journal.path if journal is not None else cfg.journal.path
     info: dict[str, Any] = {"path": str(path), "available": False, "error": None, "scans": None}
     own = journal is None
@@ -213,12 +251,12 @@ def _read_journal(cfg: AgentConfig, journal: Journal | None
         return None, None, info
     try:
         j = journal if journal is not None else Journal(path)
-    except Exception as exc:  # noqa: BLE001 - sqlite3.Error, PermissionError: report, don't crash
+    except Exception as exc:
         info["error"] = f"cannot open journal {path}: {exc}"
         return None, None, info
     try:
         rows, rescans = j.all(), j.open_rescans()
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         info["error"] = f"cannot read journal {path}: {exc}"
         return None, None, info
     finally:
@@ -229,7 +267,13 @@ def _read_journal(cfg: AgentConfig, journal: Journal | None
 
 
 def _read_storage(root: Path) -> tuple[_Storage | None, dict[str, Any]]:
-    info: dict[str, Any] = {"root": str(root), "available": False, "error": None, "images": None, "problems": []}
+    info: dict[str, Any] = {
+        "root": str(root),
+        "available": False,
+        "error": None,
+        "images": None,
+        "problems": [],
+    }
     if not root.is_dir():
         info["error"] = f"storage root {root} is not a readable folder (share not mounted?)"
         return None, info
@@ -239,6 +283,7 @@ def _read_storage(root: Path) -> tuple[_Storage | None, dict[str, Any]]:
 
 
 # --------------------------------------------------------------------------- journal views
+
 
 def _latest_per_path(rows: Iterable[ScanRecord]) -> set[int]:
     """Ids of the newest row for each path: older rows at a path were replaced by a rewrite."""
@@ -269,6 +314,7 @@ def _sort_key(entry: dict[str, Any]) -> tuple[bool, str, str]:
 
 # --------------------------------------------------------------------------- categories
 
+
 def _stored(src: _Sources) -> list[dict[str, Any]] | None:
     if src.rows is None and src.storage is None:
         return None
@@ -286,9 +332,16 @@ def _stored(src: _Sources) -> list[dict[str, Any]] | None:
             dest, at = str(car.image), car.stored_at
         else:
             continue  # the journal says stored but the image is gone: missing_from_storage
-        out.append({"barcode": b, "dest": dest, "stored_at": at, "in_journal": bool(jrows),
-                    "in_storage": bool(live or cars) if src.storage else None,
-                    "in_sheet": (b in src.sheet.rows) if src.sheet else None})
+        out.append(
+            {
+                "barcode": b,
+                "dest": dest,
+                "stored_at": at,
+                "in_journal": bool(jrows),
+                "in_storage": bool(live or cars) if src.storage else None,
+                "in_sheet": (b in src.sheet.rows) if src.sheet else None,
+            }
+        )
     return sorted(out, key=_sort_key)
 
 
@@ -313,22 +366,43 @@ def _rows_in(src: _Sources, state: str) -> list[ScanRecord]:
 def _held(src: _Sources) -> list[dict[str, Any]] | None:
     if src.rows is None:
         return None
-    return sorted(({"barcode": r.barcode, "file": r.path, "kind": r.kind, "reason": r.reason,
-                    "since": _iso(r.held_since or r.updated),
-                    "in_sheet": (r.barcode in src.sheet.rows) if src.sheet and r.barcode else None}
-                   for r in _rows_in(src, "held")), key=_sort_key)
+    return sorted(
+        (
+            {
+                "barcode": r.barcode,
+                "file": r.path,
+                "kind": r.kind,
+                "reason": r.reason,
+                "since": _iso(r.held_since or r.updated),
+                "in_sheet": (r.barcode in src.sheet.rows) if src.sheet and r.barcode else None,
+            }
+            for r in _rows_in(src, "held")
+        ),
+        key=_sort_key,
+    )
 
 
 def _failed(src: _Sources) -> list[dict[str, Any]] | None:
     if src.rows is None:
         return None
     stored = _stored_by_barcode(src.rows)
-    return sorted(({"barcode": r.barcode, "file": r.path, "kind": r.kind, "reason": r.reason,
-                    "since": _iso(r.updated), "attempts": r.attempts,
-                    "retrying": r.next_check is not None,
-                    # a later scan of the same barcode was stored: this one is only disk to free
-                    "barcode_stored_since": bool(r.barcode and r.barcode in stored)}
-                   for r in _rows_in(src, "failed")), key=_sort_key)
+    return sorted(
+        (
+            {
+                "barcode": r.barcode,
+                "file": r.path,
+                "kind": r.kind,
+                "reason": r.reason,
+                "since": _iso(r.updated),
+                "attempts": r.attempts,
+                "retrying": r.next_check is not None,
+                # a later scan of the same barcode was stored: this one is only disk to free
+                "barcode_stored_since": bool(r.barcode and r.barcode in stored),
+            }
+            for r in _rows_in(src, "failed")
+        ),
+        key=_sort_key,
+    )
 
 
 def _quarantined(src: _Sources) -> list[dict[str, Any]] | None:
@@ -339,8 +413,17 @@ def _quarantined(src: _Sources) -> list[dict[str, Any]] | None:
         if r.state != "quarantined":
             continue
         where = r.details.get("quarantined_to")
-        out.append({"barcode": r.barcode, "file": r.path, "kind": r.kind, "reason": r.reason,
-                    "since": _iso(r.updated), "where": where, "where_exists": src.exists(where) if where else None})
+        out.append(
+            {
+                "barcode": r.barcode,
+                "file": r.path,
+                "kind": r.kind,
+                "reason": r.reason,
+                "since": _iso(r.updated),
+                "where": where,
+                "where_exists": src.exists(where) if where else None,
+            }
+        )
     return sorted(out, key=_sort_key)
 
 
@@ -353,8 +436,15 @@ def _in_progress(src: _Sources) -> list[dict[str, Any]] | None:
         if r.state not in _IN_PROGRESS_STATES or r.id not in latest:
             continue
         guessed = None if r.barcode else _guess_barcode(r.path, src.barcode_regex)
-        out.append({"barcode": r.barcode or guessed, "barcode_from_file_name": guessed is not None,
-                    "file": r.path, "state": r.state, "since": _iso(r.ready_at or r.first_seen)})
+        out.append(
+            {
+                "barcode": r.barcode or guessed,
+                "barcode_from_file_name": guessed is not None,
+                "file": r.path,
+                "state": r.state,
+                "since": _iso(r.ready_at or r.first_seen),
+            }
+        )
     return sorted(out, key=_sort_key)
 
 
@@ -371,11 +461,19 @@ def _guess_barcode(path: str, regex: re.Pattern[str] | None) -> str | None:
 def _missing_rescans(src: _Sources, now: float) -> list[dict[str, Any]] | None:
     if src.rescans is None:
         return None
-    out = [{"barcode": r["barcode"], "requested_at": _iso(r["requested_at"]), "requested_by": r["requested_by"],
-            "reason": r.get("reason"), "deadline": _iso(r["deadline"]), "overdue": r["deadline"] <= now,
+    out = [
+        {
+            "barcode": r["barcode"],
+            "requested_at": _iso(r["requested_at"]),
+            "requested_by": r["requested_by"],
+            "reason": r.get("reason"),
+            "deadline": _iso(r["deadline"]),
+            "overdue": r["deadline"] <= now,
             "alerted": r.get("alerted_at") is not None,
-            "in_sheet": (r["barcode"] in src.sheet.rows) if src.sheet else None}
-           for r in src.rescans]
+            "in_sheet": (r["barcode"] in src.sheet.rows) if src.sheet else None,
+        }
+        for r in src.rescans
+    ]
     return sorted(out, key=_sort_key)
 
 
@@ -388,7 +486,7 @@ def _scanned_not_in_sheet(src: _Sources) -> list[dict[str, Any]] | None:
         if r.barcode and r.barcode not in src.sheet.rows:
             states[r.barcode].add(r.state)
             files[r.barcode].add(r.path)
-    for b, cars in (src.storage.current.items() if src.storage else ()):
+    for b, cars in src.storage.current.items() if src.storage else ():
         if b not in src.sheet.rows:
             states[b].add("in storage")
             files[b].update(str(c.image) for c in cars)
@@ -407,8 +505,13 @@ def _in_sheet_never_scanned(src: _Sources) -> list[dict[str, Any]] | None:
     out = []
     for b, row in src.sheet.rows.items():
         if b not in seen:
-            out.append({"barcode": b, "row": row.row_number,
-                        "scanner": (row.values.get(scanner_col) or None) if scanner_col else None})
+            out.append(
+                {
+                    "barcode": b,
+                    "row": row.row_number,
+                    "scanner": (row.values.get(scanner_col) or None) if scanner_col else None,
+                }
+            )
     return sorted(out, key=_sort_key)
 
 
@@ -425,8 +528,14 @@ def _rescanned(src: _Sources, stored: list[dict[str, Any]] | None) -> list[dict[
             continue
         paths = {_norm(p) for r in jrows for p in (r.details.get("superseded") or [])}
         paths |= {_norm(c.image) for c in old_cars.get(b, [])}
-        out.append({"barcode": b, "scans": max(len(jrows), 1 + len(old_cars.get(b, []))),
-                    "current": current.get(b), "superseded": sorted(paths)})
+        out.append(
+            {
+                "barcode": b,
+                "scans": max(len(jrows), 1 + len(old_cars.get(b, []))),
+                "current": current.get(b),
+                "superseded": sorted(paths),
+            }
+        )
     return sorted(out, key=_sort_key)
 
 
@@ -450,8 +559,10 @@ def _stored_twice(src: _Sources) -> list[dict[str, Any]] | None:
 
 # --------------------------------------------------------------------------- the report
 
-def reconcile(cfg: AgentConfig, *, sheet: MetadataSource | None = None,
-              journal: Journal | None = None) -> dict[str, Any]:
+
+def reconcile(
+    cfg: AgentConfig, *, sheet: MetadataSource | None = None, journal: Journal | None = None
+) -> dict[str, Any]:
     """Compare sheet, journal and storage per barcode. Never raises for a missing source.
 
     ``sheet`` and ``journal`` default to the ones ``cfg`` names; a journal passed in is left open.
@@ -462,7 +573,7 @@ def reconcile(cfg: AgentConfig, *, sheet: MetadataSource | None = None,
     storage, storage_info = _read_storage(Path(cfg.storage.root))
     try:
         regex: re.Pattern[str] | None = compile_barcode_regex(cfg.scanner.barcode_regex)
-    except Exception:  # noqa: BLE001 - only used for a hint on scans in progress
+    except Exception:
         regex = None
     src = _Sources(sheet=table, rows=rows, rescans=rescans, storage=storage, barcode_regex=regex)
 
@@ -493,6 +604,7 @@ def reconcile(cfg: AgentConfig, *, sheet: MetadataSource | None = None,
 
 
 # --------------------------------------------------------------------------- rendering
+
 
 def _rel(path: Any, root: str) -> str:
     """Paths under the storage root are shown relative to it: shorter lines in the e-mail."""
@@ -533,7 +645,9 @@ def _line_quarantined(e: dict[str, Any], root: str) -> str:
 
 
 def _line_missing_rescan(e: dict[str, Any], root: str) -> str:
-    due = f"OVERDUE since {_short_time(e['deadline'])}" if e["overdue"] else f"due {_short_time(e['deadline'])}"
+    due = (
+        f"OVERDUE since {_short_time(e['deadline'])}" if e["overdue"] else f"due {_short_time(e['deadline'])}"
+    )
     return f"{due}; requested by {e['requested_by']} on {_short_time(e['requested_at'])}: {e['reason'] or 'no reason given'}"
 
 
@@ -564,10 +678,17 @@ def _line_in_progress(e: dict[str, Any], root: str) -> str:
 
 
 _LINES: dict[str, Callable[[dict[str, Any], str], str]] = {
-    "stored": _line_stored, "held": _line_held, "failed": _line_failed, "quarantined": _line_quarantined,
-    "missing_rescans": _line_missing_rescan, "scanned_not_in_sheet": _line_not_in_sheet,
-    "in_sheet_never_scanned": _line_never_scanned, "rescanned": _line_rescanned,
-    "stored_twice": _line_stored_twice, "missing_from_storage": _line_missing, "in_progress": _line_in_progress,
+    "stored": _line_stored,
+    "held": _line_held,
+    "failed": _line_failed,
+    "quarantined": _line_quarantined,
+    "missing_rescans": _line_missing_rescan,
+    "scanned_not_in_sheet": _line_not_in_sheet,
+    "in_sheet_never_scanned": _line_never_scanned,
+    "rescanned": _line_rescanned,
+    "stored_twice": _line_stored_twice,
+    "missing_from_storage": _line_missing,
+    "in_progress": _line_in_progress,
 }
 
 
@@ -581,10 +702,16 @@ def _header(report: dict[str, Any]) -> list[str]:
     else:
         out.append(f"Sheet:   MISSING from this report: {sh['error']}")
         out.append("         (in_sheet_never_scanned and scanned_not_in_sheet could not be worked out)")
-    out.append(f"Journal: {jr['path']} ({jr['scans']} scans)" if jr["available"]
-               else f"Journal: MISSING from this report: {jr['error']}")
-    out.append(f"Storage: {st['root']} ({st['images']} current images)" if st["available"]
-               else f"Storage: MISSING from this report: {st['error']}")
+    out.append(
+        f"Journal: {jr['path']} ({jr['scans']} scans)"
+        if jr["available"]
+        else f"Journal: MISSING from this report: {jr['error']}"
+    )
+    out.append(
+        f"Storage: {st['root']} ({st['images']} current images)"
+        if st["available"]
+        else f"Storage: MISSING from this report: {st['error']}"
+    )
     return out
 
 

@@ -30,9 +30,17 @@ def gather_status(cfg: AgentConfig) -> dict[str, Any]:
         last = j.last_stored()
 
         def brief(r: Any) -> dict[str, Any]:
-            return {"file": Path(r.path).name, "path": r.path, "barcode": r.barcode, "kind": r.kind,
-                    "reason": r.reason, "since": r.held_since or r.updated, "next_check": r.next_check,
-                    "flow_run_id": r.flow_run_id, "quarantined_to": r.details.get("quarantined_to")}
+            return {
+                "file": Path(r.path).name,
+                "path": r.path,
+                "barcode": r.barcode,
+                "kind": r.kind,
+                "reason": r.reason,
+                "since": r.held_since or r.updated,
+                "next_check": r.next_check,
+                "flow_run_id": r.flow_run_id,
+                "quarantined_to": r.details.get("quarantined_to"),
+            }
 
         from scanner_agent.journal.outbox import AlertOutbox
 
@@ -54,8 +62,14 @@ def gather_status(cfg: AgentConfig) -> dict[str, Any]:
             },
             "counts": j.counts(),
             "stored_today": {"scans": today_n, "bytes": today_bytes},
-            "last_stored": None if last is None else {"file": Path(last.path).name, "barcode": last.barcode,
-                                                      "dest": last.dest, "at": last.stored_at},
+            "last_stored": None
+            if last is None
+            else {
+                "file": Path(last.path).name,
+                "barcode": last.barcode,
+                "dest": last.dest,
+                "at": last.stored_at,
+            },
             "held": [brief(r) for r in j.in_state("held")],
             "failed": [brief(r) for r in j.in_state("failed")],
             "quarantined": [brief(r) for r in j.in_state("quarantined")],
@@ -80,30 +94,46 @@ def render_status(st: dict[str, Any]) -> str:
     c = st["counts"]
     out = [f"scanner-agent for {st['scanner']} (journal {st['journal']})"]
     if d["running"]:
-        out.append(f"  daemon: running (pid {d['pid']}), watching {d['watching']} with {d['observer']} "
-                   f"since {_ago(d['watching_since'])}; watcher {'healthy' if d['watcher_alive'] else 'UNHEALTHY'}"
-                   + (f" ({d['watcher_error']})" if d["watcher_error"] and not d["watcher_alive"] else ""))
-        out.append(f"  queue: {d['queue']} waiting, {len(d['in_flight'])} in flight; last report {_ago(d['last_report'])}")
+        out.append(
+            f"  daemon: running (pid {d['pid']}), watching {d['watching']} with {d['observer']} "
+            f"since {_ago(d['watching_since'])}; watcher {'healthy' if d['watcher_alive'] else 'UNHEALTHY'}"
+            + (f" ({d['watcher_error']})" if d["watcher_error"] and not d["watcher_alive"] else "")
+        )
+        out.append(
+            f"  queue: {d['queue']} waiting, {len(d['in_flight'])} in flight; last report {_ago(d['last_report'])}"
+        )
     else:
-        out.append("  daemon: not running" + (f" (stopped {_ago(d['stopped_at'])})" if d.get("stopped_at") else ""))
-    out.append("  scans: " + ", ".join(f"{k} {v}" for k, v in c.items() if v or k in ("stored", "held", "failed")))
+        out.append(
+            "  daemon: not running" + (f" (stopped {_ago(d['stopped_at'])})" if d.get("stopped_at") else "")
+        )
+    out.append(
+        "  scans: " + ", ".join(f"{k} {v}" for k, v in c.items() if v or k in ("stored", "held", "failed"))
+    )
     s = st["stored_today"]
     out.append(f"  stored today: {s['scans']} ({s['bytes'] / 1e9:.2f} GB)")
     if st["last_stored"]:
         ls = st["last_stored"]
         out.append(f"  last stored: {ls['barcode']} -> {ls['dest']} ({_ago(ls['at'])})")
-    for title, key in (("held (waiting for the sheet)", "held"), ("failed", "failed"), ("quarantined", "quarantined")):
+    for title, key in (
+        ("held (waiting for the sheet)", "held"),
+        ("failed", "failed"),
+        ("quarantined", "quarantined"),
+    ):
         if st[key]:
             out.append(f"  {title}:")
             for r in st[key]:
                 extra = f" -> {r['quarantined_to']}" if r.get("quarantined_to") else ""
-                out.append(f"    {r['file']} [{r['barcode'] or 'no barcode'}] {r['kind']}: {r['reason']}{extra} "
-                           f"(since {_ago(r['since'])})")
+                out.append(
+                    f"    {r['file']} [{r['barcode'] or 'no barcode'}] {r['kind']}: {r['reason']}{extra} "
+                    f"(since {_ago(r['since'])})"
+                )
     if st["open_rescans"]:
         out.append("  rescans requested:")
         for r in st["open_rescans"]:
-            out.append(f"    {r['barcode']} by {r['requested_by']}: {r.get('reason') or ''} "
-                       f"(due {time.strftime('%Y-%m-%d %H:%M', time.localtime(r['deadline']))})")
+            out.append(
+                f"    {r['barcode']} by {r['requested_by']}: {r.get('reason') or ''} "
+                f"(due {time.strftime('%Y-%m-%d %H:%M', time.localtime(r['deadline']))})"
+            )
     if st["alerts_pending"]:
         out.append(f"  alerts waiting to be delivered: {st['alerts_pending']}")
     return "\n".join(out)

@@ -15,23 +15,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scanner_agent.journal.outbox import AlertOutbox
 from scanner_agent.alerts.alerter import Alert, Alerter, Channel, EmailChannel, SlackChannel
-from scanner_agent.core.barcode import compile_barcode_regex
 from scanner_agent.config import AgentConfig
+from scanner_agent.core.barcode import compile_barcode_regex
 from scanner_agent.core.errors import ConfigError
-from scanner_agent.journal.store import Journal
 from scanner_agent.core.sheet_table import CsvSource, MetadataSource
+from scanner_agent.journal.outbox import AlertOutbox
+from scanner_agent.journal.store import Journal
 
 log = logging.getLogger(__name__)
 
 # Flows look their agent up by scanner name: an Agent is not a flow parameter (it is not
 # JSON, and parameters are shown in the UI), and one process may serve several scanners in tests.
-_REGISTRY: dict[str, "Agent"] = {}
+_REGISTRY: dict[str, Agent] = {}
 _REGISTRY_LOCK = threading.Lock()
 
 
-def get_agent(scanner: str) -> "Agent":
+def get_agent(scanner: str) -> Agent:
     with _REGISTRY_LOCK:
         try:
             return _REGISTRY[scanner]
@@ -52,10 +52,15 @@ class Agent:
     deployment_checked: bool = False
 
     @classmethod
-    def from_config(cls, cfg: AgentConfig) -> "Agent":
+    def from_config(cls, cfg: AgentConfig) -> Agent:
         journal = Journal(cfg.journal.path)
-        agent = cls(cfg=cfg, journal=journal, sheet=build_sheet(cfg), alerter=build_alerter(cfg, journal.path),
-                    barcode_regex=compile_barcode_regex(cfg.scanner.barcode_regex))
+        agent = cls(
+            cfg=cfg,
+            journal=journal,
+            sheet=build_sheet(cfg),
+            alerter=build_alerter(cfg, journal.path),
+            barcode_regex=compile_barcode_regex(cfg.scanner.barcode_regex),
+        )
         with _REGISTRY_LOCK:
             _REGISTRY[cfg.scanner.name] = agent
         return agent
@@ -79,7 +84,7 @@ class Agent:
         """Send an alert to every configured channel; never raises (a dead channel never stops a transfer)."""
         try:
             return self.alerter.send(Alert(kind=kind, scanner=self.name, message=message, **kw))
-        except Exception:  # noqa: BLE001 - alerting must never break the pipeline
+        except Exception:
             log.exception("could not send %s alert", kind)
             return {}
 
@@ -96,9 +101,13 @@ def build_sheet(cfg: AgentConfig) -> MetadataSource:
 
         assert cfg.sheet.credentials_file is not None
         return GoogleSheetSource(
-            cfg.sheet.spreadsheet_key, credentials_file=cfg.sheet.credentials_file,
-            worksheet=cfg.sheet.worksheet or None, refresh_seconds=cfg.sheet.refresh_seconds,
-            cache_path=cfg.sheet_cache_path, api_url=cfg.sheet.api_url, timeout=cfg.sheet.timeout_seconds,
+            cfg.sheet.spreadsheet_key,
+            credentials_file=cfg.sheet.credentials_file,
+            worksheet=cfg.sheet.worksheet or None,
+            refresh_seconds=cfg.sheet.refresh_seconds,
+            cache_path=cfg.sheet_cache_path,
+            api_url=cfg.sheet.api_url,
+            timeout=cfg.sheet.timeout_seconds,
             barcode_column=cfg.sheet.barcode_column,
         )
     assert cfg.sheet.csv is not None
@@ -113,9 +122,18 @@ def build_channels(cfg: AgentConfig) -> list[Channel]:
         if token:
             channels.append(SlackChannel(token, a.slack_channel, api_url=a.slack_api_url))
     if a.email_to and a.smtp_host:
-        channels.append(EmailChannel(a.smtp_host, a.smtp_port, sender=a.email_from, recipients=list(a.email_to),
-                                     starttls=a.smtp_starttls, username=a.smtp_username or None,
-                                     password=cfg.smtp_password(), ssl_context=smtp_ssl_context(cfg)))
+        channels.append(
+            EmailChannel(
+                a.smtp_host,
+                a.smtp_port,
+                sender=a.email_from,
+                recipients=list(a.email_to),
+                starttls=a.smtp_starttls,
+                username=a.smtp_username or None,
+                password=cfg.smtp_password(),
+                ssl_context=smtp_ssl_context(cfg),
+            )
+        )
     return channels
 
 
@@ -131,5 +149,8 @@ def smtp_ssl_context(cfg: AgentConfig) -> ssl.SSLContext | None:
 
 
 def build_alerter(cfg: AgentConfig, journal_path: Path) -> Alerter:
-    return Alerter(build_channels(cfg), AlertOutbox(journal_path),
-                   repeat_after_seconds=cfg.alerts.repeat_after_minutes * 60)
+    return Alerter(
+        build_channels(cfg),
+        AlertOutbox(journal_path),
+        repeat_after_seconds=cfg.alerts.repeat_after_minutes * 60,
+    )

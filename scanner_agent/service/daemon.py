@@ -19,17 +19,18 @@ import signal
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
+from datetime import UTC
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from scanner_agent.systemd import notify as sdnotify
-
-from scanner_agent.storage import transfer
+from scanner_agent.core.errors import HeldScan, ScanError
+from scanner_agent.core.sheet_table import lookup
+from scanner_agent.scanunit import ScanUnit
 from scanner_agent.service.bootstrap import Agent
 from scanner_agent.service.dispatcher import Dispatcher
-from scanner_agent.core.errors import HeldScan, ScanError
-from scanner_agent.scanunit import ScanUnit
-from scanner_agent.core.sheet_table import lookup
+from scanner_agent.storage import transfer
+from scanner_agent.systemd import notify as sdnotify
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +59,10 @@ class JournalLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise AlreadyRunning(f"another scanner-agent is using the journal {self.path.with_suffix('')} "
-                                 f"(lock {self.path} is held)") from None
+            raise AlreadyRunning(
+                f"another scanner-agent is using the journal {self.path.with_suffix('')} "
+                f"(lock {self.path} is held)"
+            ) from None
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._fd = fd
@@ -78,10 +81,16 @@ class Daemon:
         cfg = agent.cfg
         self.dispatcher = Dispatcher(agent, cfg.scanner.max_parallel, on_journal_error=self._journal_broken)
         self._journal_error: sqlite3.Error | None = None
-        self.watcher = ScanWatcher(cfg.scanner.watch, self._on_ready, patterns=cfg.scanner.patterns,
-                                   observer=cfg.scanner.observer, settle_seconds=cfg.scanner.settle_seconds,
-                                   rescan_seconds=cfg.scanner.rescan_seconds, poll_interval=cfg.scanner.poll_interval,
-                                   on_health_change=self._on_watcher_health)
+        self.watcher = ScanWatcher(
+            cfg.scanner.watch,
+            self._on_ready,
+            patterns=cfg.scanner.patterns,
+            observer=cfg.scanner.observer,
+            settle_seconds=cfg.scanner.settle_seconds,
+            rescan_seconds=cfg.scanner.rescan_seconds,
+            poll_interval=cfg.scanner.poll_interval,
+            on_health_change=self._on_watcher_health,
+        )
         self.stop_event = threading.Event()
         self._lock = JournalLock(cfg.journal.path)
         self._say = on_event or (lambda msg: None)
@@ -121,9 +130,13 @@ class Daemon:
     def _journal_failed(self, exc: sqlite3.Error) -> int:
         """The journal cannot be written (its disk is full, read-only or failing): stop rather than move
         scans without a record. Exit status 1, so systemd restarts the agent, which resumes what was cut short."""
-        log.critical("cannot write the journal %s (%s): stopping, so that no scan is moved without a record. "
-                     "Free space on (or repair) the journal's disk; the agent resumes unfinished scans when it "
-                     "starts again.", self.agent.cfg.journal.path, exc)
+        log.critical(
+            "cannot write the journal %s (%s): stopping, so that no scan is moved without a record. "
+            "Free space on (or repair) the journal's disk; the agent resumes unfinished scans when it "
+            "starts again.",
+            self.agent.cfg.journal.path,
+            exc,
+        )
         self.stop_event.set()
         self.watcher.stop()
         # Workers must be told to stop, or the process cannot exit (they wait on the queue in threads).
@@ -135,7 +148,9 @@ class Daemon:
             return
 
         def handler(signum: int, _frame: Any) -> None:
-            log.info("received %s: finishing in-flight scans, taking no new ones", signal.Signals(signum).name)
+            log.info(
+                "received %s: finishing in-flight scans, taking no new ones", signal.Signals(signum).name
+            )
             self.stop_event.set()
 
         signal.signal(signal.SIGTERM, handler)
@@ -147,16 +162,26 @@ class Daemon:
         resumed = a.journal.resume_after_crash()
         crashed = mark_stale_runs_crashed(a, [r.flow_run_id for r in resumed if r.flow_run_id])
         if resumed or crashed:
-            log.warning("resuming %d scan(s) left unfinished; marked %d stale Prefect run(s) Crashed", len(resumed), crashed)
+            log.warning(
+                "resuming %d scan(s) left unfinished; marked %d stale Prefect run(s) Crashed",
+                len(resumed),
+                crashed,
+            )
         for rec in a.journal.stored_unremoved():
             finish_source_removal(a, rec)
         # Partials a killed transfer left behind: only where resumed scans were headed (a resumed
         # transfer also replaces its own partial), never a walk of the whole share.
-        for folder in sorted({Path(r.details["planned_dest"]).parent for r in resumed if r.details.get("planned_dest")}):
+        for folder in sorted(
+            {Path(r.details["planned_dest"]).parent for r in resumed if r.details.get("planned_dest")}
+        ):
             try:
                 leftovers = transfer.clean_incoming(folder, recursive=False)
                 if leftovers:
-                    log.warning("removed %d partial file(s) left in %s by an interrupted transfer", len(leftovers), folder)
+                    log.warning(
+                        "removed %d partial file(s) left in %s by an interrupted transfer",
+                        len(leftovers),
+                        folder,
+                    )
             except OSError as exc:
                 log.warning("could not clean partial files in %s: %s", folder, exc)
         self.dispatcher.start()
@@ -164,9 +189,14 @@ class Daemon:
             self.dispatcher.submit(rec.id, rec.ready_at)
         self.watcher.start()
         threading.Thread(target=self._retry_poller, name="prefect-retry-poller", daemon=True).start()
-        a.journal.set_health(pid=os.getpid(), started_at=time.time(), observer=self.watcher.health().observer,
-                             watching_since=self.watcher.health().watching_since, watch=str(cfg.scanner.watch),
-                             stopped_at=None)
+        a.journal.set_health(
+            pid=os.getpid(),
+            started_at=time.time(),
+            observer=self.watcher.health().observer,
+            watching_since=self.watcher.health().watching_since,
+            watch=str(cfg.scanner.watch),
+            stopped_at=None,
+        )
         sdnotify.ready(f"watching {cfg.scanner.watch} ({self.watcher.health().observer})")
         self._say(f"watching {cfg.scanner.watch} with {self.watcher.health().observer}")
         log.info("scanner-agent for %s watching %s", a.name, cfg.scanner.watch)
@@ -177,15 +207,23 @@ class Daemon:
         sdnotify.stopping(f"finishing {len(inflight)} scan(s)")
         self.watcher.stop()
         if inflight:
-            log.info("waiting up to %.0f s for %d scan(s) in flight", cfg.scanner.stop_timeout_seconds, len(inflight))
+            log.info(
+                "waiting up to %.0f s for %d scan(s) in flight",
+                cfg.scanner.stop_timeout_seconds,
+                len(inflight),
+            )
         clean = self.dispatcher.stop(cfg.scanner.stop_timeout_seconds)
         if not clean:
             # Past the bound: the copies are in .incoming (never visible), the rows stay
             # `processing`, and the next start resumes them. Say so in Prefect now.
             left = [self.agent.journal.get(i) for i in self.dispatcher.in_flight]
             ids = [r.flow_run_id for r in left if r and r.flow_run_id]
-            mark_stale_runs_crashed(self.agent, ids, message="scanner-agent stopped before this scan finished; "
-                                    "it resumes when the agent starts again")
+            mark_stale_runs_crashed(
+                self.agent,
+                ids,
+                message="scanner-agent stopped before this scan finished; "
+                "it resumes when the agent starts again",
+            )
             log.warning("stopped with %d scan(s) unfinished; they resume on the next start", len(left))
         self.agent.journal.set_health(stopped_at=time.time(), queue=0, in_flight=[])
         return 0
@@ -196,10 +234,16 @@ class Daemon:
         """Watcher thread: a scan looks complete. Record it and queue it; nothing slow here."""
         shown = undecodable_name(unit.primary)
         if shown is not None:  # the watcher offers it again only if it changes (or is renamed)
-            log.error("%s: the name is not valid UTF-8, so the scan cannot be recorded; it stays where it is", shown)
-            self.agent.alert("scan_error", f"{shown}: the name is not valid UTF-8 text, so the scan cannot be "
-                             "recorded or named. It stays on the scanner.", file=shown.rsplit("/", 1)[-1],
-                             action="Rename the file (or its folder) with UTF-8 characters; it is picked up once renamed.")
+            log.error(
+                "%s: the name is not valid UTF-8, so the scan cannot be recorded; it stays where it is", shown
+            )
+            self.agent.alert(
+                "scan_error",
+                f"{shown}: the name is not valid UTF-8 text, so the scan cannot be "
+                "recorded or named. It stays on the scanner.",
+                file=shown.rsplit("/", 1)[-1],
+                action="Rename the file (or its folder) with UTF-8 characters; it is picked up once renamed.",
+            )
             return
         try:
             fp = unit.fingerprint()
@@ -223,19 +267,30 @@ class Daemon:
             finish_source_removal(self.agent, rec)
 
     def _on_watcher_health(self, health: Any) -> None:
-        self.agent.journal.set_health(observer=health.observer, watcher_alive=health.alive,
-                                      watcher_error=health.last_error, watcher_restarts=health.restarts)
+        self.agent.journal.set_health(
+            observer=health.observer,
+            watcher_alive=health.alive,
+            watcher_error=health.last_error,
+            watcher_restarts=health.restarts,
+        )
         if self.stop_event.is_set():
             return  # the daemon is stopping its own watcher: no fault to alert a person about
         if not health.alive and not self._watcher_alerted:
             self._watcher_alerted = True
-            self.agent.alert("watcher_unhealthy", f"The watcher of {self.agent.cfg.scanner.watch} stopped: "
-                             f"{health.last_error or 'observer not running'}. New scans are not being noticed.",
-                             file=str(self.agent.cfg.scanner.watch))
+            self.agent.alert(
+                "watcher_unhealthy",
+                f"The watcher of {self.agent.cfg.scanner.watch} stopped: "
+                f"{health.last_error or 'observer not running'}. New scans are not being noticed.",
+                file=str(self.agent.cfg.scanner.watch),
+            )
         elif health.alive and self._watcher_alerted:
             self._watcher_alerted = False
-            self.agent.alert("watcher_unhealthy", f"The watcher of {self.agent.cfg.scanner.watch} is running again.",
-                             recovery=True, file=str(self.agent.cfg.scanner.watch))
+            self.agent.alert(
+                "watcher_unhealthy",
+                f"The watcher of {self.agent.cfg.scanner.watch} is running again.",
+                recovery=True,
+                file=str(self.agent.cfg.scanner.watch),
+            )
 
     def _retry_poller(self) -> None:
         """Scans whose run a person set to Retry in the Prefect UI go back in the queue."""
@@ -247,7 +302,7 @@ class Daemon:
                 continue
             try:
                 asyncio.run(self._take_retries())
-            except Exception as exc:  # noqa: BLE001 - Prefect down: scans still flow, retries wait
+            except Exception as exc:
                 log.debug("polling for retries failed: %s", exc)
 
     async def _take_retries(self) -> None:
@@ -259,20 +314,31 @@ class Daemon:
             rec = j.get(int(scan_id)) if isinstance(scan_id, int) or str(scan_id).isdigit() else None
             if rec is not None and (run.parameters or {}).get("path") not in (None, rec.path):
                 # Scan ids restart in a new journal: the same id may be another file here.
-                await reject_run(run.id, f"scanner-agent on {self.agent.name}: this run is for "
-                                 f"{run.parameters['path']}, but scan {scan_id} in its journal is {rec.path}; "
-                                 "the run is from an earlier journal or another host. Process that file with "
-                                 "`scanner-agent process` on the host that has it.")
+                await reject_run(
+                    run.id,
+                    f"scanner-agent on {self.agent.name}: this run is for "
+                    f"{run.parameters['path']}, but scan {scan_id} in its journal is {rec.path}; "
+                    "the run is from an earlier journal or another host. Process that file with "
+                    "`scanner-agent process` on the host that has it.",
+                )
                 continue
             if rec is None:
-                await reject_run(run.id, f"scanner-agent on {self.agent.name} has no scan {scan_id!r} in its journal; "
-                                 "start scans by placing them in the scanner's folder or with `scanner-agent process`.")
+                await reject_run(
+                    run.id,
+                    f"scanner-agent on {self.agent.name} has no scan {scan_id!r} in its journal; "
+                    "start scans by placing them in the scanner's folder or with `scanner-agent process`.",
+                )
                 continue
             if rec.id in self.dispatcher.in_flight:
                 continue
             if rec.state in ("held", "failed", "processing", "ready"):
-                j.transition(rec.id, "ready", reason="retry requested in the Prefect UI", flow_run_id=str(run.id),
-                             ready_at=time.time())
+                j.transition(
+                    rec.id,
+                    "ready",
+                    reason="retry requested in the Prefect UI",
+                    flow_run_id=str(run.id),
+                    ready_at=time.time(),
+                )
             else:  # stored or quarantined: the flow says so on the run (a no-op that explains itself)
                 j.update(rec.id, flow_run_id=str(run.id))
             log.info("retry requested in the Prefect UI for %s (run %s)", Path(rec.path).name, run.id)
@@ -291,8 +357,10 @@ class Daemon:
             sdnotify.watchdog()
         elif stalled and not self._stall_logged:
             self._stall_logged = True
-            log.error("the maintenance loop has not completed for %.0f s; letting systemd's watchdog restart the agent",
-                      MAINTENANCE_STALL_SECONDS)
+            log.error(
+                "the maintenance loop has not completed for %.0f s; letting systemd's watchdog restart the agent",
+                MAINTENANCE_STALL_SECONDS,
+            )
         # `status` reads queue and in-flight from the journal: publish them when they change, not
         # only every 30 s (else a finished scan is reported in flight for up to half a minute).
         busy = (self.dispatcher.queue_length, sorted(self.dispatcher.in_flight))
@@ -307,7 +375,7 @@ class Daemon:
             except sqlite3.Error as exc:
                 log.exception("maintenance pass failed: the journal cannot be written")
                 self._journal_broken(exc)
-            except Exception:  # noqa: BLE001 - one bad pass must not end the timers
+            except Exception:
                 log.exception("maintenance pass failed")
             self._maintained = time.monotonic()
 
@@ -319,12 +387,20 @@ class Daemon:
             self._last_slow = now
             slow_timers(self.agent, now)
             h = self.watcher.health()
-            self.agent.journal.set_health(queue=self.dispatcher.queue_length, in_flight=self.dispatcher.in_flight,
-                                          observer=h.observer, watcher_alive=h.alive, last_full_scan=h.last_full_scan,
-                                          pending=h.pending, watcher_error=h.last_error)
+            self.agent.journal.set_health(
+                queue=self.dispatcher.queue_length,
+                in_flight=self.dispatcher.in_flight,
+                observer=h.observer,
+                watcher_alive=h.alive,
+                last_full_scan=h.last_full_scan,
+                pending=h.pending,
+                watcher_error=h.last_error,
+            )
             c = self.agent.journal.counts()
-            sdnotify.status(f"stored {c['stored']}, held {c['held']}, failed {c['failed']}, "
-                            f"queue {self.dispatcher.queue_length}, in flight {len(self.dispatcher.in_flight)}")
+            sdnotify.status(
+                f"stored {c['stored']}, held {c['held']}, failed {c['failed']}, "
+                f"queue {self.dispatcher.queue_length}, in flight {len(self.dispatcher.in_flight)}"
+            )
 
 
 def undecodable_name(path: Path) -> str | None:
@@ -349,12 +425,24 @@ def recheck_due(agent: Agent, dispatcher: Dispatcher, now: float) -> int:
             try:
                 lookup(agent.sheet.table(want=rec.barcode), rec.barcode)
             except HeldScan as exc:
-                agent.journal.transition(rec.id, "held", reason=exc.message, kind=exc.kind, expect=("held",),
-                                         next_check=now + agent.cfg.sheet.recheck_seconds)
+                agent.journal.transition(
+                    rec.id,
+                    "held",
+                    reason=exc.message,
+                    kind=exc.kind,
+                    expect=("held",),
+                    next_check=now + agent.cfg.sheet.recheck_seconds,
+                )
                 continue
             except ScanError as exc:  # sheet unreachable and no cache: try again later
-                agent.journal.transition(rec.id, "held", reason=exc.message, kind=exc.kind, expect=("held",),
-                                         next_check=now + agent.cfg.sheet.recheck_seconds)
+                agent.journal.transition(
+                    rec.id,
+                    "held",
+                    reason=exc.message,
+                    kind=exc.kind,
+                    expect=("held",),
+                    next_check=now + agent.cfg.sheet.recheck_seconds,
+                )
                 continue
         reason = "sheet row complete" if rec.state == "held" else f"retrying after: {rec.reason}"
         agent.journal.transition(rec.id, "ready", reason=reason, expect=(rec.state,), ready_at=now)
@@ -368,14 +456,20 @@ def slow_timers(agent: Agent, now: float) -> None:
     j = agent.journal
     try:
         agent.alerter.retry_pending()
-    except Exception:  # noqa: BLE001
+    except Exception:
         log.exception("retrying queued alerts failed")
     limit = agent.cfg.sheet.hold_alert_hours * 3600
     for rec in j.in_state("held"):
         if rec.held_since and now - rec.held_since >= limit and not rec.details.get("hold_alerted"):
-            agent.alert("held_too_long", f"{Path(rec.path).name} has been held for {(now - rec.held_since) / 3600:.1f} h: "
-                        f"{rec.reason}", barcode=rec.barcode, file=Path(rec.path).name,
-                        run_url=agent.run_url(rec.flow_run_id), details={"held since": time.ctime(rec.held_since)})
+            agent.alert(
+                "held_too_long",
+                f"{Path(rec.path).name} has been held for {(now - rec.held_since) / 3600:.1f} h: "
+                f"{rec.reason}",
+                barcode=rec.barcode,
+                file=Path(rec.path).name,
+                run_url=agent.run_url(rec.flow_run_id),
+                details={"held since": time.ctime(rec.held_since)},
+            )
             j.update(rec.id, details={"hold_alerted": now})
     sweep_rescan_requests(agent, now)
     # The scanner's daily table in Prefect's Artifacts page: at most every 5 min, in the background.
@@ -383,10 +477,14 @@ def slow_timers(agent: Agent, now: float) -> None:
 
     publish_daily_report(agent.name, agent.cfg.journal.path)
     for req in j.overdue_rescans(now):
-        agent.alert("missing_rescan", f"A rescan of {req['barcode']} was requested by {req['requested_by']} on "
-                    f"{time.ctime(req['requested_at'])} ({req.get('reason') or 'no reason given'}) and has not arrived "
-                    f"within {agent.cfg.rescans.deadline_hours:g} h.", barcode=req["barcode"],
-                    details={"requested by": req["requested_by"], "requested": time.ctime(req["requested_at"])})
+        agent.alert(
+            "missing_rescan",
+            f"A rescan of {req['barcode']} was requested by {req['requested_by']} on "
+            f"{time.ctime(req['requested_at'])} ({req.get('reason') or 'no reason given'}) and has not arrived "
+            f"within {agent.cfg.rescans.deadline_hours:g} h.",
+            barcode=req["barcode"],
+            details={"requested by": req["requested_by"], "requested": time.ctime(req["requested_at"])},
+        )
         j.mark_rescan_alerted(req["barcode"])
 
 
@@ -405,8 +503,12 @@ def sweep_rescan_requests(agent: Agent, now: float) -> int:
         value = (row.values.get(column) or "").strip().lower()
         if value in _TRUE_WORDS and barcode not in known and not agent.journal.rescan_known(barcode):
             notes = row.values.get("Notes", "")
-            agent.journal.request_rescan(barcode, by=f"the sheet ({column}, row {row.row_number})",
-                                         reason=notes or value, deadline=now + agent.cfg.rescans.deadline_hours * 3600)
+            agent.journal.request_rescan(
+                barcode,
+                by=f"the sheet ({column}, row {row.row_number})",
+                reason=notes or value,
+                deadline=now + agent.cfg.rescans.deadline_hours * 3600,
+            )
             added += 1
     return added
 
@@ -423,7 +525,9 @@ def finish_source_removal(agent: Agent, rec: Any) -> None:
             log.warning("%s changed after it was stored; leaving it for the watcher", rec.path)
             return
         if not rec.dest or not Path(rec.dest).exists():
-            log.error("journal says %s is stored at %s but that is missing; keeping the source", rec.path, rec.dest)
+            log.error(
+                "journal says %s is stored at %s but that is missing; keeping the source", rec.path, rec.dest
+            )
             return
         # Compare the stored copy with the source once more before deleting the only other copy.
         dest = Path(rec.dest)
@@ -432,8 +536,9 @@ def finish_source_removal(agent: Agent, rec: Any) -> None:
             sidecar = json.loads(sidecar_path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             sidecar = {"barcode": rec.barcode, "scanner": agent.name, "source_path": rec.path}
-        result = transfer.place_scan(unit, dest.parent, dest.name, sidecar=sidecar,
-                                     storage_root=agent.cfg.storage.root, margin=0)
+        result = transfer.place_scan(
+            unit, dest.parent, dest.name, sidecar=sidecar, storage_root=agent.cfg.storage.root, margin=0
+        )
         transfer.remove_source(unit, result)
         agent.journal.update(rec.id, source_removed=1)
         log.info("removed %s (stored earlier as %s, verified again)", rec.path, rec.dest)
@@ -448,7 +553,7 @@ def mark_stale_runs_crashed(agent: Agent, run_ids: list[str], *, message: str | 
 
     try:
         return asyncio.run(_mark_crashed(agent, run_ids, message))
-    except Exception as exc:  # noqa: BLE001 - Prefect down must not stop the agent starting
+    except Exception as exc:
         log.warning("could not mark stale Prefect runs Crashed: %s", exc)
         return 0
 
@@ -457,23 +562,36 @@ async def _mark_crashed(agent: Agent, run_ids: list[str], message: str | None) -
     from uuid import UUID
 
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterStartTime,
-                                                FlowRunFilterState, FlowRunFilterStateType)
+    from prefect.client.schemas.filters import (
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterStartTime,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
     from prefect.client.schemas.objects import StateType
     from prefect.states import Completed, Crashed
 
-    msg = message or "scanner-agent stopped while this run was active (killed or power loss); the scan was resumed"
+    msg = (
+        message
+        or "scanner-agent stopped while this run was active (killed or power loss); the scan was resumed"
+    )
     n = 0
     async with get_client() as client:
         ids = {UUID(i) for i in run_ids}
         if message is None:
-            from datetime import datetime, timezone
+            from datetime import datetime
 
             runs = await client.read_flow_runs(
                 flow_filter=FlowFilter(name=FlowFilterName(any_=[agent.cfg.flow_name])),
                 flow_run_filter=FlowRunFilter(
-                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.PENDING])),
-                    start_time=FlowRunFilterStartTime(before_=datetime.fromtimestamp(agent.started_at, tz=timezone.utc)),
+                    state=FlowRunFilterState(
+                        type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.PENDING])
+                    ),
+                    start_time=FlowRunFilterStartTime(
+                        before_=datetime.fromtimestamp(agent.started_at, tz=UTC)
+                    ),
                 ),
                 limit=200,
             )
@@ -487,12 +605,17 @@ async def _mark_crashed(agent: Agent, run_ids: list[str], message: str | None) -
                 if rec is not None and rec.state == "stored":
                     # Stored and recorded; the agent only died before Prefect was told. "Crashed"
                     # would send a person looking for a resumed run that will never come.
-                    await client.set_flow_run_state(rid, Completed(
-                        message=f"Stored {rec.barcode or Path(rec.path).name} as {rec.dest} (the agent stopped "
-                                "before it could report it)"), force=True)
+                    await client.set_flow_run_state(
+                        rid,
+                        Completed(
+                            message=f"Stored {rec.barcode or Path(rec.path).name} as {rec.dest} (the agent stopped "
+                            "before it could report it)"
+                        ),
+                        force=True,
+                    )
                     continue
                 await client.set_flow_run_state(rid, Crashed(message=msg), force=True)
                 n += 1
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.debug("could not mark run %s crashed", rid, exc_info=True)
     return n

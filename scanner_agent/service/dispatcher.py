@@ -16,12 +16,13 @@ import sqlite3
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from scanner_agent.service.bootstrap import Agent
 from scanner_agent.orchestration.engine_tuning import skip_suspension_observer
 from scanner_agent.scanunit import ScanUnit
+from scanner_agent.service.bootstrap import Agent
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +30,9 @@ _STOP = (float("inf"), -1, -1)
 
 
 class Dispatcher:
-    def __init__(self, agent: Agent, workers: int, *,
-                 on_journal_error: Callable[[sqlite3.Error], None] | None = None) -> None:
+    def __init__(
+        self, agent: Agent, workers: int, *, on_journal_error: Callable[[sqlite3.Error], None] | None = None
+    ) -> None:
         self.agent = agent
         self.workers = workers
         #: Told when a scan could not be recorded (the journal's disk is full): the daemon stops.
@@ -114,7 +116,10 @@ class Dispatcher:
 
         # Clients live as long as the worker: each new one costs ~0.2 s of TLS set-up.
         with SyncClientContext.get_or_create():
-            async with AsyncClientContext.get_or_create(), get_client(httpx_settings=CREATOR_HTTPX) as creator:
+            async with (
+                AsyncClientContext.get_or_create(),
+                get_client(httpx_settings=CREATOR_HTTPX) as creator,
+            ):
                 while True:
                     _, _, scan_id = await asyncio.to_thread(self._q.get)
                     if scan_id < 0:
@@ -126,7 +131,7 @@ class Dispatcher:
                         self._inflight[scan_id] = time.time()
                     try:
                         await run_scan(self.agent, scan_id, creator=creator)
-                    except Exception as exc:  # noqa: BLE001 - a worker must survive anything one scan does
+                    except Exception as exc:
                         log.exception("scan %s: the flow run could not be completed", scan_id)
                         if isinstance(exc, sqlite3.Error) and self.on_journal_error is not None:
                             self.on_journal_error(exc)
@@ -176,7 +181,9 @@ async def run_scan(agent: Agent, scan_id: int, *, creator: Any = None) -> Any:
         _after_engine_failure(agent, scan_id, None)
 
 
-async def _flow_run_for(agent: Agent, rec: Any, flow: Any, params: dict[str, Any], creator: Any = None) -> Any:
+async def _flow_run_for(
+    agent: Agent, rec: Any, flow: Any, params: dict[str, Any], creator: Any = None
+) -> Any:
     """The Prefect run for this scan: its earlier run when it has one (released from hold, retried,
     resumed after a crash: one run per scan, its history in the run's states), else a new run of
     this scanner's deployment so the UI offers Retry."""
@@ -191,7 +198,7 @@ async def _flow_run_for(agent: Agent, rec: Any, flow: Any, params: dict[str, Any
         agent.deployment_checked = True
         try:
             agent.deployment_id = await ensure_deployment(agent)
-        except Exception as exc:  # noqa: BLE001 - runs still work without it; only Retry in the UI does not
+        except Exception as exc:
             log.warning("could not register the Prefect deployment (runs will not offer Retry): %s", exc)
     from scanner_agent.orchestration.flows import run_tags
 
@@ -200,16 +207,18 @@ async def _flow_run_for(agent: Agent, rec: Any, flow: Any, params: dict[str, Any
         if rec.flow_run_id:
             try:
                 run = await client.read_flow_run(UUID(rec.flow_run_id))
-            except Exception:  # noqa: BLE001 - deleted in the UI, or another server: start afresh
+            except Exception:
                 run = None
             if run is not None and not (run.state and run.state.is_completed()):
                 if not (run.state and run.state.name == "AwaitingRetry"):
-                    await client.set_flow_run_state(run.id, AwaitingRetry(message=f"scanner-agent: {rec.reason or 'again'}"),
-                                                    force=True)
+                    await client.set_flow_run_state(
+                        run.id, AwaitingRetry(message=f"scanner-agent: {rec.reason or 'again'}"), force=True
+                    )
                 return await client.read_flow_run(run.id)
         if agent.deployment_id is not None:
-            run = await client.create_flow_run_from_deployment(agent.deployment_id, parameters=params,
-                                                               name=params["label"], tags=tags)
+            run = await client.create_flow_run_from_deployment(
+                agent.deployment_id, parameters=params, name=params["label"], tags=tags
+            )
         else:
             run = await client.create_flow_run(flow, name=params["label"], parameters=params, tags=tags)
     # Recorded before the flow starts: an agent killed in between then continues this run on its
@@ -220,7 +229,7 @@ async def _flow_run_for(agent: Agent, rec: Any, flow: Any, params: dict[str, Any
 
 #: Retry-After, in seconds, given to the first 503s of one request: see ``_busy_server_hook``.
 BUSY_RETRY_AFTER = (0.05, 0.15, 0.4)
-_busy_attempts: "weakref.WeakKeyDictionary[Any, int]" = weakref.WeakKeyDictionary()
+_busy_attempts: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
 
 
 async def _busy_server_hook(response: Any) -> None:
@@ -252,8 +261,20 @@ def _after_engine_failure(agent: Agent, scan_id: int, exc: BaseException | None)
     rec = agent.journal.get(scan_id)
     if rec is None or rec.state not in ("processing", "ready"):
         return
-    why = f"the flow run did not finish: {type(exc).__name__}: {exc}" if exc else "the flow run ended without an outcome"
-    agent.journal.transition(scan_id, "failed", reason=why, kind="prefect_unreachable",
-                             next_check=time.time() + agent.cfg.scanner.retry_seconds)
-    agent.alert("scan_error", f"{Path(rec.path).name}: {why}. The scan stays on the scanner and is retried.",
-                file=Path(rec.path).name)
+    why = (
+        f"the flow run did not finish: {type(exc).__name__}: {exc}"
+        if exc
+        else "the flow run ended without an outcome"
+    )
+    agent.journal.transition(
+        scan_id,
+        "failed",
+        reason=why,
+        kind="prefect_unreachable",
+        next_check=time.time() + agent.cfg.scanner.retry_seconds,
+    )
+    agent.alert(
+        "scan_error",
+        f"{Path(rec.path).name}: {why}. The scan stays on the scanner and is retried.",
+        file=Path(rec.path).name,
+    )

@@ -47,9 +47,10 @@ import stat
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import google.auth.exceptions
 import gspread
@@ -74,8 +75,11 @@ SCOPES = (
 )
 #: Hosts rerouted to ``api_url``: Sheets, Drive (gspread), and IAM credentials, where google-auth
 #: looks up the service account's "regional access boundary" in a background thread.
-_GOOGLE_API_HOSTS = ("https://sheets.googleapis.com", "https://www.googleapis.com",
-                     "https://iamcredentials.googleapis.com")
+_GOOGLE_API_HOSTS = (
+    "https://sheets.googleapis.com",
+    "https://www.googleapis.com",
+    "https://iamcredentials.googleapis.com",
+)
 _CACHE_VERSION = 1
 _RETRYABLE = frozenset({429, 500, 502, 503, 504})
 
@@ -94,7 +98,7 @@ class _RerouteAdapter(HTTPAdapter):
     def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
         url = request.url or ""
         if url.startswith(self._prefix):
-            request.url = self._target + url[len(self._prefix):]
+            request.url = self._target + url[len(self._prefix) :]
         return super().send(request, *args, **kwargs)
 
 
@@ -136,11 +140,23 @@ def _google_message(e: gspread.exceptions.APIError) -> str:
 class GoogleSheetSource:
     """A ``MetadataSource`` over one worksheet of a Google Sheet, read with a service account."""
 
-    def __init__(self, spreadsheet_key: str, *, credentials_file: Path, worksheet: str | None = None,
-                 refresh_seconds: float = 60, cache_path: Path | None = None, api_url: str = "",
-                 timeout: float = 30, barcode_column: str = "Barcode",
-                 clock: Callable[[], float] = time.time, retries: int = 3, backoff: float = 1.0,
-                 max_backoff: float = 30.0, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        spreadsheet_key: str,
+        *,
+        credentials_file: Path,
+        worksheet: str | None = None,
+        refresh_seconds: float = 60,
+        cache_path: Path | None = None,
+        api_url: str = "",
+        timeout: float = 30,
+        barcode_column: str = "Barcode",
+        clock: Callable[[], float] = time.time,
+        retries: int = 3,
+        backoff: float = 1.0,
+        max_backoff: float = 30.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         if not spreadsheet_key.strip():
             raise ValueError("spreadsheet_key is empty")
         if refresh_seconds <= 0:
@@ -256,8 +272,9 @@ class GoogleSheetSource:
                 return self._good
             if self._last_error is None:
                 raise SheetUnavailable(f"The sheet ({self._where()}) has not been read yet.")
-            raise SheetUnavailable(f"{self._last_error} No earlier copy of the sheet is cached.",
-                                   action=self._last_action)
+            raise SheetUnavailable(
+                f"{self._last_error} No earlier copy of the sheet is cached.", action=self._last_action
+            )
 
     # -- one read, with retries -----------------------------------------------------------------
     def _read(self, *, early: bool) -> None:
@@ -287,8 +304,14 @@ class GoogleSheetSource:
                 wait = e.retry_after if e.retry_after is not None else delay
                 if wait > self._max_backoff:
                     raise  # honour a long Retry-After by not reading until then (see _failed)
-                log.info("Reading %s failed (%s); retry %d/%d in %.1fs", self._where(), e.message,
-                         attempt + 1, self._retries, wait)
+                log.info(
+                    "Reading %s failed (%s); retry %d/%d in %.1fs",
+                    self._where(),
+                    e.message,
+                    attempt + 1,
+                    self._retries,
+                    wait,
+                )
                 self._sleep(wait)
                 delay = min(delay * 2, self._max_backoff)
             finally:
@@ -323,8 +346,11 @@ class GoogleSheetSource:
                 self._malformed, self._malformed_at = e, now
                 self._last_error, self._last_action = None, None
                 self._next_read_at = now + self.refresh_seconds
-            log.log(logging.ERROR if news else logging.DEBUG,
-                    "%s Scans needing the sheet are held until it is fixed.", e)
+            log.log(
+                logging.ERROR if news else logging.DEBUG,
+                "%s Scans needing the sheet are held until it is fixed.",
+                e,
+            )
             self._write_disk_cache()
             raise
         with self._state_lock:
@@ -335,8 +361,13 @@ class GoogleSheetSource:
             self._next_read_at = now + self.refresh_seconds
         # Once a minute for months: say things when they change, not on every read.
         changed = previous is None or len(previous.rows) != len(table.rows)
-        log.log(logging.INFO if changed else logging.DEBUG, "Read %s: %d barcodes, %d problem(s)",
-                source, len(table.rows), len(table.problems))
+        log.log(
+            logging.INFO if changed else logging.DEBUG,
+            "Read %s: %d barcodes, %d problem(s)",
+            source,
+            len(table.rows),
+            len(table.problems),
+        )
         seen = set(previous.problems) if previous is not None else set()
         for p in table.problems:
             if p not in seen:
@@ -347,8 +378,9 @@ class GoogleSheetSource:
     # -- talking to Google ----------------------------------------------------------------------
     def _where(self, title: str | None = None) -> str:
         ws = title or self.worksheet
-        return f"spreadsheet {_short_key(self.spreadsheet_key)} " + \
-               (f"worksheet '{ws}'" if ws else "first worksheet")
+        return f"spreadsheet {_short_key(self.spreadsheet_key)} " + (
+            f"worksheet '{ws}'" if ws else "first worksheet"
+        )
 
     def _gspread(self) -> gspread.Client:
         if self._client is None:
@@ -359,8 +391,9 @@ class GoogleSheetSource:
             auth_session = requests.Session()
             auth_session.mount("https://", HTTPAdapter(max_retries=3))
             # A token fetch that hangs must time out like any other request.
-            session = AuthorizedSession(creds, refresh_timeout=self.timeout,
-                                        auth_request=GoogleAuthRequest(auth_session))
+            session = AuthorizedSession(
+                creds, refresh_timeout=self.timeout, auth_request=GoogleAuthRequest(auth_session)
+            )
             if self.api_url:
                 for s in (session, auth_session):
                     for host in _GOOGLE_API_HOSTS:
@@ -376,18 +409,24 @@ class GoogleSheetSource:
             with open(path, encoding="utf-8") as f:
                 info = json.load(f)
         except OSError as e:
-            raise _ReadFailed(f"Cannot read the Google credentials file {path}: {e.strerror or e}.",
-                              action="Point the config at the service account's JSON key file.") from None
+            raise _ReadFailed(
+                f"Cannot read the Google credentials file {path}: {e.strerror or e}.",
+                action="Point the config at the service account's JSON key file.",
+            ) from None
         except ValueError:
             # Deliberately no detail: a JSON error can quote the file's (secret) text.
-            raise _ReadFailed(f"The Google credentials file {path} is not valid JSON.",
-                              action="Download the service account's JSON key again.") from None
+            raise _ReadFailed(
+                f"The Google credentials file {path} is not valid JSON.",
+                action="Download the service account's JSON key again.",
+            ) from None
         required = ("type", "client_email", "private_key", "token_uri")
         missing = [k for k in required if not isinstance(info, dict) or not info.get(k)]
         if missing or info.get("type") != "service_account":
             what = f"lacks {', '.join(missing)}" if missing else f"is of type {info.get('type')!r}"
-            raise _ReadFailed(f"The Google credentials file {path} {what}; a service-account JSON "
-                              "key is needed.", action="Download the service account's JSON key again.")
+            raise _ReadFailed(
+                f"The Google credentials file {path} {what}; a service-account JSON key is needed.",
+                action="Download the service account's JSON key again.",
+            )
         self._client_email = str(info["client_email"])
         return info
 
@@ -398,9 +437,11 @@ class GoogleSheetSource:
             http = self._gspread().http_client
             if title is None:
                 title = self._first_title(http.fetch_sheet_metadata(self.spreadsheet_key))
-            response = http.values_get(self.spreadsheet_key, absolute_range_name(title),
-                                       params={"valueRenderOption": "FORMATTED_VALUE",
-                                               "majorDimension": "ROWS"})
+            response = http.values_get(
+                self.spreadsheet_key,
+                absolute_range_name(title),
+                params={"valueRenderOption": "FORMATTED_VALUE", "majorDimension": "ROWS"},
+            )
         except gspread.exceptions.APIError as e:
             if e.response.status_code == 400 and "parse range" in _google_message(e).lower():
                 raise self._worksheet_missing(title) from None
@@ -408,20 +449,24 @@ class GoogleSheetSource:
         except _ReadFailed:
             raise
         except requests.Timeout:
-            raise _ReadFailed(f"Reading {self._where(title)} timed out after {self.timeout:g}s.",
-                              retryable=True) from None
+            raise _ReadFailed(
+                f"Reading {self._where(title)} timed out after {self.timeout:g}s.", retryable=True
+            ) from None
         except (requests.ConnectionError, google.auth.exceptions.TransportError) as e:
-            raise _ReadFailed(f"Cannot reach Google to read {self._where(title)} "
-                              f"({type(e).__name__}).", retryable=True) from None
+            raise _ReadFailed(
+                f"Cannot reach Google to read {self._where(title)} ({type(e).__name__}).", retryable=True
+            ) from None
         except google.auth.exceptions.RefreshError as e:
             raise self._refresh_failure(e) from None
         except ValueError:
-            raise _ReadFailed(f"Google sent an unreadable answer for {self._where(title)}.",
-                              retryable=True) from None
+            raise _ReadFailed(
+                f"Google sent an unreadable answer for {self._where(title)}.", retryable=True
+            ) from None
         except Exception as e:  # anything else still must not stop the daemon; name only its type
             log.debug("Unexpected %s reading %s", type(e).__name__, self._where(title))
-            raise _ReadFailed(f"Unexpected {type(e).__name__} reading {self._where(title)}.",
-                              retryable=True) from None
+            raise _ReadFailed(
+                f"Unexpected {type(e).__name__} reading {self._where(title)}.", retryable=True
+            ) from None
         rows = response.get("values", []) if isinstance(response, dict) else []
         values = [["" if c is None else str(c) for c in row] for row in rows]
         return values, self._where(title)
@@ -445,35 +490,50 @@ class GoogleSheetSource:
             f"No worksheet '{title}' in spreadsheet {_short_key(self.spreadsheet_key)} (renamed or "
             f"deleted?); its worksheets are: {listed}. Rename it back or set the worksheet name in "
             "the config.",
-            action="Rename the worksheet back, or set the worksheet name in the agent's config.")
+            action="Rename the worksheet back, or set the worksheet name in the agent's config.",
+        )
 
     def _api_failure(self, e: gspread.exceptions.APIError, title: str | None) -> _ReadFailed:
         code = e.response.status_code
         where = self._where(title)
         said = _google_message(e)
         if code == 404:
-            return _ReadFailed(f"Spreadsheet {self.spreadsheet_key} was not found (404); check the "
-                               "spreadsheet key in the config.",
-                               action="Fix the spreadsheet key in the agent's config.")
+            return _ReadFailed(
+                f"Spreadsheet {self.spreadsheet_key} was not found (404); check the "
+                "spreadsheet key in the config.",
+                action="Fix the spreadsheet key in the agent's config.",
+            )
         if code == 403:
             who = self._client_email or "the service account"
             if "has not been used" in said or "disabled" in said.lower():
-                return _ReadFailed(f"Google refused to read {where}: the Sheets API is not enabled for "
-                                   f"the service account's project ({said}).",
-                                   action="Enable the Google Sheets API in the Google Cloud project.")
-            return _ReadFailed(f"Permission denied reading {where}: share the sheet with {who} "
-                               "(Viewer is enough).", action=f"Share the sheet with {who} as a Viewer.")
+                return _ReadFailed(
+                    f"Google refused to read {where}: the Sheets API is not enabled for "
+                    f"the service account's project ({said}).",
+                    action="Enable the Google Sheets API in the Google Cloud project.",
+                )
+            return _ReadFailed(
+                f"Permission denied reading {where}: share the sheet with {who} (Viewer is enough).",
+                action=f"Share the sheet with {who} as a Viewer.",
+            )
         if code == 401:
-            return _ReadFailed(f"Google rejected the service account's credentials reading {where} "
-                               "(401); check the service account key is still valid.",
-                               action="Check the service account key is still valid.")
+            return _ReadFailed(
+                f"Google rejected the service account's credentials reading {where} "
+                "(401); check the service account key is still valid.",
+                action="Check the service account key is still valid.",
+            )
         retry_after = _retry_after_seconds(e.response, time.time())
         if code == 429:
-            return _ReadFailed(f"Google's read quota is exhausted for {where} (429).", retryable=True,
-                               retry_after=retry_after)
+            return _ReadFailed(
+                f"Google's read quota is exhausted for {where} (429).",
+                retryable=True,
+                retry_after=retry_after,
+            )
         if code in _RETRYABLE or code >= 500:
-            return _ReadFailed(f"Google failed reading {where} ({code}: {said or 'no detail'}).",
-                               retryable=True, retry_after=retry_after)
+            return _ReadFailed(
+                f"Google failed reading {where} ({code}: {said or 'no detail'}).",
+                retryable=True,
+                retry_after=retry_after,
+            )
         return _ReadFailed(f"Google refused to read {where} ({code}: {said or 'no detail'}).")
 
     def _refresh_failure(self, e: google.auth.exceptions.RefreshError) -> _ReadFailed:
@@ -481,10 +541,12 @@ class GoogleSheetSource:
         # but keep only the first argument and cap it: the second is the raw response body.
         detail = str(e.args[0])[:200] if e.args else type(e).__name__
         who = self._client_email or "the service account"
-        return _ReadFailed(f"Google did not issue a token for {who} ({detail}); check the service "
-                           "account key is valid and not deleted or disabled.",
-                           retryable=bool(getattr(e, "retryable", False)),
-                           action="Check the service account key is valid and not deleted or disabled.")
+        return _ReadFailed(
+            f"Google did not issue a token for {who} ({detail}); check the service "
+            "account key is valid and not deleted or disabled.",
+            retryable=bool(getattr(e, "retryable", False)),
+            action="Check the service account key is valid and not deleted or disabled.",
+        )
 
     def _check_credentials_file(self) -> list[str]:
         path = self.credentials_file
@@ -494,14 +556,19 @@ class GoogleSheetSource:
             return [f"Google credentials file {path}: {e.strerror or e}."]
         problems = []
         if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            problems.append(f"Google credentials file {path} is readable by other users (mode "
-                            f"{stat.S_IMODE(st.st_mode):04o}); run `chmod 600 {path}`.")
+            problems.append(
+                f"Google credentials file {path} is readable by other users (mode "
+                f"{stat.S_IMODE(st.st_mode):04o}); run `chmod 600 {path}`."
+            )
         return problems
 
     # -- the on-disk copy -----------------------------------------------------------------------
     def _cache_identity(self) -> dict[str, Any]:
-        return {"spreadsheet_key": self.spreadsheet_key, "worksheet": self.worksheet,
-                "barcode_column": self.barcode_column}
+        return {
+            "spreadsheet_key": self.spreadsheet_key,
+            "worksheet": self.worksheet,
+            "barcode_column": self.barcode_column,
+        }
 
     def _load_disk_cache(self) -> None:
         """Adopt the cache file once, if it belongs to this sheet. Caller holds ``_state_lock``."""
@@ -515,15 +582,21 @@ class GoogleSheetSource:
         except (OSError, ValueError) as e:
             log.warning("Ignoring the sheet cache %s: unreadable (%s).", self.cache_path, type(e).__name__)
             return
-        if not isinstance(data, dict) or data.get("version") != _CACHE_VERSION or \
-                any(data.get(k) != v for k, v in self._cache_identity().items()):
+        if (
+            not isinstance(data, dict)
+            or data.get("version") != _CACHE_VERSION
+            or any(data.get(k) != v for k, v in self._cache_identity().items())
+        ):
             log.warning("Ignoring the sheet cache %s: it is for another sheet or format.", self.cache_path)
             return
         try:
             if data.get("values") is not None:
-                self._good = parse_table(data["values"], source=data["source"],
-                                         barcode_column=self.barcode_column,
-                                         fetched_at=float(data["fetched_at"]))
+                self._good = parse_table(
+                    data["values"],
+                    source=data["source"],
+                    barcode_column=self.barcode_column,
+                    fetched_at=float(data["fetched_at"]),
+                )
                 self._good_values = data["values"]
                 self._last_attempt_at = self._good.fetched_at
                 self._next_read_at = self._good.fetched_at + self.refresh_seconds
@@ -539,25 +612,35 @@ class GoogleSheetSource:
             self._next_read_at = 0.0
             return
         if self._good is not None:
-            log.info("Loaded the cached copy of %s, read %s ago.", self._good.source,
-                     age_text(max(0.0, self._clock() - self._good.fetched_at)))
+            log.info(
+                "Loaded the cached copy of %s, read %s ago.",
+                self._good.source,
+                age_text(max(0.0, self._clock() - self._good.fetched_at)),
+            )
 
     def _write_disk_cache(self) -> None:
         if self.cache_path is None:
             return
         with self._state_lock:
             good, values = self._good, self._good_values
-            data: dict[str, Any] = {"version": _CACHE_VERSION, **self._cache_identity(),
-                                    "source": good.source if good else None,
-                                    "fetched_at": good.fetched_at if good else None,
-                                    "values": values,
-                                    "malformed": None if self._malformed is None else
-                                    {"message": self._malformed.message, "fetched_at": self._malformed_at}}
+            data: dict[str, Any] = {
+                "version": _CACHE_VERSION,
+                **self._cache_identity(),
+                "source": good.source if good else None,
+                "fetched_at": good.fetched_at if good else None,
+                "values": values,
+                "malformed": None
+                if self._malformed is None
+                else {"message": self._malformed.message, "fetched_at": self._malformed_at},
+            }
         try:
             _atomic_write_json(self.cache_path, data)
         except OSError as e:
-            log.warning("Could not write the sheet cache %s (%s); the in-memory copy is still used.",
-                        self.cache_path, e.strerror or e)
+            log.warning(
+                "Could not write the sheet cache %s (%s); the in-memory copy is still used.",
+                self.cache_path,
+                e.strerror or e,
+            )
 
 
 def _atomic_write_json(path: Path, data: dict[str, Any]) -> None:

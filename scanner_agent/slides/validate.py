@@ -55,8 +55,9 @@ def slide_file(unit: ScanUnit) -> Path:
     if unit.primary.is_dir():
         dcms = sorted(p for p in unit.primary.iterdir() if p.suffix.lower() == ".dcm" and p.is_file())
         if not dcms:
-            raise errors.CorruptSlide(f"DICOM folder {unit.primary} holds no .dcm file",
-                                      path=str(unit.primary))
+            raise errors.CorruptSlide(
+                f"DICOM folder {unit.primary} holds no .dcm file", path=str(unit.primary)
+            )
         return dcms[0]
     return unit.primary
 
@@ -72,8 +73,9 @@ def read_properties(path: Path) -> Mapping[str, str]:
         return MappingProxyType({})
 
 
-def validate_slide(unit: ScanUnit, *, thumbnail_size: int = 512,
-                   max_decode_pixels: int = MAX_DECODE_PIXELS) -> SlideInfo:
+def validate_slide(
+    unit: ScanUnit, *, thumbnail_size: int = 512, max_decode_pixels: int = MAX_DECODE_PIXELS
+) -> SlideInfo:
     """Open the scan with OpenSlide, check its structure, decode it and make a PNG thumbnail.
 
     Raises ``errors.CorruptSlide`` (file named, reason given) for an unreadable slide,
@@ -121,8 +123,9 @@ def _check_files(unit: ScanUnit, target: Path) -> None:
     """Existence, readability and emptiness, with messages a person understands."""
     if unit.companion is not None:  # MIRAX: the .mrxs is only a marker, the data is in the folder
         if not target.exists():
-            raise errors.SourceChanged(f"{target} is missing (moved or deleted while being checked?)",
-                                       path=str(target))
+            raise errors.SourceChanged(
+                f"{target} is missing (moved or deleted while being checked?)", path=str(target)
+            )
         for name in ("Slidedat.ini", "Index.dat"):
             _check_nonempty(unit.companion / name, what=f"MIRAX {name}", vanished_is_corrupt=True)
         return
@@ -137,11 +140,11 @@ def _check_nonempty(path: Path, *, what: str, vanished_is_corrupt: bool = False)
     except FileNotFoundError:
         if vanished_is_corrupt:  # a part of the scan that was never written
             raise _corrupt(path, f"{what} {path} is missing") from None
-        raise errors.SourceChanged(f"{what} {path} is missing (moved or deleted while being checked?)",
-                                   path=str(path)) from None
+        raise errors.SourceChanged(
+            f"{what} {path} is missing (moved or deleted while being checked?)", path=str(path)
+        ) from None
     except PermissionError:
-        raise errors.ScanError(f"{what} {path} cannot be read: permission denied",
-                               path=str(path)) from None
+        raise errors.ScanError(f"{what} {path} cannot be read: permission denied", path=str(path)) from None
     if size == 0:
         raise _corrupt(path, f"{what} {path} is zero bytes")
 
@@ -164,8 +167,11 @@ def _check_tiff_extents(path: Path) -> None:
             for index, page in enumerate(tif.pages):
                 ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts) if n > 0]
                 if ends and max(ends) > size:
-                    raise _corrupt(path, f"{path} is truncated or damaged: TIFF directory {index} lists image data "
-                                         f"up to byte {max(ends)} but the file has only {size} bytes")
+                    raise _corrupt(
+                        path,
+                        f"{path} is truncated or damaged: TIFF directory {index} lists image data "
+                        f"up to byte {max(ends)} but the file has only {size} bytes",
+                    )
     except errors.CorruptSlide:
         raise
     except Exception:  # tifffile disagrees with an exotic vendor layout: not our verdict to give
@@ -175,8 +181,9 @@ def _check_tiff_extents(path: Path) -> None:
 # --- checks with OpenSlide -------------------------------------------------------------------
 
 
-def _checked_dimensions(slide: openslide.OpenSlide, target: Path,
-                        max_decode_pixels: int) -> tuple[tuple[int, int], ...]:
+def _checked_dimensions(
+    slide: openslide.OpenSlide, target: Path, max_decode_pixels: int
+) -> tuple[tuple[int, int], ...]:
     dims = slide.level_dimensions
     if not dims:
         raise _corrupt(target, f"{target} has no image levels")
@@ -185,9 +192,12 @@ def _checked_dimensions(slide: openslide.OpenSlide, target: Path,
             raise _corrupt(target, f"{target}: level {level} has impossible size {w}x{h}")
     w, h = dims[-1]
     if w * h > max_decode_pixels:
-        raise _corrupt(target, f"{target}: smallest level {len(dims) - 1} is {w}x{h} "
-                               f"({w * h / 1e6:.0f} Mpx), over the {max_decode_pixels / 1e6:.0f} Mpx "
-                               "decode limit; refusing to read it (missing pyramid or decompression bomb)")
+        raise _corrupt(
+            target,
+            f"{target}: smallest level {len(dims) - 1} is {w}x{h} "
+            f"({w * h / 1e6:.0f} Mpx), over the {max_decode_pixels / 1e6:.0f} Mpx "
+            "decode limit; refusing to read it (missing pyramid or decompression bomb)",
+        )
     return dims
 
 
@@ -241,7 +251,9 @@ def _sample_levels(slide: openslide.OpenSlide, target: Path, dims: tuple[tuple[i
         try:
             slide.read_region((round(x * ds), round(y * ds)), level, (sw, sh))
         except openslide.OpenSlideError as exc:
-            raise _corrupt(target, f"{target}: level {level} could not be decoded at ({x}, {y}): {exc}") from None
+            raise _corrupt(
+                target, f"{target}: level {level} could not be decoded at ({x}, {y}): {exc}"
+            ) from None
 
 
 def _mpp(props: Mapping[str, str]) -> float | None:

@@ -60,7 +60,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -83,8 +83,15 @@ _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 _READONLY_ERRNOS = {errno.EROFS, errno.EACCES, errno.EPERM}
 _GONE_ERRNOS = {errno.ENOENT, errno.ESTALE}
 #: Why a hard link can fail while a copy would still work.
-_NO_LINK_ERRNOS = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP,
-                   errno.ENOSYS, errno.EINVAL}
+_NO_LINK_ERRNOS = {
+    errno.EXDEV,
+    errno.EPERM,
+    errno.EMLINK,
+    errno.ENOTSUP,
+    errno.EOPNOTSUPP,
+    errno.ENOSYS,
+    errno.EINVAL,
+}
 
 ChunkHook = Callable[[Path, int], None]
 
@@ -126,6 +133,7 @@ class TransferResult:
 
 
 # --------------------------------------------------------------------------- errors
+
 
 def _storage_error(exc: OSError, path: Path, what: str = "write") -> StorageUnavailable:
     """Map an OSError on the storage side to StorageUnavailable, naming the path."""
@@ -248,6 +256,7 @@ def _write_atomic(path: Path, data: bytes, tmp_dir: Path, mode: int = SIDECAR_MO
 
 # --------------------------------------------------------------------------- hashing and copying
 
+
 def hash_file(path: Path, bufsize: int = 8 << 20) -> str:
     """sha256 of a file, read sequentially through one reusable buffer."""
     h = hashlib.sha256()
@@ -273,8 +282,15 @@ class _Verifier(threading.Thread):
     bytes mean the copy's sha256 is the source's, without spending a core on a second sha256.
     """
 
-    def __init__(self, wfd: int, path: Path, bufsize: int, window_chunks: int, from_disk: bool,
-                 free: queue.Queue[bytearray]) -> None:
+    def __init__(
+        self,
+        wfd: int,
+        path: Path,
+        bufsize: int,
+        window_chunks: int,
+        from_disk: bool,
+        free: queue.Queue[bytearray],
+    ) -> None:
         super().__init__(name=f"verify {path.name}", daemon=True)
         self.path, self._wfd = path, wfd
         self._window_chunks, self._from_disk, self._free = window_chunks, from_disk, free
@@ -338,17 +354,19 @@ class _Verifier(threading.Thread):
         if not same:
             raise StorageUnavailable(
                 f"verify failed: {self.path} reads back differently from what was written "
-                f"in bytes {offset}..{offset + n}", path=str(self.path))
-
+                f"in bytes {offset}..{offset + n}",
+                path=str(self.path),
+            )
 
 
 def _write_all(fd: int, data: memoryview) -> None:
     while data:
-        data = data[os.write(fd, data):]
+        data = data[os.write(fd, data) :]
 
 
-def _copy_file(src: SourceFile, dst: Path, bufsize: int, verify_from_disk: bool,
-               on_chunk: ChunkHook | None) -> str:
+def _copy_file(
+    src: SourceFile, dst: Path, bufsize: int, verify_from_disk: bool, on_chunk: ChunkHook | None
+) -> str:
     """Copy one file, hashing the source in the same read pass, and verify the copy; return its sha256."""
     with _on_source(src.path):
         sfd = os.open(src.path, os.O_RDONLY)
@@ -364,8 +382,15 @@ def _copy_file(src: SourceFile, dst: Path, bufsize: int, verify_from_disk: bool,
         os.close(sfd)
 
 
-def _copy_fds(sfd: int, wfd: int, src: SourceFile, dst: Path, bufsize: int, verify_from_disk: bool,
-              on_chunk: ChunkHook | None) -> str:
+def _copy_fds(
+    sfd: int,
+    wfd: int,
+    src: SourceFile,
+    dst: Path,
+    bufsize: int,
+    verify_from_disk: bool,
+    on_chunk: ChunkHook | None,
+) -> str:
     window_chunks = max(1, VERIFY_WINDOW // bufsize)
     free: queue.Queue[bytearray] = queue.Queue()
     # One window under verification, one being written behind it, and a few read ahead: the
@@ -391,12 +416,15 @@ def _copy_fds(sfd: int, wfd: int, src: SourceFile, dst: Path, bufsize: int, veri
             raise _storage_error(verifier.error, dst, "verify") from verifier.error
         raise verifier.error
     if stored_size != copied:
-        raise StorageUnavailable(f"verify failed: {dst} is {stored_size} bytes on storage, {copied} were written",
-                                 path=str(dst))
+        raise StorageUnavailable(
+            f"verify failed: {dst} is {stored_size} bytes on storage, {copied} were written", path=str(dst)
+        )
     return source_sha
 
 
-def _next_buffer(free: queue.Queue[bytearray], verifier: _Verifier, stop: threading.Event) -> bytearray | None:
+def _next_buffer(
+    free: queue.Queue[bytearray], verifier: _Verifier, stop: threading.Event
+) -> bytearray | None:
     """A free buffer, or None once told to stop; a dead verifier (which would never hand one back)
     is an error, not a hang."""
     while not stop.is_set():
@@ -412,8 +440,14 @@ def _next_buffer(free: queue.Queue[bytearray], verifier: _Verifier, stop: thread
 _Chunk = tuple[bytearray, int, int]
 
 
-def _read_ahead(sfd: int, src: SourceFile, free: queue.Queue[bytearray], verifier: _Verifier,
-                out: queue.Queue[tuple[bytearray, int] | BaseException], stop: threading.Event) -> None:
+def _read_ahead(
+    sfd: int,
+    src: SourceFile,
+    free: queue.Queue[bytearray],
+    verifier: _Verifier,
+    out: queue.Queue[tuple[bytearray, int] | BaseException],
+    stop: threading.Event,
+) -> None:
     """Reader thread: fill free buffers from the source in order and queue (buffer, length); a
     length of 0 is the end of the file. Reading the next chunk so overlaps writing this one (a
     device read and a device write at once, as ``cp`` gets from read-ahead and write-back)."""
@@ -440,8 +474,16 @@ def _start_writeback(wfd: int, offset: int, n: int) -> None:
         _sync_file_range(wfd, ctypes.c_int64(offset), ctypes.c_int64(n), _SYNC_FILE_RANGE_WRITE)
 
 
-def _pump(sfd: int, wfd: int, src: SourceFile, dst: Path, free: queue.Queue[bytearray],
-          verifier: _Verifier, on_chunk: ChunkHook | None, early_writeback: bool) -> tuple[str, int]:
+def _pump(
+    sfd: int,
+    wfd: int,
+    src: SourceFile,
+    dst: Path,
+    free: queue.Queue[bytearray],
+    verifier: _Verifier,
+    on_chunk: ChunkHook | None,
+    early_writeback: bool,
+) -> tuple[str, int]:
     """Read the source once; hash each chunk on a helper thread while writing it, with the next
     chunks read ahead on another.
 
@@ -454,8 +496,12 @@ def _pump(sfd: int, wfd: int, src: SourceFile, dst: Path, free: queue.Queue[byte
     copied = 0
     chunks: queue.Queue[tuple[bytearray, int] | BaseException] = queue.Queue()
     stop = threading.Event()
-    reader = threading.Thread(target=_read_ahead, args=(sfd, src, free, verifier, chunks, stop),
-                              name=f"read {src.path.name}", daemon=True)
+    reader = threading.Thread(
+        target=_read_ahead,
+        args=(sfd, src, free, verifier, chunks, stop),
+        name=f"read {src.path.name}",
+        daemon=True,
+    )
     reader.start()
     try:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hash") as hasher:
@@ -494,20 +540,33 @@ def _pump(sfd: int, wfd: int, src: SourceFile, dst: Path, free: queue.Queue[byte
             if not isinstance(left, BaseException):
                 free.put(left[0])
     if copied != src.size:
-        raise SourceChanged(f"source changed during transfer: {src.path} was {src.size} bytes, "
-                            f"read {copied}{'+' if copied > src.size else ''}", path=str(src.path))
+        raise SourceChanged(
+            f"source changed during transfer: {src.path} was {src.size} bytes, "
+            f"read {copied}{'+' if copied > src.size else ''}",
+            path=str(src.path),
+        )
     return h.hexdigest(), copied
 
 
 # --------------------------------------------------------------------------- the unit, its names and its state
 
+
 def _check_name(unit: ScanUnit, name: str, incoming_dirname: str) -> None:
-    bad = (not name or name in (".", "..", SUPERSEDED_DIRNAME, incoming_dirname) or name.startswith(".")
-           or "/" in name or "\\" in name or "\0" in name or len(os.fsencode(name)) > 255)
+    bad = (
+        not name
+        or name in (".", "..", SUPERSEDED_DIRNAME, incoming_dirname)
+        or name.startswith(".")
+        or "/" in name
+        or "\\" in name
+        or "\0" in name
+        or len(os.fsencode(name)) > 255
+    )
     if bad:
         raise ValueError(f"unsafe destination name {name!r} for {unit.primary}")
     if not unit.is_folder and Path(name).suffix.lower() != unit.ext:
-        raise ValueError(f"destination name {name!r} must end with {unit.ext!r} like its source {unit.primary}")
+        raise ValueError(
+            f"destination name {name!r} must end with {unit.ext!r} like its source {unit.primary}"
+        )
     if unit.companion is not None and not Path(name).stem:
         raise ValueError(f"destination name {name!r} has no stem for the data folder of {unit.primary}")
 
@@ -548,7 +607,7 @@ def _snapshot(unit: ScanUnit, name: str) -> tuple[SourceFile, ...]:
 def _changes(before: tuple[SourceFile, ...], unit: ScanUnit, *, allow_missing: bool = False) -> list[str]:
     """How the source differs from ``before``; empty when nothing changed."""
     now: dict[Path, os.stat_result] = {}
-    for path, _rel in (unit.files() if unit.primary.exists() else []):
+    for path, _rel in unit.files() if unit.primary.exists() else []:
         try:
             now[path] = path.stat()
         except FileNotFoundError:
@@ -561,8 +620,13 @@ def _changes(before: tuple[SourceFile, ...], unit: ScanUnit, *, allow_missing: b
             if not allow_missing:
                 problems.append(f"{f.path} vanished")
         elif (st.st_size, st.st_mtime_ns, st.st_ino) != (f.size, f.mtime_ns, f.ino):
-            what = (f"size {f.size} -> {st.st_size}" if st.st_size != f.size
-                    else "modified" if st.st_mtime_ns != f.mtime_ns else "replaced")
+            what = (
+                f"size {f.size} -> {st.st_size}"
+                if st.st_size != f.size
+                else "modified"
+                if st.st_mtime_ns != f.mtime_ns
+                else "replaced"
+            )
             problems.append(f"{f.path} changed ({what})")
     problems += [f"{p} appeared" for p in now if p not in known]
     return problems
@@ -571,7 +635,9 @@ def _changes(before: tuple[SourceFile, ...], unit: ScanUnit, *, allow_missing: b
 def _require_unchanged(before: tuple[SourceFile, ...], unit: ScanUnit) -> None:
     problems = _changes(before, unit)
     if problems:
-        raise SourceChanged("source changed during transfer: " + "; ".join(problems[:5]), path=str(unit.primary))
+        raise SourceChanged(
+            "source changed during transfer: " + "; ".join(problems[:5]), path=str(unit.primary)
+        )
 
 
 def _manifest_sha(files: list[StoredFile]) -> str:
@@ -595,10 +661,12 @@ def _tree_files(root: Path, dest_dir: Path) -> dict[str, Path]:
 
 # --------------------------------------------------------------------------- storage checks
 
+
 def _prepare_storage(dest_dir: Path, incoming: Path, storage_root: Path | None) -> None:
     if storage_root is not None and not Path(storage_root).is_dir():
-        raise StorageUnavailable(f"storage missing: {storage_root} does not exist (is the share mounted?)",
-                                 path=str(storage_root))
+        raise StorageUnavailable(
+            f"storage missing: {storage_root} does not exist (is the share mounted?)", path=str(storage_root)
+        )
     with _on_storage(incoming, "create"):
         incoming.mkdir(parents=True, exist_ok=True)
     # A real write, because access(2) says yes to root on read-only exports and squashed shares.
@@ -612,9 +680,11 @@ def _require_room(dest_dir: Path, need: int, margin: int) -> None:
     with _on_storage(dest_dir, "check free space of"):
         have = free_space(dest_dir)
     if have < need + margin:
-        err = StorageUnavailable(f"storage full: need {_human(need + margin)} "
-                                 f"({_human(need)} + {_human(margin)} margin), have {_human(have)} at {dest_dir}",
-                                 path=str(dest_dir))
+        err = StorageUnavailable(
+            f"storage full: need {_human(need + margin)} "
+            f"({_human(need)} + {_human(margin)} margin), have {_human(have)} at {dest_dir}",
+            path=str(dest_dir),
+        )
         err.kind = "storage_full"
         raise err
 
@@ -624,6 +694,7 @@ def _same_filesystem(a: Path, b: Path) -> bool:
 
 
 # --------------------------------------------------------------------------- staging
+
 
 def _staged_path(partial: Path, rel: str, multi: bool) -> Path:
     return partial / rel if multi else partial
@@ -641,8 +712,14 @@ def _stage_links(files: list[SourceFile], partial: Path, multi: bool) -> None:
             raise
 
 
-def _stage_copies(files: list[SourceFile], partial: Path, multi: bool, bufsize: int,
-                  verify_from_disk: bool, on_chunk: ChunkHook | None) -> dict[str, str]:
+def _stage_copies(
+    files: list[SourceFile],
+    partial: Path,
+    multi: bool,
+    bufsize: int,
+    verify_from_disk: bool,
+    on_chunk: ChunkHook | None,
+) -> dict[str, str]:
     shas: dict[str, str] = {}
     for f in files:
         target = _staged_path(partial, f.rel, multi)
@@ -670,8 +747,17 @@ def _sole_names(files: list[SourceFile]) -> bool:
     return True
 
 
-def _stage(files: list[SourceFile], partial: Path, multi: bool, same_fs: bool, dest_dir: Path,
-           margin: int, bufsize: int, verify_from_disk: bool, on_chunk: ChunkHook | None) -> tuple[dict[str, str], bool]:
+def _stage(
+    files: list[SourceFile],
+    partial: Path,
+    multi: bool,
+    same_fs: bool,
+    dest_dir: Path,
+    margin: int,
+    bufsize: int,
+    verify_from_disk: bool,
+    on_chunk: ChunkHook | None,
+) -> tuple[dict[str, str], bool]:
     """Put ``files`` under ``partial``; return their sha256 by rel and whether they were linked."""
     if multi:
         with _on_storage(partial, "create"):
@@ -704,10 +790,11 @@ def _stage(files: list[SourceFile], partial: Path, multi: bool, same_fs: bool, d
 
 # --------------------------------------------------------------------------- rescans
 
+
 def _superseded_label(primary: Path, label: str | None) -> str:
     if label is None:
         mtime = primary.stat().st_mtime
-        return datetime.fromtimestamp(mtime, timezone.utc).strftime("%Y%m%dT%H%M%S")
+        return datetime.fromtimestamp(mtime, UTC).strftime("%Y%m%dT%H%M%S")
     if not label or "/" in label or "\0" in label or label.startswith("."):
         raise ValueError(f"unsafe superseded label {label!r} for {primary}")
     return label
@@ -739,7 +826,7 @@ def _supersede(old_primary: Path, label: str | None, new_name: str, incoming_dir
         # Sidecar first: if we die halfway, the moved image is never without its record.
         meta = _read_json(old_sidecar) or {"note": f"no readable sidecar was found at {old_sidecar}"}
         meta["superseded_by"] = new_name
-        meta["superseded_at"] = datetime.now(timezone.utc).isoformat()
+        meta["superseded_at"] = datetime.now(UTC).isoformat()
         meta["superseded_as"] = new_primary.name
         _write_atomic(folder / f"{stem}.json", _dump(meta), incoming)
         # .mrxs before its data folder: the live folder never shows a .mrxs without its data.
@@ -768,6 +855,7 @@ def _dump(meta: dict[str, Any]) -> bytes:
 
 # --------------------------------------------------------------------------- placing
 
+
 def _place(partial: Path, dest_dir: Path, roots: list[str], multi: bool) -> None:
     """Rename staged roots into place, in order; undo the ones done if a later one fails."""
     done: list[tuple[Path, Path]] = []
@@ -786,8 +874,9 @@ def _place(partial: Path, dest_dir: Path, roots: list[str], multi: bool) -> None
         partial.rmdir()
 
 
-def _compare_existing(files: list[SourceFile], dest_dir: Path, roots: list[str],
-                      bufsize: int) -> tuple[dict[str, str], list[str], list[str]]:
+def _compare_existing(
+    files: list[SourceFile], dest_dir: Path, roots: list[str], bufsize: int
+) -> tuple[dict[str, str], list[str], list[str]]:
     """Hash what is already at the destination against the source.
 
     Returns (source sha256 by rel, roots already holding the same bytes, roots holding other bytes).
@@ -829,11 +918,18 @@ def _describe(path: Path) -> str:
         st = path.stat()
     except OSError:
         return str(path)
-    return f"{path} ({_human(st.st_size)}, modified {datetime.fromtimestamp(st.st_mtime, timezone.utc):%Y-%m-%d %H:%M} UTC)"
+    return f"{path} ({_human(st.st_size)}, modified {datetime.fromtimestamp(st.st_mtime, UTC):%Y-%m-%d %H:%M} UTC)"
 
 
-def _what_to_do(unit: ScanUnit, files: list[SourceFile], dest_dir: Path, name: str, roots: list[str],
-                supersede: Path | None, bufsize: int) -> tuple[dict[str, str], list[str], Path | None]:
+def _what_to_do(
+    unit: ScanUnit,
+    files: list[SourceFile],
+    dest_dir: Path,
+    name: str,
+    roots: list[str],
+    supersede: Path | None,
+    bufsize: int,
+) -> tuple[dict[str, str], list[str], Path | None]:
     """Step 2: (source sha256 known so far, roots already stored identically, earlier scan to supersede)."""
     primary_dest = (dest_dir / name).absolute()
     rescan = supersede is not None and Path(supersede).absolute() == primary_dest
@@ -842,7 +938,9 @@ def _what_to_do(unit: ScanUnit, files: list[SourceFile], dest_dir: Path, name: s
         if differ and not rescan:
             raise DestinationCollision(
                 f"{_describe(dest_dir / differ[0])} already holds a different scan than "
-                f"{_describe(unit.primary)}; not overwriting", path=str(dest_dir / differ[0]))
+                f"{_describe(unit.primary)}; not overwriting",
+                path=str(dest_dir / differ[0]),
+            )
         if differ:
             return shas, [], dest_dir / name
         return shas, present, None
@@ -851,11 +949,21 @@ def _what_to_do(unit: ScanUnit, files: list[SourceFile], dest_dir: Path, name: s
     return {}, [], None
 
 
-def place_scan(unit: ScanUnit, dest_dir: Path, name: str, *, sidecar: dict[str, Any],
-               supersede: Path | None = None, superseded_label: str | None = None,
-               incoming_dirname: str = ".incoming", bufsize: int = 8 << 20,
-               storage_root: Path | None = None, margin: int = DEFAULT_MARGIN,
-               verify_from_disk: bool = True, _on_chunk: ChunkHook | None = None) -> TransferResult:
+def place_scan(
+    unit: ScanUnit,
+    dest_dir: Path,
+    name: str,
+    *,
+    sidecar: dict[str, Any],
+    supersede: Path | None = None,
+    superseded_label: str | None = None,
+    incoming_dirname: str = ".incoming",
+    bufsize: int = 8 << 20,
+    storage_root: Path | None = None,
+    margin: int = DEFAULT_MARGIN,
+    verify_from_disk: bool = True,
+    _on_chunk: ChunkHook | None = None,
+) -> TransferResult:
     """Store ``unit`` as ``dest_dir/name`` (see the module docstring for the protocol).
 
     ``supersede`` is the stored path of an earlier scan of the same barcode (a rescan): it moves
@@ -883,11 +991,14 @@ def place_scan(unit: ScanUnit, dest_dir: Path, name: str, *, sidecar: dict[str, 
     superseded: list[Path] = []
     try:
         if to_copy:
-            copied, linked = _stage(to_copy, partial, multi, same_fs, dest_dir, margin, bufsize,
-                                    verify_from_disk, _on_chunk)
+            copied, linked = _stage(
+                to_copy, partial, multi, same_fs, dest_dir, margin, bufsize, verify_from_disk, _on_chunk
+            )
             if any(shas.get(rel, sha) != sha for rel, sha in copied.items()):
-                raise SourceChanged(f"source changed during transfer: {unit.primary} hashed differently "
-                                    "in two reads", path=str(unit.primary))
+                raise SourceChanged(
+                    f"source changed during transfer: {unit.primary} hashed differently in two reads",
+                    path=str(unit.primary),
+                )
             shas.update(copied)
         _require_unchanged(tuple(files), unit)
         if old is not None:
@@ -915,8 +1026,14 @@ def place_scan(unit: ScanUnit, dest_dir: Path, name: str, *, sidecar: dict[str, 
         linked=linked,
     )
     _write_sidecar(result, name, sidecar, incoming)
-    log.info("stored %s as %s (%s, %.1fs, %s)", unit.primary, result.dest, _human(result.total_size),
-             result.seconds, "already present" if not to_copy else "linked" if linked else "copied")
+    log.info(
+        "stored %s as %s (%s, %.1fs, %s)",
+        unit.primary,
+        result.dest,
+        _human(result.total_size),
+        result.seconds,
+        "already present" if not to_copy else "linked" if linked else "copied",
+    )
     return result
 
 
@@ -924,8 +1041,10 @@ def _place_or_collide(partial: Path, dest_dir: Path, roots: list[str], multi: bo
     try:
         _place(partial, dest_dir, roots, multi)
     except FileExistsError as exc:
-        raise DestinationCollision(f"{exc.filename} appeared while {unit.primary} was being stored; "
-                                   "not overwriting", path=str(exc.filename)) from exc
+        raise DestinationCollision(
+            f"{exc.filename} appeared while {unit.primary} was being stored; not overwriting",
+            path=str(exc.filename),
+        ) from exc
     except OSError as exc:
         raise _storage_error(exc, dest_dir) from exc
 
@@ -943,22 +1062,27 @@ def _write_sidecar(result: TransferResult, name: str, caller_meta: dict[str, Any
         earlier = existing.get("supersedes") or _find_superseded(dest_dir, name)
         if earlier:
             meta["supersedes"] = earlier
-    meta.update({
-        "name": name,
-        "files": [{"rel": s.rel, "size": s.size, "sha256": s.sha256} for s in result.files],
-        "size": result.total_size,
-        "sha256": result.sha256,
-        "stored_at": datetime.now(timezone.utc).isoformat(),
-        "transfer_seconds": round(result.seconds, 3),
-    })
+    meta.update(
+        {
+            "name": name,
+            "files": [{"rel": s.rel, "size": s.size, "sha256": s.sha256} for s in result.files],
+            "size": result.total_size,
+            "sha256": result.sha256,
+            "stored_at": datetime.now(UTC).isoformat(),
+            "transfer_seconds": round(result.seconds, 3),
+        }
+    )
     with _on_storage(result.sidecar):
         _write_atomic(result.sidecar, _dump(meta), incoming)
 
 
 def _find_superseded(dest_dir: Path, name: str) -> str | None:
     """What ``name`` superseded, from the superseded sidecars (for a run that died before its own sidecar)."""
-    found = [m for m in map(_read_json, (dest_dir / SUPERSEDED_DIRNAME).glob("*.json"))
-             if m.get("superseded_by") == name and m.get("superseded_as")]
+    found = [
+        m
+        for m in map(_read_json, (dest_dir / SUPERSEDED_DIRNAME).glob("*.json"))
+        if m.get("superseded_by") == name and m.get("superseded_as")
+    ]
     if not found:
         return None
     newest = max(found, key=lambda m: str(m.get("superseded_at", "")))
@@ -973,6 +1097,7 @@ def _relative(path: Path, base: Path) -> str:
 
 
 # --------------------------------------------------------------------------- removing the source
+
 
 def _remove_unit_files(unit: ScanUnit, files: tuple[SourceFile, ...]) -> None:
     """Unlink exactly the files that were copied, then the folders they leave empty."""
@@ -998,22 +1123,29 @@ def remove_source(unit: ScanUnit, result: TransferResult) -> None:
         try:
             size = p.stat().st_size
         except OSError as exc:
-            raise StorageUnavailable(f"stored copy {p} is not readable ({exc.strerror}); "
-                                     f"keeping the source {unit.primary}", path=str(p)) from exc
+            raise StorageUnavailable(
+                f"stored copy {p} is not readable ({exc.strerror}); keeping the source {unit.primary}",
+                path=str(p),
+            ) from exc
         if size != f.size:
-            raise StorageUnavailable(f"stored copy {p} is {size} bytes, expected {f.size}; "
-                                     f"keeping the source {unit.primary}", path=str(p))
+            raise StorageUnavailable(
+                f"stored copy {p} is {size} bytes, expected {f.size}; keeping the source {unit.primary}",
+                path=str(p),
+            )
     # Files already gone are fine: an earlier call may have died halfway through.
     problems = _changes(result.source_files, unit, allow_missing=True)
     if problems:
-        raise SourceChanged(f"source changed since it was stored, keeping it: {'; '.join(problems[:5])}",
-                            path=str(unit.primary))
+        raise SourceChanged(
+            f"source changed since it was stored, keeping it: {'; '.join(problems[:5])}",
+            path=str(unit.primary),
+        )
     with _on_source(unit.primary):
         _remove_unit_files(unit, result.source_files)
     log.info("removed source %s (stored as %s)", unit.primary, result.dest)
 
 
 # --------------------------------------------------------------------------- quarantine and cleanup
+
 
 def _free_quarantine_name(unit: ScanUnit, folder: Path) -> str:
     stem, ext = unit.stem, ("" if unit.is_folder else unit.primary.suffix)
@@ -1026,8 +1158,15 @@ def _free_quarantine_name(unit: ScanUnit, folder: Path) -> str:
         n += 1
 
 
-def quarantine(unit: ScanUnit, quarantine_dir: Path, reason: str, *, incoming_dirname: str = ".incoming",
-               bufsize: int = 8 << 20, margin: int = DEFAULT_MARGIN) -> Path:
+def quarantine(
+    unit: ScanUnit,
+    quarantine_dir: Path,
+    reason: str,
+    *,
+    incoming_dirname: str = ".incoming",
+    bufsize: int = 8 << 20,
+    margin: int = DEFAULT_MARGIN,
+) -> Path:
     """Move a scan that cannot be stored into ``quarantine_dir`` beside a ``<name>.reason.txt``.
 
     Same protocol as storing (linked on the same filesystem, else copied and verified), so at
@@ -1051,7 +1190,7 @@ def quarantine(unit: ScanUnit, quarantine_dir: Path, reason: str, *, incoming_di
     except BaseException:
         _remove_tree(partial)
         raise
-    note = (f"{datetime.now(timezone.utc).isoformat()}\nsource: {unit.primary}\nreason: {reason}\n")
+    note = f"{datetime.now(UTC).isoformat()}\nsource: {unit.primary}\nreason: {reason}\n"
     with _on_storage(quarantine_dir):
         _write_atomic(quarantine_dir / f"{name}.reason.txt", note.encode(), incoming, mode=SIDECAR_MODE)
     with _on_source(unit.primary):
@@ -1060,8 +1199,9 @@ def quarantine(unit: ScanUnit, quarantine_dir: Path, reason: str, *, incoming_di
     return quarantine_dir / name
 
 
-def clean_incoming(storage_root: Path, incoming_dirname: str = ".incoming", *, older_than: float = 0,
-                   recursive: bool = True) -> list[Path]:
+def clean_incoming(
+    storage_root: Path, incoming_dirname: str = ".incoming", *, older_than: float = 0, recursive: bool = True
+) -> list[Path]:
     """Remove partials left in ``.incoming`` folders under ``storage_root`` by a crash.
 
     Only entries we create there (``*.partial``, ``*.tmp``) are removed, only when last modified

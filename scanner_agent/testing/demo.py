@@ -55,7 +55,10 @@ def run_demo(config_path: Path, *, keep: bool = False) -> int:
             watching.set()
 
     daemon = Daemon(agent, on_event=on_event)
-    scans = [SimScan(name=stem, kind=kind, barcode=bc, corrupt_kind="truncated") for stem, kind, bc, _ in DEMO_SCANS]
+    scans = [
+        SimScan(name=stem, kind=kind, barcode=bc, corrupt_kind="truncated")
+        for stem, kind, bc, _ in DEMO_SCANS
+    ]
     print("The simulated scanner writes these scans slowly, like a real one:")
     for stem, kind, bc, what in DEMO_SCANS:
         print(f"  {stem:<18} {kind:<7} barcode {bc}: {what}")
@@ -64,8 +67,14 @@ def run_demo(config_path: Path, *, keep: bool = False) -> int:
     def scanner() -> None:
         watching.wait()
         try:
-            simulate(cfg.scanner.watch, scans, chunk_bytes=512 << 10, chunk_interval=0.1, between=0.5,
-                     on_progress=lambda m: print(f"  scanner: {m}", flush=True))
+            simulate(
+                cfg.scanner.watch,
+                scans,
+                chunk_bytes=512 << 10,
+                chunk_interval=0.1,
+                between=0.5,
+                on_progress=lambda m: print(f"  scanner: {m}", flush=True),
+            )
         finally:
             done.set()
 
@@ -77,8 +86,10 @@ def run_demo(config_path: Path, *, keep: bool = False) -> int:
         while time.monotonic() < deadline:
             c = agent.journal.counts()
             decided = c["stored"] + c["held"] + c["quarantined"] + c["failed"]
-            now = (f"  progress: {c['stored']} stored, {c['held']} held, {c['quarantined']} quarantined, "
-                   f"{c['failed']} failed, {len(daemon.dispatcher.in_flight)} in flight")
+            now = (
+                f"  progress: {c['stored']} stored, {c['held']} held, {c['quarantined']} quarantined, "
+                f"{c['failed']} failed, {len(daemon.dispatcher.in_flight)} in flight"
+            )
             if now != last:
                 print(now, flush=True)
                 last = now
@@ -100,8 +111,8 @@ def run_demo(config_path: Path, *, keep: bool = False) -> int:
 
 
 def _summary(agent: object, cfg: object, seconds: float) -> str:
-    from scanner_agent.service.bootstrap import Agent
     from scanner_agent.config import AgentConfig
+    from scanner_agent.service.bootstrap import Agent
 
     assert isinstance(agent, Agent) and isinstance(cfg, AgentConfig)
     rows = agent.journal.all()
@@ -125,9 +136,13 @@ def _summary(agent: object, cfg: object, seconds: float) -> str:
         f"  sheet report:   .venv/bin/scanner-agent reconcile --config {cfg_file}",
     ]
     if os.environ.get("PREFECT_API_URL"):
-        out.append(f"  Prefect UI:     {os.environ.get('PREFECT_UI_URL') or os.environ['PREFECT_API_URL'].removesuffix('/api')}"
-                   f" (flow 'Scan Image Flow: {cfg.scanner.name}', one run per barcode)")
+        out.append(
+            f"  Prefect UI:     {os.environ.get('PREFECT_UI_URL') or os.environ['PREFECT_API_URL'].removesuffix('/api')}"
+            f" (flow 'Scan Image Flow: {cfg.scanner.name}', one run per barcode)"
+        )
     else:
-        out.append(f"  Prefect UI:     PREFECT_HOME={os.environ.get('PREFECT_HOME')} .venv/bin/prefect server start, "
-                   f"then open http://127.0.0.1:4200/runs (flow 'Scan Image Flow: {cfg.scanner.name}')")
+        out.append(
+            f"  Prefect UI:     PREFECT_HOME={os.environ.get('PREFECT_HOME')} .venv/bin/prefect server start, "
+            f"then open http://127.0.0.1:4200/runs (flow 'Scan Image Flow: {cfg.scanner.name}')"
+        )
     return "\n".join(out)

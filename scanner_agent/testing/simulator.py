@@ -44,9 +44,15 @@ class SimScan:
     height: int | None = None
 
 
-def simulate(watch: Path, scans: Sequence[SimScan], *, chunk_bytes: int = 256 << 10,
-             chunk_interval: float = 0.2, between: float = 1.0,
-             on_progress: Callable[[str], None] | None = None) -> list[Path]:
+def simulate(
+    watch: Path,
+    scans: Sequence[SimScan],
+    *,
+    chunk_bytes: int = 256 << 10,
+    chunk_interval: float = 0.2,
+    between: float = 1.0,
+    on_progress: Callable[[str], None] | None = None,
+) -> list[Path]:
     """Write ``scans`` into ``watch`` one after another; returns each scan's primary path.
 
     Raises ``ValueError`` for an unknown kind or a name that would leave the watch folder,
@@ -82,7 +88,9 @@ def simulate(watch: Path, scans: Sequence[SimScan], *, chunk_bytes: int = 256 <<
 
 def _check_scan(scan: SimScan) -> None:
     if scan.kind not in SIM_KINDS:
-        raise ValueError(f"scan {scan.name!r}: unknown kind {scan.kind!r}; choose one of {', '.join(SIM_KINDS)}")
+        raise ValueError(
+            f"scan {scan.name!r}: unknown kind {scan.kind!r}; choose one of {', '.join(SIM_KINDS)}"
+        )
     parts = PurePosixPath(scan.name).parts
     if not parts or scan.name.startswith("/") or ".." in parts or "\\" in scan.name:
         raise ValueError(f"scan name {scan.name!r} must be a relative path inside the watch folder")
@@ -103,8 +111,14 @@ def _build(scan: SimScan, staging: Path) -> Path:
     stem = PurePosixPath(scan.name).name
     size = {k: v for k, v in (("width", scan.width), ("height", scan.height)) if v is not None}
     if scan.kind in ("svs", "blurred", "blank"):
-        return synthetic.write_svs(staging / f"{stem}.svs", barcode=scan.barcode, seed=scan.seed,
-                                   blurred=scan.kind == "blurred", blank=scan.kind == "blank", **size)
+        return synthetic.write_svs(
+            staging / f"{stem}.svs",
+            barcode=scan.barcode,
+            seed=scan.seed,
+            blurred=scan.kind == "blurred",
+            blank=scan.kind == "blank",
+            **size,
+        )
     if scan.kind == "tiff":
         return synthetic.write_generic_tiff(staging / f"{stem}.tif", seed=scan.seed, **size)
     if scan.kind == "corrupt":
@@ -133,8 +147,10 @@ def _deliver_mrxs(built: Path, target: Path, chunk_bytes: int, chunk_interval: f
     final_ini = ini_src.read_bytes()
     ini_dst = dst_folder / ini_src.name
     ini_dst.write_bytes(_set_finished(final_ini, False))
-    data = sorted((p for p in src_folder.rglob("*") if p.is_file() and p != ini_src),
-                  key=lambda p: (p.name.lower() == "index.dat", str(p)))
+    data = sorted(
+        (p for p in src_folder.rglob("*") if p.is_file() and p != ini_src),
+        key=lambda p: (p.name.lower() == "index.dat", str(p)),
+    )
     for src in data:
         dst = dst_folder / src.relative_to(src_folder)
         dst.parent.mkdir(parents=True, exist_ok=True)
@@ -164,4 +180,4 @@ def _set_finished(ini: bytes, finished: bool) -> bytes:
     if header is None:
         raise ValueError("synthetic Slidedat.ini has no [GENERAL] section")
     newline = header.group(1)
-    return ini[:header.end()] + b"SLIDE_CREATION_FINISHED = " + value + newline + ini[header.end():]
+    return ini[: header.end()] + b"SLIDE_CREATION_FINISHED = " + value + newline + ini[header.end() :]

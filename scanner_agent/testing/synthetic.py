@@ -34,8 +34,17 @@ _GRAIN_POOL = 1024
 _APERIO_HEAD = "Aperio Image Library v12.0.15 (synthetic)"
 
 
-def write_svs(path: Path, *, barcode: str | None = None, width: int = 4096, height: int = 3072,
-              tile: int = 256, seed: int = 0, blurred: bool = False, blank: bool = False) -> Path:
+def write_svs(
+    path: Path,
+    *,
+    barcode: str | None = None,
+    width: int = 4096,
+    height: int = 3072,
+    tile: int = 256,
+    seed: int = 0,
+    blurred: bool = False,
+    blank: bool = False,
+) -> Path:
     """Write an Aperio-style SVS that OpenSlide opens as vendor ``aperio``; returns ``path``.
 
     Layout as a real SVS: level 0 (tiled), the stripped thumbnail as the second directory, the
@@ -48,8 +57,14 @@ def write_svs(path: Path, *, barcode: str | None = None, width: int = 4096, heig
     if barcode is not None and any(c in barcode for c in "|\r\n"):
         raise ValueError(f"barcode {barcode!r} cannot be stored in an Aperio description ('|' or newline)")
     art = _Artwork(width, height, seed=seed, blurred=blurred, blank=blank)
-    fields = ["AppMag = 20", "StripeWidth = 2040", "ScanScope ID = SYNTH01", "MPP = 0.5000",
-              f"OriginalWidth = {width}", f"OriginalHeight = {height}"]
+    fields = [
+        "AppMag = 20",
+        "StripeWidth = 2040",
+        "ScanScope ID = SYNTH01",
+        "MPP = 0.5000",
+        f"OriginalWidth = {width}",
+        f"OriginalHeight = {height}",
+    ]
     if barcode is not None:
         fields.append(f"Barcode = {barcode}")
     tail = "|" + "|".join(fields)
@@ -63,14 +78,19 @@ def write_svs(path: Path, *, barcode: str | None = None, width: int = 4096, heig
         for i, size in enumerate(levels[1:], start=1):
             _write_tiled(tw, art, size, tile, f"{head} -> {size[0]}x{size[1]} Deflate/RGB{tail}", level=i)
         label = _label_image(barcode, seed)
-        _write_stripped(tw, label, f"{_APERIO_HEAD}\r\nlabel {label.shape[1]}x{label.shape[0]}", subfiletype=1)
+        _write_stripped(
+            tw, label, f"{_APERIO_HEAD}\r\nlabel {label.shape[1]}x{label.shape[0]}", subfiletype=1
+        )
         macro = _macro_image(art, label)
-        _write_stripped(tw, macro, f"{_APERIO_HEAD}\r\nmacro {macro.shape[1]}x{macro.shape[0]}", subfiletype=9)
+        _write_stripped(
+            tw, macro, f"{_APERIO_HEAD}\r\nmacro {macro.shape[1]}x{macro.shape[0]}", subfiletype=9
+        )
     return path
 
 
-def write_generic_tiff(path: Path, *, width: int = 2048, height: int = 1536, tile: int = 256,
-                       seed: int = 0) -> Path:
+def write_generic_tiff(
+    path: Path, *, width: int = 2048, height: int = 1536, tile: int = 256, seed: int = 0
+) -> Path:
     """Write a plain tiled pyramidal TIFF (OpenSlide vendor ``generic-tiff``, no barcode)."""
     path = Path(path)
     _check_size(width, height, tile)
@@ -91,8 +111,14 @@ def write_corrupt(path: Path, kind: str) -> Path:
     200000 x 200000 pixels with no pyramid, every tile pointing at the same few bytes).
     """
     path = Path(path)
-    makers = {"zero": _corrupt_zero, "truncated": _corrupt_truncated, "garbage": _corrupt_garbage,
-              "bad_tags": _corrupt_bad_tags, "bomb": _corrupt_bomb, "bomb_tiled": _corrupt_bomb_tiled}
+    makers = {
+        "zero": _corrupt_zero,
+        "truncated": _corrupt_truncated,
+        "garbage": _corrupt_garbage,
+        "bad_tags": _corrupt_bad_tags,
+        "bomb": _corrupt_bomb,
+        "bomb_tiled": _corrupt_bomb_tiled,
+    }
     if kind not in makers:
         raise ValueError(f"unknown corrupt kind {kind!r}; choose one of {sorted(makers)}")
     makers[kind](path)
@@ -108,15 +134,18 @@ CORRUPT_KINDS: tuple[str, ...] = ("zero", "truncated", "garbage", "bad_tags", "b
 class _Artwork:
     """A tissue-like picture drawn once at base resolution and resampled for any level or tile."""
 
-    def __init__(self, width: int, height: int, *, seed: int, blurred: bool = False,
-                 blank: bool = False) -> None:
+    def __init__(
+        self, width: int, height: int, *, seed: int, blurred: bool = False, blank: bool = False
+    ) -> None:
         self.width, self.height = width, height
         self.seed, self.blurred, self.blank = seed, blurred, blank
         bw, bh = _fit(width, height, _BASE_LONG_SIDE)
         self.base = _draw_base(bw, bh, seed=seed, blurred=blurred, blank=blank)
         # Pixel-level grain comes from one seeded pool, sliced at a different place for each
         # tile: any tile can be drawn alone, and it costs no random numbers per tile.
-        pool = np.random.default_rng([seed, 1]).integers(-6, 7, size=(_GRAIN_POOL, _GRAIN_POOL, 1), dtype=np.int16)
+        pool = np.random.default_rng([seed, 1]).integers(
+            -6, 7, size=(_GRAIN_POOL, _GRAIN_POOL, 1), dtype=np.int16
+        )
         self.grain = pool // 6 if blank else pool  # empty glass: only faint sensor noise
 
     def region(self, level: int, size: tuple[int, int], x0: int, y0: int, w: int, h: int) -> np.ndarray:
@@ -139,7 +168,7 @@ class _Artwork:
             return np.tile(self.grain, (reps, reps, 1))[:h, :w]
         ox = (x0 * 7919 + y0 * 104729 + level * 31) % (spare + 1)
         oy = (y0 * 7919 + x0 * 15485863 + level * 17) % (spare + 1)
-        return self.grain[oy:oy + h, ox:ox + w]
+        return self.grain[oy : oy + h, ox : ox + w]
 
     def overview(self, size: tuple[int, int]) -> np.ndarray:
         return np.asarray(self.base.resize(size, Image.Resampling.BILINEAR))
@@ -251,8 +280,7 @@ def _tiles(art: _Artwork, size: tuple[int, int], tile: int, level: int) -> Itera
             yield _padded_tile(art, level, size, x0, y0, tile)
 
 
-def _padded_tile(art: _Artwork, level: int, size: tuple[int, int], x0: int, y0: int,
-                 tile: int) -> np.ndarray:
+def _padded_tile(art: _Artwork, level: int, size: tuple[int, int], x0: int, y0: int, tile: int) -> np.ndarray:
     """One full tile; the part beyond the level's edge is glass, as scanners pad it."""
     tw, th = min(tile, size[0] - x0), min(tile, size[1] - y0)
     if tw == tile and th == tile:
@@ -264,18 +292,45 @@ def _padded_tile(art: _Artwork, level: int, size: tuple[int, int], x0: int, y0: 
     return block
 
 
-def _write_tiled(tw: tifffile.TiffWriter, art: _Artwork, size: tuple[int, int], tile: int,
-                 description: str | None, *, level: int, subfiletype: int = 0) -> None:
-    tw.write(_tiles(art, size, tile, level), shape=(size[1], size[0], 3), dtype=np.uint8,
-             tile=(tile, tile), photometric="rgb", compression="zlib", compressionargs={"level": 1},
-             description=description, metadata=None, subfiletype=subfiletype,
-             resolution=(20000, 20000), resolutionunit="CENTIMETER")
+def _write_tiled(
+    tw: tifffile.TiffWriter,
+    art: _Artwork,
+    size: tuple[int, int],
+    tile: int,
+    description: str | None,
+    *,
+    level: int,
+    subfiletype: int = 0,
+) -> None:
+    tw.write(
+        _tiles(art, size, tile, level),
+        shape=(size[1], size[0], 3),
+        dtype=np.uint8,
+        tile=(tile, tile),
+        photometric="rgb",
+        compression="zlib",
+        compressionargs={"level": 1},
+        description=description,
+        metadata=None,
+        subfiletype=subfiletype,
+        resolution=(20000, 20000),
+        resolutionunit="CENTIMETER",
+    )
 
 
-def _write_stripped(tw: tifffile.TiffWriter, pixels: np.ndarray, description: str,
-                    subfiletype: int = 0) -> None:
-    tw.write(pixels, photometric="rgb", compression="zlib", compressionargs={"level": 1},
-             description=description, metadata=None, subfiletype=subfiletype, rowsperstrip=64)
+def _write_stripped(
+    tw: tifffile.TiffWriter, pixels: np.ndarray, description: str, subfiletype: int = 0
+) -> None:
+    tw.write(
+        pixels,
+        photometric="rgb",
+        compression="zlib",
+        compressionargs={"level": 1},
+        description=description,
+        metadata=None,
+        subfiletype=subfiletype,
+        rowsperstrip=64,
+    )
 
 
 # --- broken files ----------------------------------------------------------------------------
@@ -303,16 +358,16 @@ def _corrupt_bad_tags(path: Path) -> None:
     """A tiled RGB TIFF whose tags contradict each other: a 1024x1024 image needs 16 tiles but
     one is listed, the tile width is not a multiple of 16, and the "deflate" tile is noise."""
     tags = [
-        (256, 4, 1, 1024),        # ImageWidth
-        (257, 4, 1, 1024),        # ImageLength
-        (258, 3, 1, 8),           # BitsPerSample (count 1 for 3 samples: wrong)
-        (259, 3, 1, 8),           # Compression: deflate
-        (262, 3, 1, 2),           # Photometric: RGB
-        (277, 3, 1, 3),           # SamplesPerPixel
-        (322, 3, 1, 250),         # TileWidth not a multiple of 16: illegal
-        (323, 3, 1, 256),         # TileLength
-        (324, 4, 1, None),        # TileOffsets: one entry (16 needed)
-        (325, 4, 1, 4096),        # TileByteCounts
+        (256, 4, 1, 1024),  # ImageWidth
+        (257, 4, 1, 1024),  # ImageLength
+        (258, 3, 1, 8),  # BitsPerSample (count 1 for 3 samples: wrong)
+        (259, 3, 1, 8),  # Compression: deflate
+        (262, 3, 1, 2),  # Photometric: RGB
+        (277, 3, 1, 3),  # SamplesPerPixel
+        (322, 3, 1, 250),  # TileWidth not a multiple of 16: illegal
+        (323, 3, 1, 256),  # TileLength
+        (324, 4, 1, None),  # TileOffsets: one entry (16 needed)
+        (325, 4, 1, 4096),  # TileByteCounts
     ]
     path.write_bytes(_classic_tiff(tags, payload=np.random.default_rng(99).bytes(4096)))
 
@@ -321,9 +376,15 @@ def _corrupt_bomb(path: Path) -> None:
     """200000 x 200000 RGB in a single strip whose data is a few bytes of deflate."""
     blob = zlib.compress(b"\xff" * 3 * 256)
     tags = [
-        (256, 4, 1, 200_000), (257, 4, 1, 200_000), (258, 3, 3, None), (259, 3, 1, 8),
-        (262, 3, 1, 2), (277, 3, 1, 3), (278, 4, 1, 200_000),
-        (273, 4, 1, None), (279, 4, 1, len(blob)),
+        (256, 4, 1, 200_000),
+        (257, 4, 1, 200_000),
+        (258, 3, 3, None),
+        (259, 3, 1, 8),
+        (262, 3, 1, 2),
+        (277, 3, 1, 3),
+        (278, 4, 1, 200_000),
+        (273, 4, 1, None),
+        (279, 4, 1, len(blob)),
     ]
     path.write_bytes(_classic_tiff(tags, payload=blob))
 
@@ -334,9 +395,16 @@ def _corrupt_bomb_tiled(path: Path) -> None:
     n = (-(-side // tile)) ** 2
     blob = zlib.compress(b"\xf0" * 3 * tile * tile, 9)
     tags = [
-        (256, 4, 1, side), (257, 4, 1, side), (258, 3, 3, None), (259, 3, 1, 8),
-        (262, 3, 1, 2), (277, 3, 1, 3), (322, 3, 1, tile), (323, 3, 1, tile),
-        (324, 4, n, None), (325, 4, n, len(blob)),
+        (256, 4, 1, side),
+        (257, 4, 1, side),
+        (258, 3, 3, None),
+        (259, 3, 1, 8),
+        (262, 3, 1, 2),
+        (277, 3, 1, 3),
+        (322, 3, 1, tile),
+        (323, 3, 1, tile),
+        (324, 4, n, None),
+        (325, 4, n, len(blob)),
     ]
     path.write_bytes(_classic_tiff(tags, payload=blob))
 
@@ -383,9 +451,18 @@ def _classic_tiff(tags: list[tuple[int, int, int, int | None]], *, payload: byte
 # --- MIRAX ------------------------------------------------------------------------------------
 
 
-def write_mrxs(folder: Path, stem: str, *, barcode: str | None = None, finished: bool = True,
-               images_x: int = 8, images_y: int = 6, image_size: int = 256, seed: int = 0,
-               slide_id: str | None = None) -> Path:
+def write_mrxs(
+    folder: Path,
+    stem: str,
+    *,
+    barcode: str | None = None,
+    finished: bool = True,
+    images_x: int = 8,
+    images_y: int = 6,
+    image_size: int = 256,
+    seed: int = 0,
+    slide_id: str | None = None,
+) -> Path:
     """Write a MIRAX slide ``folder/stem.mrxs`` + ``folder/stem/`` that OpenSlide opens; returns the .mrxs.
 
     The data folder holds ``Slidedat.ini`` (``[GENERAL] SLIDE_CREATION_FINISHED = True|False``,
@@ -410,8 +487,9 @@ def write_mrxs(folder: Path, stem: str, *, barcode: str | None = None, finished:
         records = []
         for gy in range(0, images_y, step):
             for gx in range(0, images_x, step):
-                blob = _jpeg(_padded_tile(art, k, size, gx * image_size // step,
-                                          gy * image_size // step, image_size))
+                blob = _jpeg(
+                    _padded_tile(art, k, size, gx * image_size // step, gy * image_size // step, image_size)
+                )
                 records.append((gy * images_x + gx, len(data), len(blob)))
                 data += blob
         levels.append(records)
@@ -421,8 +499,7 @@ def write_mrxs(folder: Path, stem: str, *, barcode: str | None = None, finished:
 
     (data_dir / "Data0000.dat").write_bytes(bytes(data))
     (data_dir / "Index.dat").write_bytes(_mirax_index(slide_id, levels, label_record))
-    ini = _mirax_slidedat(slide_id, barcode or stem, finished, images_x, images_y,
-                          image_size, level_count)
+    ini = _mirax_slidedat(slide_id, barcode or stem, finished, images_x, images_y, image_size, level_count)
     (data_dir / "Slidedat.ini").write_text(ini, encoding="utf-8")
     mrxs = folder / f"{stem}.mrxs"
     # The .mrxs itself is only a marker to OpenSlide; scanners write a short binary stub.
@@ -443,8 +520,7 @@ def _jpeg(pixels: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _mirax_index(slide_id: str, levels: list[list[tuple[int, int, int]]],
-                 label: tuple[int, int]) -> bytes:
+def _mirax_index(slide_id: str, levels: list[list[tuple[int, int, int]]], label: tuple[int, int]) -> bytes:
     """Index.dat: version, slide id, then pointer chains to one data page per level.
 
     Layout read by OpenSlide: at ``hier_root`` a pointer to a table of one pointer per level;
@@ -467,17 +543,18 @@ def _mirax_index(slide_id: str, levels: list[list[tuple[int, int, int]]],
         out += i32(len(records), 0)
         for index, offset, length in records:
             out += i32(index, offset, length, 0)
-        out[hier_table + 4 * k: hier_table + 4 * k + 4] = i32(header)
+        out[hier_table + 4 * k : hier_table + 4 * k + 4] = i32(header)
     nonhier_table = len(out)
     out += i32(nonhier_table + 4)
     out += i32(0, nonhier_table + 12)
     out += i32(1, 0, 0, 0, label[0], label[1], 0)
-    out[len(head): len(head) + 8] = i32(hier_table, nonhier_table)
+    out[len(head) : len(head) + 8] = i32(hier_table, nonhier_table)
     return bytes(out)
 
 
-def _mirax_slidedat(slide_id: str, name: str, finished: bool, images_x: int, images_y: int,
-                    image_size: int, level_count: int) -> str:
+def _mirax_slidedat(
+    slide_id: str, name: str, finished: bool, images_x: int, images_y: int, image_size: int, level_count: int
+) -> str:
     lines = [
         "[GENERAL]",
         "SLIDE_VERSION = 01.03",

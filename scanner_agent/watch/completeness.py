@@ -29,17 +29,43 @@ log = logging.getLogger(__name__)
 #: ``*.scn`` (Leica), ``*.vms`` (Hamamatsu VMS) and ``*.svslide`` (Sakura) are OpenSlide formats
 #: some labs still produce; ``*.tiff`` is the long spelling scanners also use.
 DEFAULT_PATTERNS: tuple[str, ...] = (
-    "*.svs", "*.tif", "*.tiff", "*.ndpi", "*.bif", "*.mrxs", "*.scn", "*.vms", "*.svslide", "*.dcm",
+    "*.svs",
+    "*.tif",
+    "*.tiff",
+    "*.ndpi",
+    "*.bif",
+    "*.mrxs",
+    "*.scn",
+    "*.vms",
+    "*.svslide",
+    "*.dcm",
 )
 
 # Names scanners, copy tools and desktops use for files that are not (yet) a scan.
 _IGNORED_GLOBS: tuple[str, ...] = (
-    "*.tmp", "*.temp", "*.part", "*.partial", "*.crdownload", "*.download", "*.filepart",
-    "*.!ut", "*.swp", "*.lock", "*.lck", "~*", ".*",
+    "*.tmp",
+    "*.temp",
+    "*.part",
+    "*.partial",
+    "*.crdownload",
+    "*.download",
+    "*.filepart",
+    "*.!ut",
+    "*.swp",
+    "*.lock",
+    "*.lck",
+    "~*",
+    ".*",
 )
-_IGNORED_NAMES = frozenset({
-    "thumbs.db", "desktop.ini", "$recycle.bin", "system volume information", "lost+found",
-})
+_IGNORED_NAMES = frozenset(
+    {
+        "thumbs.db",
+        "desktop.ini",
+        "$recycle.bin",
+        "system volume information",
+        "lost+found",
+    }
+)
 
 _DICOM_MAGIC = b"DICM"
 _DICOM_MAGIC_OFFSET = 128
@@ -75,7 +101,9 @@ def _note_symlink(path: Path) -> None:
     if len(_logged_symlinks) >= _LOGGED_SYMLINKS_CAP:
         _logged_symlinks.clear()
     _logged_symlinks.add(key)
-    log.warning("Ignoring symlink %s in the watch folder: a link is not a scan (links are never followed)", path)
+    log.warning(
+        "Ignoring symlink %s in the watch folder: a link is not a scan (links are never followed)", path
+    )
 
 
 def _has_dicom_magic(path: Path) -> bool:
@@ -161,8 +189,9 @@ def _scan_dir(folder: Path, patterns: Sequence[str], out: list[ScanUnit], *, top
         log.warning("Cannot list %s; skipping it this time", folder, exc_info=True)
         return
     # MIRAX data folders are part of their .mrxs unit, never scans of their own.
-    mrxs_stems = {e.name[:-5].lower() for e in entries
-                  if e.name.lower().endswith(".mrxs") and not e.is_symlink()}
+    mrxs_stems = {
+        e.name[:-5].lower() for e in entries if e.name.lower().endswith(".mrxs") and not e.is_symlink()
+    }
     subdirs: list[Path] = []
     for entry in entries:
         name = entry.name
@@ -359,8 +388,13 @@ class SettleTracker:
     disk only once a unit's window has passed, so checking many pending units is cheap.
     """
 
-    def __init__(self, settle_seconds: float, clock: Callable[[], float] = time.monotonic, *,
-                 proc: Path = Path("/proc")) -> None:
+    def __init__(
+        self,
+        settle_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        proc: Path = Path("/proc"),
+    ) -> None:
         if settle_seconds < 0:
             raise ValueError(f"settle_seconds must be >= 0, got {settle_seconds}")
         self.settle_seconds = settle_seconds

@@ -40,27 +40,65 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-from scanner_agent.watch.completeness import DEFAULT_PATTERNS, SettleTracker, discover_units, safe_fingerprint, unit_for_path
 from scanner_agent.core.errors import ConfigError
 from scanner_agent.scanunit import Fingerprint, ScanUnit
+from scanner_agent.watch.completeness import (
+    DEFAULT_PATTERNS,
+    SettleTracker,
+    discover_units,
+    safe_fingerprint,
+    unit_for_path,
+)
 
 log = logging.getLogger(__name__)
 
 #: Filesystems where inotify does not see changes made by other machines: poll them instead.
 #: ``fuse.*`` (sshfs, rclone, s3fs, gcsfuse, vmhgfs) is matched by prefix in ``choose_observer``.
-NETWORK_FS: frozenset[str] = frozenset({
-    "nfs", "nfs4", "cifs", "smb3", "smb2", "smbfs", "9p", "afs", "ceph", "glusterfs", "sshfs",
-    "fuse", "lustre", "gpfs", "beegfs", "ocfs2", "gfs2", "davfs", "ncpfs", "coda", "virtiofs",
-    "vboxsf", "vmhgfs", "drvfs", "pvfs2", "orangefs",
-})
+NETWORK_FS: frozenset[str] = frozenset(
+    {
+        "nfs",
+        "nfs4",
+        "cifs",
+        "smb3",
+        "smb2",
+        "smbfs",
+        "9p",
+        "afs",
+        "ceph",
+        "glusterfs",
+        "sshfs",
+        "fuse",
+        "lustre",
+        "gpfs",
+        "beegfs",
+        "ocfs2",
+        "gfs2",
+        "davfs",
+        "ncpfs",
+        "coda",
+        "virtiofs",
+        "vboxsf",
+        "vmhgfs",
+        "drvfs",
+        "pvfs2",
+        "orangefs",
+    }
+)
 
 OBSERVER_SETTINGS = ("auto", "inotify", "polling")
 
 # Opened/closed-without-writing events are left out: our own reads (DICOM magic, Slidedat.ini)
 # and the copy that follows a report would otherwise come back to us as "changes".
 _EVENT_FILTER = [
-    FileCreatedEvent, FileModifiedEvent, FileMovedEvent, FileClosedEvent, FileDeletedEvent,
-    DirCreatedEvent, DirModifiedEvent, DirMovedEvent, DirDeletedEvent,
+    FileCreatedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileClosedEvent,
+    FileDeletedEvent,
+    DirCreatedEvent,
+    DirModifiedEvent,
+    DirMovedEvent,
+    DirDeletedEvent,
 ]
 
 
@@ -68,7 +106,7 @@ def _unescape_mountinfo(field: str) -> str:
     # mountinfo escapes space, tab, newline and backslash as \ooo (octal).
     out, i = [], 0
     while i < len(field):
-        code = field[i + 1:i + 4]
+        code = field[i + 1 : i + 4]
         if field[i] == "\\" and len(code) == 3 and all(c in "01234567" for c in code):
             out.append(chr(int(code, 8)))
             i += 4
@@ -176,15 +214,26 @@ class ScanWatcher:
     ``on_ready`` raises, the unit is offered again at the next full listing.
     """
 
-    def __init__(self, watch: Path, on_ready: Callable[[ScanUnit], None], *,
-                 patterns: Sequence[str] = DEFAULT_PATTERNS, observer: str = "auto",
-                 settle_seconds: float = 30, rescan_seconds: float = 300, poll_interval: float = 2.0,
-                 tick_seconds: float = 0.25,
-                 on_health_change: Callable[[WatcherHealth], None] | None = None) -> None:
+    def __init__(
+        self,
+        watch: Path,
+        on_ready: Callable[[ScanUnit], None],
+        *,
+        patterns: Sequence[str] = DEFAULT_PATTERNS,
+        observer: str = "auto",
+        settle_seconds: float = 30,
+        rescan_seconds: float = 300,
+        poll_interval: float = 2.0,
+        tick_seconds: float = 0.25,
+        on_health_change: Callable[[WatcherHealth], None] | None = None,
+    ) -> None:
         if observer.strip().lower() not in OBSERVER_SETTINGS:
             raise ConfigError(f"observer = {observer!r} is not one of {', '.join(OBSERVER_SETTINGS)}")
-        for name, value in (("rescan_seconds", rescan_seconds), ("poll_interval", poll_interval),
-                            ("tick_seconds", tick_seconds)):
+        for name, value in (
+            ("rescan_seconds", rescan_seconds),
+            ("poll_interval", poll_interval),
+            ("tick_seconds", tick_seconds),
+        ):
             if value <= 0:
                 raise ConfigError(f"{name} must be > 0, got {value}")
         self.watch = Path(watch)
@@ -232,7 +281,9 @@ class ScanWatcher:
             raise RuntimeError(f"watcher for {self.watch} already started")
         self._stop.clear()
         self._safe_tick()  # synchronous, so everything present is observed when start() returns
-        self._thread = threading.Thread(target=self._run, name=f"scan-watcher[{self.watch.name}]", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name=f"scan-watcher[{self.watch.name}]", daemon=True
+        )
         self._thread.start()
 
     def stop(self, timeout: float = 5) -> None:
@@ -311,8 +362,10 @@ class ScanWatcher:
 
     def _folder_lost(self, exc: OSError) -> None:
         reason = exc.strerror or str(exc)
-        message = (f"Watch folder {self.watch} is missing or unreadable ({reason}); "
-                   "the share may be unmounted. Retrying until it is back.")
+        message = (
+            f"Watch folder {self.watch} is missing or unreadable ({reason}); "
+            "the share may be unmounted. Retrying until it is back."
+        )
         if not self._folder_missing:
             log.error(message)
         self._folder_missing = True
@@ -333,9 +386,13 @@ class ScanWatcher:
             except OSError as exc:
                 if kind != "inotify" or exc.errno not in (errno.ENOSPC, errno.EMFILE):
                     raise
-                log.warning("inotify cannot watch %s (%s); falling back to polling every %.1fs. "
-                            "Raise fs.inotify.max_user_watches to use inotify.",
-                            self.watch, exc.strerror or exc, self._poll_interval)
+                log.warning(
+                    "inotify cannot watch %s (%s); falling back to polling every %.1fs. "
+                    "Raise fs.inotify.max_user_watches to use inotify.",
+                    self.watch,
+                    exc.strerror or exc,
+                    self._poll_interval,
+                )
                 kind = "polling"
                 observer = self._launch(kind)
         except OSError as exc:
@@ -364,8 +421,9 @@ class ScanWatcher:
         return True
 
     def _launch(self, kind: str) -> BaseObserver:
-        observer: BaseObserver = (PollingObserver(timeout=self._poll_interval) if kind == "polling"
-                                  else Observer())
+        observer: BaseObserver = (
+            PollingObserver(timeout=self._poll_interval) if kind == "polling" else Observer()
+        )
         observer.schedule(self._handler, str(self.watch), recursive=True, event_filter=_EVENT_FILTER)
         try:
             observer.start()
@@ -465,7 +523,9 @@ class ScanWatcher:
             try:
                 self._on_ready(unit)
             except Exception:
-                log.exception("on_ready failed for %s; it will be offered again at the next full listing", unit)
+                log.exception(
+                    "on_ready failed for %s; it will be offered again at the next full listing", unit
+                )
                 self._reported.pop(unit, None)
 
     # ---- health ----------------------------------------------------------------------------------

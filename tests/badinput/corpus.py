@@ -37,14 +37,21 @@ FLAGS = ("Include in Name?", "REQUIRED", "REQUIRED", "REQUIRED", "REQUIRED", "",
 HEADER = ("Barcode", "Study", "Experiment", "Panel", "Scanner", "Scan Date", "Rescan Requested", "Notes")
 
 
-def row(barcode: str, study: str = "Prec01", experiment: str = "Run 2", panel: str = "P1",
-        scanner: str = "Cardinal", notes: str = "") -> tuple[str, ...]:
+def row(
+    barcode: str,
+    study: str = "Prec01",
+    experiment: str = "Run 2",
+    panel: str = "P1",
+    scanner: str = "Cardinal",
+    notes: str = "",
+) -> tuple[str, ...]:
     """One sheet row in HEADER order."""
     return (barcode, study, experiment, panel, scanner, "", "", notes)
 
 
-def sheet_csv(rows: Iterable[Sequence[str]], *, flags: Sequence[str] | None = FLAGS,
-              header: Sequence[str] = HEADER) -> str:
+def sheet_csv(
+    rows: Iterable[Sequence[str]], *, flags: Sequence[str] | None = FLAGS, header: Sequence[str] = HEADER
+) -> str:
     """A sheet as CSV text (``csv`` quotes commas, quotes and line breaks the way a spreadsheet does)."""
     buf = io.StringIO()
     w = csv.writer(buf)  # "\r\n" endings: a bare \r or \n inside a cell is quoted, as spreadsheets do
@@ -102,8 +109,9 @@ class Site(Folders):
             self.sheet.write_text(text, encoding="utf-8")
 
 
-def make_site(base: Path, *, rows: Iterable[Sequence[str]] = (), name: str = "Cardinal",
-              **sections: dict[str, Any]) -> Site:
+def make_site(
+    base: Path, *, rows: Iterable[Sequence[str]] = (), name: str = "Cardinal", **sections: dict[str, Any]
+) -> Site:
     cfg = write_config(base, name=name, sheet=sheet_csv(rows), **sections)
     template = write_svs(base / "template.svs", width=W, height=H)
     return Site(base, make_agent(cfg), template)
@@ -130,7 +138,7 @@ class Case:
     row: tuple[str, ...] | None = None
     stored_as: str | None = None
     #: Extra check of the outcome, for what only this case has to say.
-    extra: Callable[["Outcome", Site], None] | None = None
+    extra: Callable[[Outcome, Site], None] | None = None
 
 
 @dataclass
@@ -143,8 +151,12 @@ class Outcome:
     run: dict[str, str] = field(default_factory=dict)  # Prefect state type, name, message
 
     def fill(self, text: str, site: Site) -> str:
-        return text.format(src=self.src, name=self.src.name, sheet=site.sheet,
-                           row=self.row_number if self.row_number is not None else "?")
+        return text.format(
+            src=self.src,
+            name=self.src.name,
+            sheet=site.sheet,
+            row=self.row_number if self.row_number is not None else "?",
+        )
 
 
 def sheet_rows(cases: Iterable[Case], extra: Iterable[Sequence[str]] = ()) -> list[tuple[str, ...]]:
@@ -188,7 +200,9 @@ def process_together(agent: Any, paths: Sequence[Path], workers: int) -> list[Sc
     return [agent.journal.get(i) for i in ids]
 
 
-def run_cases(site: Site, cases: Sequence[Case], *, first_row: int = 3, workers: int = 2) -> dict[str, Outcome]:
+def run_cases(
+    site: Site, cases: Sequence[Case], *, first_row: int = 3, workers: int = 2
+) -> dict[str, Outcome]:
     """Make every case's input, process them all in one batch, and read the Prefect runs back."""
     row_numbers: dict[str, int] = {}
     n = first_row
@@ -201,15 +215,18 @@ def run_cases(site: Site, cases: Sequence[Case], *, first_row: int = 3, workers:
         src = c.make(site)
         made.append((c, src, digests(ScanUnit.from_path(src))))
     recs = process_together(site.agent, [src for _, src, _ in made], workers)
-    out = {c.id: Outcome(c, src, before, rec, row_numbers.get(c.id))
-           for (c, src, before), rec in zip(made, recs)}
+    out = {
+        c.id: Outcome(c, src, before, rec, row_numbers.get(c.id)) for (c, src, before), rec in zip(made, recs)
+    }
     runs = read_runs([o.rec.flow_run_id for o in out.values() if o.rec.flow_run_id])
     for o in out.values():
         o.run = runs.get(str(o.rec.flow_run_id), {})
     return out
 
 
-def run_corpus(base: Path, cases: Sequence[Case], *, workers: int = 2) -> Iterator[tuple[dict[str, Outcome], Site]]:
+def run_corpus(
+    base: Path, cases: Sequence[Case], *, workers: int = 2
+) -> Iterator[tuple[dict[str, Outcome], Site]]:
     """A module's corpus fixture: one site holding every case's row, every case run, the table
     printed, the agent closed at the end."""
     site = make_site(base, rows=[c.row for c in cases if c.row])
@@ -230,9 +247,14 @@ def read_runs(run_ids: Sequence[str | None]) -> dict[str, dict[str, str]]:
         if not ids:
             return {}
         async with get_client() as c:
-            runs = await c.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)), limit=len(ids))
-        return {str(r.id): {"type": r.state.type.value, "name": r.state.name, "message": r.state.message or ""}
-                for r in runs if r.state is not None}
+            runs = await c.read_flow_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)), limit=len(ids)
+            )
+        return {
+            str(r.id): {"type": r.state.type.value, "name": r.state.name, "message": r.state.message or ""}
+            for r in runs
+            if r.state is not None
+        }
 
     return asyncio.run(go())
 
@@ -260,8 +282,12 @@ def leftovers(*roots: Path) -> list[Path]:
     return out
 
 
-_RUN_NAMES = {"stored": ("COMPLETED", None), "held": ("FAILED", "Held"), "quarantined": ("FAILED", "Quarantined"),
-              "failed": ("FAILED", "Failed")}
+_RUN_NAMES = {
+    "stored": ("COMPLETED", None),
+    "held": ("FAILED", "Held"),
+    "quarantined": ("FAILED", "Quarantined"),
+    "failed": ("FAILED", "Failed"),
+}
 
 
 def check_outcome(o: Outcome, site: Site) -> None:
@@ -298,7 +324,9 @@ def _check_stored(o: Outcome, site: Site) -> None:
     if c.stored_as is not None:
         assert rel.as_posix() == c.stored_as, f"{c.id}: stored as {rel}"
     stored = {rel2: sha256(dest.parent / rel2) for rel2 in _stored_rels(o, dest)}
-    assert sorted(stored.values()) == sorted(o.before.values()), f"{c.id}: stored bytes differ from the source"
+    assert sorted(stored.values()) == sorted(o.before.values()), (
+        f"{c.id}: stored bytes differ from the source"
+    )
     assert not os.path.lexists(o.src), f"{c.id}: source {o.src} left on the scanner after storing"
     assert dest.with_suffix(".json").exists() or (dest.parent / f"{dest.name}.json").exists()
 
@@ -315,8 +343,9 @@ def _check_quarantined(o: Outcome, site: Site) -> None:
     assert where, f"{c.id}: quarantined without a place: {rec.details}"
     moved = Path(where)
     assert moved.parent == site.quarantine, moved
-    assert digests(ScanUnit.from_path(moved)) and sorted(digests(ScanUnit.from_path(moved)).values()) == \
-        sorted(o.before.values()), f"{c.id}: quarantined bytes differ from the source"
+    assert digests(ScanUnit.from_path(moved)) and sorted(
+        digests(ScanUnit.from_path(moved)).values()
+    ) == sorted(o.before.values()), f"{c.id}: quarantined bytes differ from the source"
     assert not os.path.lexists(o.src), f"{c.id}: source still on the scanner after quarantine"
     note = (site.quarantine / f"{moved.name}.reason.txt").read_text()
     assert rec.kind in note and str(o.src) in note, note
@@ -331,7 +360,9 @@ def check_storage(outcomes: dict[str, Outcome], site: Site) -> None:
             expected |= {dest.parent / r for r in _stored_rels(o, dest)}
             expected.add(dest.parent / (ScanUnit.from_path(dest).stem + ".json"))
     actual = files_under(site.storage)
-    assert actual == expected, f"unexpected in storage: {sorted(actual - expected)}; missing: {sorted(expected - actual)}"
+    assert actual == expected, (
+        f"unexpected in storage: {sorted(actual - expected)}; missing: {sorted(expected - actual)}"
+    )
     root = site.storage.resolve()
     assert all(root in p.resolve().parents for p in actual)
     assert leftovers(site.storage, site.quarantine) == []

@@ -14,14 +14,25 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
 from scanner_agent.watch.completeness import discover_units, unit_for_path
-from tests.badinput.corpus import (Case, Outcome, Site, check_outcome, check_storage, make_site, row, run_corpus,
-                                   sha256, sheet_csv)
+from tests.badinput.corpus import (
+    Case,
+    Outcome,
+    Site,
+    check_outcome,
+    check_storage,
+    make_site,
+    row,
+    run_corpus,
+    sha256,
+    sheet_csv,
+)
 from tests.servers.slack_api import SlackApiServer
 
 FAILED, LINK = "failed", "scan_error"
@@ -101,6 +112,7 @@ def _target_intact(rel: str) -> Any:
         target = site.base / rel
         assert target.exists() and sha256(target) == sha256(site.template), f"{target} changed"
         assert o.rec.next_check is None, "a link does not go away by waiting: no timer retries it"
+
     return check
 
 
@@ -108,6 +120,7 @@ def _mrxs_intact(folder: str) -> Any:
     def check(o: Outcome, site: Site) -> None:
         assert o.src.exists() and (site.base / folder).is_dir()
         assert o.rec.next_check is None
+
     return check
 
 
@@ -120,35 +133,112 @@ def _storage_owns_its_inode(o: Outcome, site: Site) -> None:
     dest = Path(o.rec.dest)
     assert outside.exists() and sha256(outside) == sha256(dest)
     # A name outside the scanner's folder writing in place must not change the stored, verified scan.
-    assert os.stat(outside).st_ino != os.stat(dest).st_ino, "storage shares its inode with a file outside the scanner"
+    assert os.stat(outside).st_ino != os.stat(dest).st_ino, (
+        "storage shares its inode with a file outside the scanner"
+    )
 
 
 CASES: list[Case] = [
-    Case("symlink-to-outside-file", "watch/500001_link.svs -> outside/500001_real.svs", _link_to_outside, FAILED, LINK,
-         LINK_WORDS, row("500001"), extra=_target_intact("outside/500001_real.svs")),
-    Case("symlink-to-inside-file", "watch/500002_link.svs -> watch/kept/500002_real.svs", _link_to_inside, FAILED, LINK,
-         LINK_WORDS, row("500002"), extra=_target_intact("scanner/kept/500002_real.svs")),
-    Case("dangling-symlink", "watch/500003_gone.svs -> nothing", _dangling, FAILED, LINK, LINK_WORDS, row("500003"),
-         extra=_dangling_kept),
-    Case("mrxs-data-folder-symlink", "real .mrxs, its data folder a link to outside", _mrxs_folder_linked, FAILED, LINK,
-         LINK_WORDS, row("500004"), extra=_mrxs_intact("outside/500004_m")),
-    Case("mrxs-data-file-symlink", "MIRAX whose Data0000.dat is a link to outside", _mrxs_data_file_linked, FAILED,
-         LINK, ("{src}", "symbolic link", "Data0000.dat"), row("500005"), extra=_mrxs_intact("scanner/500005_m")),
-    Case("mrxs-marker-symlink", "MIRAX whose .mrxs is a link, data folder real", _mrxs_marker_linked, FAILED, LINK,
-         LINK_WORDS, row("500006"), extra=_mrxs_intact("scanner/500006_m")),
-    Case("hardlink-to-outside", "watch/500007_hard.svs, a hard link to outside/500007_real.svs", _hard_link_to_outside,
-         "stored", None, (), row("500007"), stored_as="Prec01/Run-2/Prec01_Run-2_P1_Cardinal_500007.svs",
-         extra=_storage_owns_its_inode),
-    Case("hardlink-pair-first", "watch/500008_a.svs and 500008_b.svs: one inode, two names", _two_names_one_inode,
-         "stored", None, (), row("500008"), stored_as="Prec01/Run-2/Prec01_Run-2_P1_Cardinal_500008.svs"),
-    Case("hardlink-pair-second", "the second name of that inode", _second_name, "stored", None, (),
-         stored_as="Prec01/Run-2/Prec01_Run-2_P1_Cardinal_500008.svs"),
+    Case(
+        "symlink-to-outside-file",
+        "watch/500001_link.svs -> outside/500001_real.svs",
+        _link_to_outside,
+        FAILED,
+        LINK,
+        LINK_WORDS,
+        row("500001"),
+        extra=_target_intact("outside/500001_real.svs"),
+    ),
+    Case(
+        "symlink-to-inside-file",
+        "watch/500002_link.svs -> watch/kept/500002_real.svs",
+        _link_to_inside,
+        FAILED,
+        LINK,
+        LINK_WORDS,
+        row("500002"),
+        extra=_target_intact("scanner/kept/500002_real.svs"),
+    ),
+    Case(
+        "dangling-symlink",
+        "watch/500003_gone.svs -> nothing",
+        _dangling,
+        FAILED,
+        LINK,
+        LINK_WORDS,
+        row("500003"),
+        extra=_dangling_kept,
+    ),
+    Case(
+        "mrxs-data-folder-symlink",
+        "real .mrxs, its data folder a link to outside",
+        _mrxs_folder_linked,
+        FAILED,
+        LINK,
+        LINK_WORDS,
+        row("500004"),
+        extra=_mrxs_intact("outside/500004_m"),
+    ),
+    Case(
+        "mrxs-data-file-symlink",
+        "MIRAX whose Data0000.dat is a link to outside",
+        _mrxs_data_file_linked,
+        FAILED,
+        LINK,
+        ("{src}", "symbolic link", "Data0000.dat"),
+        row("500005"),
+        extra=_mrxs_intact("scanner/500005_m"),
+    ),
+    Case(
+        "mrxs-marker-symlink",
+        "MIRAX whose .mrxs is a link, data folder real",
+        _mrxs_marker_linked,
+        FAILED,
+        LINK,
+        LINK_WORDS,
+        row("500006"),
+        extra=_mrxs_intact("scanner/500006_m"),
+    ),
+    Case(
+        "hardlink-to-outside",
+        "watch/500007_hard.svs, a hard link to outside/500007_real.svs",
+        _hard_link_to_outside,
+        "stored",
+        None,
+        (),
+        row("500007"),
+        stored_as="Prec01/Run-2/Prec01_Run-2_P1_Cardinal_500007.svs",
+        extra=_storage_owns_its_inode,
+    ),
+    Case(
+        "hardlink-pair-first",
+        "watch/500008_a.svs and 500008_b.svs: one inode, two names",
+        _two_names_one_inode,
+        "stored",
+        None,
+        (),
+        row("500008"),
+        stored_as="Prec01/Run-2/Prec01_Run-2_P1_Cardinal_500008.svs",
+    ),
+    Case(
+        "hardlink-pair-second",
+        "the second name of that inode",
+        _second_name,
+        "stored",
+        None,
+        (),
+        stored_as="Prec01/Run-2/Prec01_Run-2_P1_Cardinal_500008.svs",
+    ),
 ]
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory, prefect_api: str) -> Iterator[tuple[dict[str, Outcome], Site]]:
-    yield from run_corpus(tmp_path_factory.mktemp("links"), CASES, workers=1)  # the hard-link pair must run in order
+def corpus(
+    tmp_path_factory: pytest.TempPathFactory, prefect_api: str
+) -> Iterator[tuple[dict[str, Outcome], Site]]:
+    yield from run_corpus(
+        tmp_path_factory.mktemp("links"), CASES, workers=1
+    )  # the hard-link pair must run in order
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
@@ -180,7 +270,11 @@ def test_listing_never_follows_a_link(tmp_path: Path) -> None:
 
     found = {u.primary.name for u in discover_units(watch)}
     assert found == {"510004_hard.svs", "510005.svs"}
-    for p in (watch / "510001_link.svs", watch / "linked-folder" / "510002.svs", watch / "510003_dangling.svs"):
+    for p in (
+        watch / "510001_link.svs",
+        watch / "linked-folder" / "510002.svs",
+        watch / "510003_dangling.svs",
+    ):
         assert unit_for_path(watch, p) is None, p
     assert unit_for_path(watch, watch / "510004_hard.svs") is not None
 
@@ -198,8 +292,9 @@ def test_listing_survives_names_that_are_not_utf8(tmp_path: Path) -> None:
     (watch / "520003.svs").write_bytes(b"z")
 
     units = discover_units(watch)
-    assert sorted(os.fsencode(u.primary) for u in units) == sorted([bad_file, bad_dir + b"/520002.svs",
-                                                                   os.fsencode(watch / "520003.svs")])
+    assert sorted(os.fsencode(u.primary) for u in units) == sorted(
+        [bad_file, bad_dir + b"/520002.svs", os.fsencode(watch / "520003.svs")]
+    )
     assert unit_for_path(watch, Path(os.fsdecode(bad_file))) is not None
 
 
@@ -210,13 +305,18 @@ SLACK_TOKEN = "xoxb-links-test-token"
 
 
 def test_daemon_refuses_a_name_that_is_not_utf8_and_keeps_working(
-        tmp_path: Path, prefect_api: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, prefect_api: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from scanner_agent.service.daemon import Daemon
 
     monkeypatch.setenv("SLACK_BOT_TOKEN", SLACK_TOKEN)
     with SlackApiServer(token=SLACK_TOKEN) as slack:
-        site = make_site(tmp_path / "site", rows=[row("530001"), row("530002")], name="Links-Daemon",
-                         alerts={"slack_channel": "#slide-scanning", "slack_api_url": slack.url})
+        site = make_site(
+            tmp_path / "site",
+            rows=[row("530001"), row("530002")],
+            name="Links-Daemon",
+            alerts={"slack_channel": "#slide-scanning", "slack_api_url": slack.url},
+        )
         bad = os.fsencode(site.watch) + b"/530001_caf\xe9.svs"
         shutil.copyfile(site.template, bad)
         good = site.svs("530002_ok.svs")
@@ -243,14 +343,17 @@ def test_daemon_refuses_a_name_that_is_not_utf8_and_keeps_working(
         assert not thread.is_alive()
         [rec] = stored
         assert rec.path == str(good) and not good.exists()
-        assert os.path.exists(bad) and sha256(Path(os.fsdecode(bad))) == sha256(site.template)  # kept, untouched
+        assert os.path.exists(bad) and sha256(Path(os.fsdecode(bad))) == sha256(
+            site.template
+        )  # kept, untouched
         assert [r.path for r in rows] == [str(good)]  # nothing half-recorded for the undecodable name
         [post] = [p for p in posts if "not valid UTF-8" in p]
         assert "530001_caf\\xe9.svs" in post  # the name as a person can read it, the odd byte escaped
 
 
-def test_process_command_refuses_a_name_that_is_not_utf8(tmp_path: Path, prefect_api: str,
-                                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_process_command_refuses_a_name_that_is_not_utf8(
+    tmp_path: Path, prefect_api: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     from scanner_agent.cli import main
     from tests.harness import write_config
 

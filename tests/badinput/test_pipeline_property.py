@@ -21,11 +21,51 @@ from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 from scanner_agent.scanunit import ScanUnit
-from tests.badinput.corpus import Site, digests, files_under, leftovers, make_site, process_together, sheet_csv
+from tests.badinput.corpus import (
+    Site,
+    digests,
+    files_under,
+    leftovers,
+    make_site,
+    process_together,
+    sheet_csv,
+)
 
 ROWS_PER_EXAMPLE = 5
-HOSTILE = ["..", ".", "/", "\\", "\x00", "\n", "\r", "\t", " ", "=", "+", "@", "-", "CON", "nul", "\u202e", "\u200b",
-           "\u2028", "~", "$HOME", "%2e%2e", ":", "*", "?", "\"", "<", ">", "|", "é", "e\u0301", "日本", "🔬"]
+HOSTILE = [
+    "..",
+    ".",
+    "/",
+    "\\",
+    "\x00",
+    "\n",
+    "\r",
+    "\t",
+    " ",
+    "=",
+    "+",
+    "@",
+    "-",
+    "CON",
+    "nul",
+    "\u202e",
+    "\u200b",
+    "\u2028",
+    "~",
+    "$HOME",
+    "%2e%2e",
+    ":",
+    "*",
+    "?",
+    '"',
+    "<",
+    ">",
+    "|",
+    "é",
+    "e\u0301",
+    "日本",
+    "🔬",
+]
 cell = st.one_of(
     st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=40),
     st.lists(st.one_of(st.sampled_from(HOSTILE), st.text(max_size=3)), min_size=1, max_size=12).map("".join),
@@ -44,16 +84,32 @@ def site(tmp_path_factory: pytest.TempPathFactory, prefect_api: str) -> Iterator
 
 
 def _safe_component(part: str) -> bool:
-    return (part not in ("", ".", "..") and "/" not in part and "\\" not in part and len(part.encode()) <= 255
-            and not any(unicodedata.category(ch) in ("Cc", "Cf", "Cs") for ch in part))
+    return (
+        part not in ("", ".", "..")
+        and "/" not in part
+        and "\\" not in part
+        and len(part.encode()) <= 255
+        and not any(unicodedata.category(ch) in ("Cc", "Cf", "Cs") for ch in part)
+    )
 
 
-@settings(max_examples=3, deadline=None, database=None, phases=[Phase.explicit, Phase.generate],
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(
+    max_examples=3,
+    deadline=None,
+    database=None,
+    phases=[Phase.explicit, Phase.generate],
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 @given(rows=st.lists(row_values, min_size=ROWS_PER_EXAMPLE, max_size=ROWS_PER_EXAMPLE))
-@example(rows=[("../../etc", "..\\..\\win", '=HYPERLINK("x")', "P1"), ("Prec01", "Run 2", "P1", "Cardinal"),
-               ("\u202eevil", "a\u200bb", "@SUM(1)", "+x"), ("日本語" * 40, "S" * 300, "/" + "x" * 100, "🔬"),
-               (".", "..", "...", "....")])
+@example(
+    rows=[
+        ("../../etc", "..\\..\\win", '=HYPERLINK("x")', "P1"),
+        ("Prec01", "Run 2", "P1", "Cardinal"),
+        ("\u202eevil", "a\u200bb", "@SUM(1)", "+x"),
+        ("日本語" * 40, "S" * 300, "/" + "x" * 100, "🔬"),
+        (".", "..", "...", "...."),
+    ]
+)
 def test_any_sheet_values_store_inside_the_root_or_hold(site: Site, rows: list[tuple[str, ...]]) -> None:
     barcodes = [str(next(_barcodes)) for _ in rows]
     site.write_sheet(sheet_csv([(b, *values, "", "", "") for b, values in zip(barcodes, rows)]))

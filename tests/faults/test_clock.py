@@ -28,13 +28,21 @@ TIMES = {
 JUMPS = "407871"  # mtime set far back while the scan is settling
 
 
-def test_scans_with_future_past_and_jumping_mtimes_are_each_stored_once(tmp_path: Path, prefect_api: str) -> None:
+def test_scans_with_future_past_and_jumping_mtimes_are_each_stored_once(
+    tmp_path: Path, prefect_api: str
+) -> None:
     barcodes = [*TIMES, JUMPS]
-    cfg = write_config(tmp_path, name=f"Clock-{uuid.uuid4().hex[:6]}", sheet=sheet_csv(barcodes),
-                       scanner={"settle_seconds": 1.0, "rescan_seconds": 2})
+    cfg = write_config(
+        tmp_path,
+        name=f"Clock-{uuid.uuid4().hex[:6]}",
+        sheet=sheet_csv(barcodes),
+        scanner={"settle_seconds": 1.0, "rescan_seconds": 2},
+    )
     watch = tmp_path / "scanner"
-    slides = {b: write_svs(tmp_path / f"{b}.svs", barcode=b, width=512, height=384, seed=i).read_bytes()
-              for i, b in enumerate(barcodes)}
+    slides = {
+        b: write_svs(tmp_path / f"{b}.svs", barcode=b, width=512, height=384, seed=i).read_bytes()
+        for i, b in enumerate(barcodes)
+    }
     wanted_mtime_ns: dict[str, int] = {}
     for barcode, (_, mtime) in TIMES.items():
         path = watch / f"{barcode}.svs"
@@ -54,7 +62,9 @@ def test_scans_with_future_past_and_jumping_mtimes_are_each_stored_once(tmp_path
         wanted_mtime_ns[JUMPS] = jumping.stat().st_mtime_ns
 
         def all_stored() -> bool:
-            return len([r for r in records(journal) if r.state == "stored" and r.source_removed]) == len(barcodes)
+            return len([r for r in records(journal) if r.state == "stored" and r.source_removed]) == len(
+                barcodes
+            )
 
         wait_for(all_stored, 120, "every scan stored", alive=daemon)
         time.sleep(3)  # a full listing later, nothing is picked up again

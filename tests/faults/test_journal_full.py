@@ -50,8 +50,13 @@ def site(tmp_path: Path, prefect_api: str) -> Iterator[tuple[Path, Path, Path]]:
     mount_tmpfs(state, "size=1m")
     storage = Path("/dev/shm") / f"faults-journal-{uuid.uuid4().hex[:8]}"
     storage.mkdir()
-    cfg = write_config(tmp_path, name=f"Journal-{uuid.uuid4().hex[:6]}", sheet=sheet_csv([A, B, C]),
-                       storage={"root": str(storage), "reserve_bytes": 0}, scanner={"rescan_seconds": 2})
+    cfg = write_config(
+        tmp_path,
+        name=f"Journal-{uuid.uuid4().hex[:6]}",
+        sheet=sheet_csv([A, B, C]),
+        storage={"root": str(storage), "reserve_bytes": 0},
+        scanner={"rescan_seconds": 2},
+    )
     try:
         yield cfg, state, storage
     finally:
@@ -59,23 +64,31 @@ def site(tmp_path: Path, prefect_api: str) -> Iterator[tuple[Path, Path, Path]]:
         shutil.rmtree(storage, ignore_errors=True)
 
 
-def test_journal_disk_full_loses_nothing_stores_nothing_twice_and_resumes(site: tuple[Path, Path, Path],
-                                                                          tmp_path: Path) -> None:
+def test_journal_disk_full_loses_nothing_stores_nothing_twice_and_resumes(
+    site: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
     cfg, state, storage = site
     watch = tmp_path / "scanner"
-    slides = {b: write_svs(tmp_path / f"{b}.svs", barcode=b, width=1024, height=768, seed=i).read_bytes()
-              for i, b in enumerate((A, B, C))}
+    slides = {
+        b: write_svs(tmp_path / f"{b}.svs", barcode=b, width=1024, height=768, seed=i).read_bytes()
+        for i, b in enumerate((A, B, C))
+    }
     with DaemonProcess(cfg) as daemon:
         daemon.wait_watching()
         journal = daemon.cfg.journal.path
         (watch / f"{A}.svs").write_bytes(slides[A])
-        wait_for(lambda: [r for r in records(journal) if r.state == "stored" and r.source_removed], 120,
-                 "scan A stored", alive=daemon)
+        wait_for(
+            lambda: [r for r in records(journal) if r.state == "stored" and r.source_removed],
+            120,
+            "scan A stored",
+            alive=daemon,
+        )
 
         # The journal's disk fills the moment B's copy into storage begins.
         filler: list[Path] = []
-        trigger = OnCreate(storage / "Prec01" / "Run-2" / ".incoming", ".partial",
-                           lambda _p: filler.append(fill(state)))
+        trigger = OnCreate(
+            storage / "Prec01" / "Run-2" / ".incoming", ".partial", lambda _p: filler.append(fill(state))
+        )
         (watch / f"{B}.svs").write_bytes(slides[B])
         wait_for(lambda: filler, 120, "B's copy to start", alive=daemon)
         trigger.close()
@@ -96,8 +109,12 @@ def test_journal_disk_full_loses_nothing_stores_nothing_twice_and_resumes(site: 
     filler[0].unlink()
     with DaemonProcess(cfg) as daemon:
         daemon.wait_watching()
-        wait_for(lambda: len([r for r in records(journal) if r.state == "stored" and r.source_removed]) == 3, 180,
-                 "B and C stored after the restart", alive=daemon)
+        wait_for(
+            lambda: len([r for r in records(journal) if r.state == "stored" and r.source_removed]) == 3,
+            180,
+            "B and C stored after the restart",
+            alive=daemon,
+        )
         assert daemon.terminate(60) == 0
     rows = records(journal)
     stored = {r.barcode: r for r in rows if r.state == "stored"}

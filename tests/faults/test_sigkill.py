@@ -65,8 +65,10 @@ def storage() -> Iterator[Path]:
 
 def _scans(base: Path, count: int, size: tuple[int, int]) -> dict[str, bytes]:
     """``count`` scans by barcode: a few real slides, each made unique (see ``unique_variant``)."""
-    slides = [write_svs(base / f"slide{i}.svs", barcode=None, width=size[0], height=size[1], seed=i).read_bytes()
-              for i in range(5)]
+    slides = [
+        write_svs(base / f"slide{i}.svs", barcode=None, width=size[0], height=size[1], seed=i).read_bytes()
+        for i in range(5)
+    ]
     return {f"{700000 + i}": unique_variant(slides[i % len(slides)], f"{700000 + i}") for i in range(count)}
 
 
@@ -92,8 +94,17 @@ def _until(condition: Callable[[], bool], timeout: float) -> bool:
     return True
 
 
-def _kill_at(moment: str, daemon: DaemonProcess, journal: Path, incoming: Path, rng: random.Random, *,
-             max_delay: float, progress: int, total: int) -> None:
+def _kill_at(
+    moment: str,
+    daemon: DaemonProcess,
+    journal: Path,
+    incoming: Path,
+    rng: random.Random,
+    *,
+    max_delay: float,
+    progress: int,
+    total: int,
+) -> None:
     """SIGKILL the daemon at one kind of moment, at a random point within it. When there is no such
     moment to be had (everything is stored), it is killed anyway."""
     if moment == "starting":  # somewhere in imports, crash recovery or the first listing
@@ -112,7 +123,9 @@ def _kill_at(moment: str, daemon: DaemonProcess, journal: Path, incoming: Path, 
             time.sleep(rng.uniform(0.0, max_delay))
     else:  # "copying": the instant a partial copy appears in storage, or a few ms later
         delay = rng.uniform(0.0, 0.03)
-        trigger = OnCreate(incoming, ".partial", lambda _p: (time.sleep(delay), daemon.signal(signal.SIGKILL)))
+        trigger = OnCreate(
+            incoming, ".partial", lambda _p: (time.sleep(delay), daemon.signal(signal.SIGKILL))
+        )
         try:
             _until(lambda: bool(trigger.fired) or over(), 30)
         finally:
@@ -123,18 +136,32 @@ def _kill_at(moment: str, daemon: DaemonProcess, journal: Path, incoming: Path, 
 def _kill(daemon: DaemonProcess) -> None:
     if daemon.returncode() is None:
         daemon.kill()
-    assert daemon.proc is not None and daemon.proc.wait(30) == -signal.SIGKILL, \
+    assert daemon.proc is not None and daemon.proc.wait(30) == -signal.SIGKILL, (
         f"the daemon exited on its own before it was killed\n{daemon.log_tail()}"
+    )
 
 
-def kill_and_restart_until_stored(tmp_path: Path, storage: Path, seed: int, *, count: int, kills: int,
-                                  size: tuple[int, int], max_delay: float, progress: int) -> None:
+def kill_and_restart_until_stored(
+    tmp_path: Path,
+    storage: Path,
+    seed: int,
+    *,
+    count: int,
+    kills: int,
+    size: tuple[int, int],
+    max_delay: float,
+    progress: int,
+) -> None:
     rng = random.Random(seed)
     (tmp_path / "slides").mkdir()
     scans = _scans(tmp_path / "slides", count, size)
-    cfg = write_config(tmp_path / "site", name=f"Sigkill-{uuid.uuid4().hex[:6]}", sheet=sheet_csv(scans),
-                       storage={"root": str(storage), "reserve_bytes": 0},
-                       scanner={"settle_seconds": 0.3, "rescan_seconds": 3, "max_parallel": 2})
+    cfg = write_config(
+        tmp_path / "site",
+        name=f"Sigkill-{uuid.uuid4().hex[:6]}",
+        sheet=sheet_csv(scans),
+        storage={"root": str(storage), "reserve_bytes": 0},
+        scanner={"settle_seconds": 0.3, "rescan_seconds": 3, "max_parallel": 2},
+    )
     watch = tmp_path / "site" / "scanner"
     incoming = storage / "Prec01" / "Run-2" / ".incoming"
     # The scanner delivers in three batches while the agent is being killed.
@@ -148,7 +175,9 @@ def kill_and_restart_until_stored(tmp_path: Path, storage: Path, seed: int, *, c
                 (watch / f"{barcode}.svs").write_bytes(scans[barcode])
         moment = rng.choices(("starting", "processing", "copying"), weights=(0.2, 0.5, 0.3))[0]
         with DaemonProcess(cfg, tmp_path / f"daemon-{k}.log") as daemon:
-            _kill_at(moment, daemon, journal, incoming, rng, max_delay=max_delay, progress=progress, total=count)
+            _kill_at(
+                moment, daemon, journal, incoming, rng, max_delay=max_delay, progress=progress, total=count
+            )
         run.moments[moment] += 1
         run.kills += 1
     run.stored_before_last_start = len([r for r in records(journal) if r.state == "stored"])
@@ -158,15 +187,23 @@ def kill_and_restart_until_stored(tmp_path: Path, storage: Path, seed: int, *, c
 
         def all_done() -> bool:
             rows = records(journal)
-            return (len([r for r in rows if r.state == "stored" and r.source_removed]) >= count
-                    and not [r for r in rows if r.state in ("ready", "processing")])
+            return len([r for r in rows if r.state == "stored" and r.source_removed]) >= count and not [
+                r for r in rows if r.state in ("ready", "processing")
+            ]
 
-        wait_for(all_done, 120 + 3 * count, f"all {count} scans stored after {kills} kills", alive=daemon,
-                 interval=0.5)
+        wait_for(
+            all_done,
+            120 + 3 * count,
+            f"all {count} scans stored after {kills} kills",
+            alive=daemon,
+            interval=0.5,
+        )
         assert daemon.terminate(120) == 0, daemon.log_tail()
     run.seconds = time.monotonic() - t0
-    print(f"{run.kills} kills ({dict(run.moments)}), {run.stored_before_last_start}/{count} "
-          f"stored before the last start, {run.seconds:.0f} s")
+    print(
+        f"{run.kills} kills ({dict(run.moments)}), {run.stored_before_last_start}/{count} "
+        f"stored before the last start, {run.seconds:.0f} s"
+    )
 
     # --- every scan stored exactly once, byte-identical, with its sidecar -----------------------
     rows = records(journal)
@@ -176,7 +213,9 @@ def kill_and_restart_until_stored(tmp_path: Path, storage: Path, seed: int, *, c
     assert sorted(per_barcode) == sorted(scans) and set(per_barcode.values()) == {1}, per_barcode
     files = stored_files(storage)
     images = [p for p in files if p.suffix == ".svs"]
-    assert len(images) == count and len(files) == 2 * count, [str(p) for p in files if p.suffix not in (".svs", ".json")]
+    assert len(images) == count and len(files) == 2 * count, [
+        str(p) for p in files if p.suffix not in (".svs", ".json")
+    ]
     assert not [p for p in files if "superseded" in p.parts], "a scan was stored twice (as its own rescan)"
     for rec in rows:
         dest = Path(rec.dest or "")
@@ -195,18 +234,24 @@ def kill_and_restart_until_stored(tmp_path: Path, storage: Path, seed: int, *, c
     assert not [r for r in runs if r.state is not None and r.state.type.value == "RUNNING"], states
     # Every scan's own run (the one the journal points at) ended Completed.
     by_id = {str(r.id): r for r in runs}
-    unfinished = [r.path for r in rows if not (r.flow_run_id in by_id and by_id[r.flow_run_id].state.is_completed())]
+    unfinished = [
+        r.path for r in rows if not (r.flow_run_id in by_id and by_id[r.flow_run_id].state.is_completed())
+    ]
     assert not unfinished, f"scans whose run is not Completed: {unfinished}"
 
 
-def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path: Path, storage: Path, fault_seed: int,
-                                                                 prefect_api: str) -> None:
-    kill_and_restart_until_stored(tmp_path, storage, fault_seed, count=50, kills=10, size=(512, 384), max_delay=1.5,
-                                  progress=4)
+def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
+    tmp_path: Path, storage: Path, fault_seed: int, prefect_api: str
+) -> None:
+    kill_and_restart_until_stored(
+        tmp_path, storage, fault_seed, count=50, kills=10, size=(512, 384), max_delay=1.5, progress=4
+    )
 
 
 @pytest.mark.slow
-def test_sigkill_many_times_during_bigger_transfers(tmp_path: Path, storage: Path, fault_seed: int,
-                                                   prefect_api: str) -> None:
-    kill_and_restart_until_stored(tmp_path, storage, fault_seed, count=50, kills=30, size=(4096, 3072), max_delay=3.0,
-                                  progress=1)
+def test_sigkill_many_times_during_bigger_transfers(
+    tmp_path: Path, storage: Path, fault_seed: int, prefect_api: str
+) -> None:
+    kill_and_restart_until_stored(
+        tmp_path, storage, fault_seed, count=50, kills=30, size=(4096, 3072), max_delay=3.0, progress=1
+    )

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from scanner_agent.service.dispatcher import run_scan
 from scanner_agent.scanunit import ScanUnit
+from scanner_agent.service.dispatcher import run_scan
 from scanner_agent.testing.synthetic import write_svs
 from tests.daemon_helpers import sheet_csv
 from tests.faults.tools import OnCreate, leftovers, sha256_bytes, sha256_file, stored_files
@@ -45,8 +45,12 @@ class Scanner:
 def scanner(tmp_path: Path, prefect_api: str) -> Iterator[Scanner]:
     storage = Path("/dev/shm") / f"faults-storage-{uuid.uuid4().hex[:8]}"
     storage.mkdir()
-    cfg = write_config(tmp_path, name=f"Changed-{uuid.uuid4().hex[:6]}", sheet=sheet_csv([BARCODE]),
-                       storage={"root": str(storage), "reserve_bytes": 0})
+    cfg = write_config(
+        tmp_path,
+        name=f"Changed-{uuid.uuid4().hex[:6]}",
+        sheet=sheet_csv([BARCODE]),
+        storage={"root": str(storage), "reserve_bytes": 0},
+    )
     agent = make_agent(cfg)
     try:
         yield Scanner(tmp_path / "scanner", storage, agent)
@@ -63,7 +67,9 @@ def judged_complete(agent: Any, path: Path) -> int:
     return rec.id
 
 
-def test_scan_written_to_again_after_it_was_judged_complete_is_not_stored_half_written(scanner: Scanner) -> None:
+def test_scan_written_to_again_after_it_was_judged_complete_is_not_stored_half_written(
+    scanner: Scanner,
+) -> None:
     src = write_svs(scanner.watch / f"{BARCODE}_scan.svs", barcode=BARCODE, width=1024, height=768)
     first = src.read_bytes()
     scan_id = judged_complete(scanner.agent, src)
@@ -74,11 +80,14 @@ def test_scan_written_to_again_after_it_was_judged_complete_is_not_stored_half_w
         half_written = src.read_bytes()
         asyncio.run(run_scan(scanner.agent, scan_id))
         rec = scanner.agent.journal.get(scan_id)
-        assert rec is not None and (rec.state, rec.kind) == ("failed", "source_changed"), (rec.state, rec.reason)
+        assert rec is not None and (rec.state, rec.kind) == ("failed", "source_changed"), (
+            rec.state,
+            rec.reason,
+        )
         assert stored_files(scanner.storage) == [], "a half-written scan reached storage"
         assert leftovers(scanner.storage) == []
         assert src.read_bytes() == half_written
-        scanner_handle.write(EXTRA[len(EXTRA) // 2:])
+        scanner_handle.write(EXTRA[len(EXTRA) // 2 :])
     final = first + EXTRA
     # Settled again: the watcher reports the new version, which is stored whole, once.
     [rec2] = process(scanner.agent, src)
@@ -87,11 +96,15 @@ def test_scan_written_to_again_after_it_was_judged_complete_is_not_stored_half_w
     assert stored_files(scanner.storage) == sorted([dest, dest.with_suffix(".json")])
     assert sha256_file(dest) == sha256_bytes(final) == rec2.sha256
     old = scanner.agent.journal.get(scan_id)
-    assert old is not None and old.state == "failed" and old.next_check is None, "the old version must not be retried"
+    assert old is not None and old.state == "failed" and old.next_check is None, (
+        "the old version must not be retried"
+    )
     assert not src.exists()
 
 
-def test_scan_appended_to_during_the_copy_is_caught_and_stored_whole_once_it_settles(scanner: Scanner) -> None:
+def test_scan_appended_to_during_the_copy_is_caught_and_stored_whole_once_it_settles(
+    scanner: Scanner,
+) -> None:
     # Big enough (~13 MB, two 8 MiB copy chunks) that the append lands while the copy runs.
     src = write_svs(scanner.watch / f"{BARCODE}_scan.svs", barcode=BARCODE, width=6144, height=4608)
     size = src.stat().st_size

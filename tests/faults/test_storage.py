@@ -25,9 +25,9 @@ from typing import Any
 
 import pytest
 
+from scanner_agent.journal.store import ScanRecord
 from scanner_agent.service.daemon import recheck_due
 from scanner_agent.service.dispatcher import Dispatcher
-from scanner_agent.journal.store import ScanRecord
 from scanner_agent.testing.synthetic import write_svs
 from tests.daemon_helpers import sheet_csv
 from tests.faults.tools import (
@@ -210,12 +210,18 @@ def _run(sc: Scenario, site: Site, o: Outcome, slides: dict[tuple[int, int], byt
 
 
 @pytest.fixture(scope="module")
-def storage_faults(tmp_path_factory: pytest.TempPathFactory, prefect_api: str, slack: Any) -> Iterator[dict[str, Outcome]]:
+def storage_faults(
+    tmp_path_factory: pytest.TempPathFactory, prefect_api: str, slack: Any
+) -> Iterator[dict[str, Outcome]]:
     if os.geteuid() != 0:
         pytest.skip("storage faults mount and remount tmpfs filesystems: run as root")
     base = tmp_path_factory.mktemp("storage-faults")
-    slides = {size: write_svs(base / f"slide-{size[0]}.svs", barcode=BARCODE, width=size[0], height=size[1]).read_bytes()
-              for size in {sc.slide for sc in SCENARIOS.values()}}
+    slides = {
+        size: write_svs(
+            base / f"slide-{size[0]}.svs", barcode=BARCODE, width=size[0], height=size[1]
+        ).read_bytes()
+        for size in {sc.slide for sc in SCENARIOS.values()}
+    }
     sites: dict[str, Site] = {}
     outcomes = {key: Outcome() for key in SCENARIOS}
     try:
@@ -224,12 +230,21 @@ def storage_faults(tmp_path_factory: pytest.TempPathFactory, prefect_api: str, s
             storage: dict[str, Any] = {"reserve_bytes": 0}
             if key == "unmounted":
                 storage["marker_file"] = MARKER
-            cfg = write_config(site.base, name=site.name, sheet=sheet_csv([BARCODE]),
-                               storage=storage, alerts=alerts_section(slack, site.base / "slack-token"))
+            cfg = write_config(
+                site.base,
+                name=site.name,
+                sheet=sheet_csv([BARCODE]),
+                storage=storage,
+                alerts=alerts_section(slack, site.base / "slack-token"),
+            )
             sc.prepare(site, outcomes[key])
             site.agent = make_agent(cfg)
-        threads = [threading.Thread(target=_run, args=(sc, sites[k], outcomes[k], slides, slack), name=f"scenario {k}")
-                   for k, sc in SCENARIOS.items()]
+        threads = [
+            threading.Thread(
+                target=_run, args=(sc, sites[k], outcomes[k], slides, slack), name=f"scenario {k}"
+            )
+            for k, sc in SCENARIOS.items()
+        ]
         for t in threads:
             t.start()
         for t in threads:
@@ -271,27 +286,41 @@ def _assert_stored_once(o: Outcome) -> None:
 
 
 def test_storage_filling_up_mid_copy_keeps_the_source_alerts_and_stores_once_space_returns(
-        storage_faults: dict[str, Outcome]) -> None:
+    storage_faults: dict[str, Outcome],
+) -> None:
     o = storage_faults["full"]
-    _assert_kept_and_alerted(o, kind="storage_full", reason="storage full", alert_title=f"Storage full for {BARCODE}")
+    _assert_kept_and_alerted(
+        o, kind="storage_full", reason="storage full", alert_title=f"Storage full for {BARCODE}"
+    )
     # The filler struck while the copy was under way, not before it started or after it ended.
     assert "copied_when_full" in o.notes, "the transfer never created its partial copy"
     assert o.notes["copied_when_full"] < o.size and o.notes["free_after_fill"] < 1 << 20
     _assert_stored_once(o)
 
 
-def test_read_only_storage_keeps_the_source_alerts_and_stores_once_writable(storage_faults: dict[str, Outcome]) -> None:
+def test_read_only_storage_keeps_the_source_alerts_and_stores_once_writable(
+    storage_faults: dict[str, Outcome],
+) -> None:
     o = storage_faults["read-only"]
-    _assert_kept_and_alerted(o, kind="storage_unavailable", reason="storage not writable",
-                             alert_title=f"Storage unavailable for {BARCODE}")
+    _assert_kept_and_alerted(
+        o,
+        kind="storage_unavailable",
+        reason="storage not writable",
+        alert_title=f"Storage unavailable for {BARCODE}",
+    )
     _assert_stored_once(o)
 
 
 def test_removed_storage_root_is_not_recreated_and_the_scan_is_stored_once_it_is_back(
-        storage_faults: dict[str, Outcome]) -> None:
+    storage_faults: dict[str, Outcome],
+) -> None:
     o = storage_faults["root-removed"]
-    _assert_kept_and_alerted(o, kind="storage_unavailable", reason="storage missing",
-                             alert_title=f"Storage unavailable for {BARCODE}")
+    _assert_kept_and_alerted(
+        o,
+        kind="storage_unavailable",
+        reason="storage missing",
+        alert_title=f"Storage unavailable for {BARCODE}",
+    )
     assert not o.root_exists_during, "the agent recreated the missing storage root as a local folder"
     _assert_stored_once(o)
 
@@ -301,7 +330,8 @@ def test_unmounted_share_is_not_mistaken_for_storage(storage_faults: dict[str, O
     if o.error is not None:
         raise o.error
     assert o.failed is not None and o.failed.state == "failed", (
-        f"{o.failed and o.failed.state}: stored under the bare mount point: {o.notes.get('under_mount_point')}")
+        f"{o.failed and o.failed.state}: stored under the bare mount point: {o.notes.get('under_mount_point')}"
+    )
     assert MARKER in (o.failed.reason or ""), o.failed.reason
     assert o.source_sha_during == o.original_sha
     assert o.notes.get("under_mount_point") == [], "something was written into the bare mount point"

@@ -21,37 +21,69 @@ from tests.harness import write_config
 A, B = "620995", "645750"
 
 
-def test_watch_folder_removed_and_recreated_is_reported_then_watched_again(tmp_path: Path, prefect_api: str,
-                                                                            slack: Any) -> None:
+def test_watch_folder_removed_and_recreated_is_reported_then_watched_again(
+    tmp_path: Path, prefect_api: str, slack: Any
+) -> None:
     name = f"Watch-{uuid.uuid4().hex[:6]}"
-    cfg = write_config(tmp_path, name=name, sheet=sheet_csv([A, B]), scanner={"rescan_seconds": 2},
-                       alerts=alerts_section(slack, tmp_path / "slack-token"))
+    cfg = write_config(
+        tmp_path,
+        name=name,
+        sheet=sheet_csv([A, B]),
+        scanner={"rescan_seconds": 2},
+        alerts=alerts_section(slack, tmp_path / "slack-token"),
+    )
     watch = tmp_path / "scanner"
-    slides = {b: write_svs(tmp_path / f"{b}.svs", barcode=b, width=1024, height=768, seed=i).read_bytes()
-              for i, b in enumerate((A, B))}
+    slides = {
+        b: write_svs(tmp_path / f"{b}.svs", barcode=b, width=1024, height=768, seed=i).read_bytes()
+        for i, b in enumerate((A, B))
+    }
     with DaemonProcess(cfg) as daemon:
         daemon.wait_watching()
         journal = daemon.cfg.journal.path
         (watch / f"{A}.svs").write_bytes(slides[A])
-        wait_for(lambda: [r for r in records(journal) if r.state == "stored" and r.source_removed], 120,
-                 "the first scan stored", alive=daemon)
+        wait_for(
+            lambda: [r for r in records(journal) if r.state == "stored" and r.source_removed],
+            120,
+            "the first scan stored",
+            alive=daemon,
+        )
 
         shutil.rmtree(watch)
-        wait_for(lambda: read_health(journal).get("watcher_alive") is False, 60,
-                 "the watcher to report the folder gone", alive=daemon)
+        wait_for(
+            lambda: read_health(journal).get("watcher_alive") is False,
+            60,
+            "the watcher to report the folder gone",
+            alive=daemon,
+        )
         error = read_health(journal).get("watcher_error") or ""
         assert str(watch) in error and "missing" in error, error
-        wait_for(lambda: slack_posts(slack, name).with_title("Scanner folder watch unhealthy"), 60,
-                 "a watcher_unhealthy alert", alive=daemon)
+        wait_for(
+            lambda: slack_posts(slack, name).with_title("Scanner folder watch unhealthy"),
+            60,
+            "a watcher_unhealthy alert",
+            alive=daemon,
+        )
 
         watch.mkdir()
-        wait_for(lambda: read_health(journal).get("watcher_alive") is True, 60,
-                 "the watcher to recover", alive=daemon)
-        wait_for(lambda: slack_posts(slack, name).with_title("Resolved: Scanner folder watch unhealthy"), 60,
-                 "the recovery alert", alive=daemon)
+        wait_for(
+            lambda: read_health(journal).get("watcher_alive") is True,
+            60,
+            "the watcher to recover",
+            alive=daemon,
+        )
+        wait_for(
+            lambda: slack_posts(slack, name).with_title("Resolved: Scanner folder watch unhealthy"),
+            60,
+            "the recovery alert",
+            alive=daemon,
+        )
         (watch / f"{B}.svs").write_bytes(slides[B])
-        wait_for(lambda: len([r for r in records(journal) if r.state == "stored" and r.source_removed]) == 2, 120,
-                 "a scan written into the recreated folder to be stored", alive=daemon)
+        wait_for(
+            lambda: len([r for r in records(journal) if r.state == "stored" and r.source_removed]) == 2,
+            120,
+            "a scan written into the recreated folder to be stored",
+            alive=daemon,
+        )
         assert daemon.terminate(60) == 0
     rows = records(journal)
     assert sorted(r.barcode or "" for r in rows) == [A, B] and {r.state for r in rows} == {"stored"}

@@ -33,14 +33,20 @@ def mount_tmpfs(where: Path, options: str) -> None:
     where.mkdir(parents=True, exist_ok=True)
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root (CAP_SYS_ADMIN)")
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
-                          capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     if proc.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs at {where}: {proc.stderr.strip()}")
 
 
 def remount(where: Path, options: str) -> None:
-    subprocess.run(["mount", "-o", f"remount,{options}", str(where)], check=True, capture_output=True, timeout=30)
+    subprocess.run(
+        ["mount", "-o", f"remount,{options}", str(where)], check=True, capture_output=True, timeout=30
+    )
 
 
 def umount(where: Path) -> None:
@@ -137,7 +143,7 @@ def _names(data: bytes) -> Iterator[str]:
     offset = 0
     while offset + 16 <= len(data):
         _wd, _mask, _cookie, length = struct.unpack_from("iIII", data, offset)
-        raw = data[offset + 16:offset + 16 + length].rstrip(b"\0")
+        raw = data[offset + 16 : offset + 16 + length].rstrip(b"\0")
         offset += 16 + length
         if raw:
             yield os.fsdecode(raw)
@@ -168,7 +174,9 @@ def stored_files(root: Path) -> list[Path]:
     """Every file a person sees in storage (everything outside ``.incoming`` folders)."""
     if not root.exists():
         return []
-    return sorted(Path(d, f) for d, _dirs, fs in os.walk(root) if ".incoming" not in Path(d).parts for f in fs)
+    return sorted(
+        Path(d, f) for d, _dirs, fs in os.walk(root) if ".incoming" not in Path(d).parts for f in fs
+    )
 
 
 def leftovers(*roots: Path) -> list[Path]:
@@ -185,7 +193,9 @@ def leftovers(*roots: Path) -> list[Path]:
 
 def scans_left(watch: Path) -> list[Path]:
     """Slide files still in the scanner's folder (quarantine included)."""
-    return sorted(p for p in watch.rglob("*") if p.is_file() and p.suffix.lower() in (".svs", ".tif", ".mrxs"))
+    return sorted(
+        p for p in watch.rglob("*") if p.is_file() and p.suffix.lower() in (".svs", ".tif", ".mrxs")
+    )
 
 
 def journal_integrity(path: Path) -> str:

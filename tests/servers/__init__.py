@@ -24,8 +24,9 @@ def slack(request: pytest.FixtureRequest) -> Iterator[SlackApiServer]:
 
 @pytest.fixture
 def smtp(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SmtpServer]:
-    server = SmtpServer(tmp_path / "tls", user=request.module.SMTP_USER,
-                        password=request.module.SMTP_PASSWORD).start()
+    server = SmtpServer(
+        tmp_path / "tls", user=request.module.SMTP_USER, password=request.module.SMTP_PASSWORD
+    ).start()
     try:
         yield server
     finally:

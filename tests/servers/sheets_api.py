@@ -27,10 +27,11 @@ import secrets
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from cryptography.exceptions import InvalidSignature
@@ -45,8 +46,11 @@ _STATUS_WORDS = {
     401: ("UNAUTHENTICATED", "Request had invalid authentication credentials."),
     403: ("PERMISSION_DENIED", "The caller does not have permission"),
     404: ("NOT_FOUND", "Requested entity was not found."),
-    429: ("RESOURCE_EXHAUSTED", "Quota exceeded for quota metric 'Read requests' and limit "
-                                "'Read requests per minute per user' of service 'sheets.googleapis.com'."),
+    429: (
+        "RESOURCE_EXHAUSTED",
+        "Quota exceeded for quota metric 'Read requests' and limit "
+        "'Read requests per minute per user' of service 'sheets.googleapis.com'.",
+    ),
     500: ("INTERNAL", "Internal error encountered."),
     502: ("UNAVAILABLE", "Bad gateway."),
     503: ("UNAVAILABLE", "The service is currently unavailable."),
@@ -104,8 +108,9 @@ class FakeSheetsApi:
         with self._lock:
             self.public_keys[email] = public_key
 
-    def add_spreadsheet(self, key: str, worksheets: dict[str, list[list[str]]],
-                        title: str = "Slide metadata") -> None:
+    def add_spreadsheet(
+        self, key: str, worksheets: dict[str, list[list[str]]], title: str = "Slide metadata"
+    ) -> None:
         with self._lock:
             sheets = []
             for name, values in worksheets.items():
@@ -129,15 +134,30 @@ class FakeSheetsApi:
         with self._lock:
             self.spreadsheets[key].unshared.add(email)
 
-    def fail(self, endpoint: str, status: int, *, retry_after: str | int | None = None,
-             times: int | None = 1, message: str | None = None) -> None:
+    def fail(
+        self,
+        endpoint: str,
+        status: int,
+        *,
+        retry_after: str | int | None = None,
+        times: int | None = 1,
+        message: str | None = None,
+    ) -> None:
         """Answer the next ``times`` calls to ``endpoint`` with ``status`` (Google's error JSON)."""
         with self._lock:
-            self.faults.append(Fault(endpoint, status, None if retry_after is None else str(retry_after),
-                                     times=times, message=message))
+            self.faults.append(
+                Fault(
+                    endpoint,
+                    status,
+                    None if retry_after is None else str(retry_after),
+                    times=times,
+                    message=message,
+                )
+            )
 
-    def hang(self, endpoint: str, seconds: float, *, times: int | None = 1,
-             status: int | None = None) -> None:
+    def hang(
+        self, endpoint: str, seconds: float, *, times: int | None = 1, status: int | None = None
+    ) -> None:
         """Stall the next ``times`` calls to ``endpoint`` for ``seconds`` before answering."""
         with self._lock:
             self.faults.append(Fault(endpoint, status, hang=seconds, times=times))
@@ -202,8 +222,10 @@ class FakeSheetsApi:
         except InvalidSignature:
             raise ValueError("Invalid JWT Signature.") from None
         if claims.get("aud") not in (GOOGLE_TOKEN_AUDIENCE, self.token_uri):
-            raise ValueError("Invalid JWT: Token must be a short-lived token (60 minutes) and in a "
-                             "reasonable timeframe. Check your iat and exp values in the JWT claim.")
+            raise ValueError(
+                "Invalid JWT: Token must be a short-lived token (60 minutes) and in a "
+                "reasonable timeframe. Check your iat and exp values in the JWT claim."
+            )
         now = time.time()
         if not (claims.get("iat", 0) - 300 <= now <= claims.get("exp", 0) + 300):
             raise ValueError("Invalid JWT: Token must be a short-lived token (60 minutes).")
@@ -211,11 +233,13 @@ class FakeSheetsApi:
 
     def authorise(self, header: str | None, key: str) -> tuple[int, str] | None:
         """None if the bearer may read ``key``; else (status, message) as Google words it."""
-        token = header[len("Bearer "):] if header and header.startswith("Bearer ") else ""
+        token = header[len("Bearer ") :] if header and header.startswith("Bearer ") else ""
         email = self.tokens.get(token)
         if email is None:
-            return 401, ("Request had invalid authentication credentials. Expected OAuth 2 access "
-                         "token, login cookie or other valid authentication credential.")
+            return 401, (
+                "Request had invalid authentication credentials. Expected OAuth 2 access "
+                "token, login cookie or other valid authentication credential."
+            )
         sheet = self.spreadsheets.get(key)
         if sheet is None:
             return 404, "Requested entity was not found."
@@ -227,13 +251,27 @@ class FakeSheetsApi:
         sheet = self.spreadsheets[key]
         return {
             "spreadsheetId": key,
-            "properties": {"title": sheet.title, "locale": "en_GB", "autoRecalc": "ON_CHANGE",
-                           "timeZone": "Europe/London"},
-            "sheets": [{"properties": {
-                "sheetId": ws.sheet_id, "title": ws.title, "index": i, "sheetType": "GRID",
-                "gridProperties": {"rowCount": max(1000, len(ws.values)),
-                                   "columnCount": max(26, max((len(r) for r in ws.values), default=0))},
-            }} for i, ws in enumerate(sheet.worksheets)],
+            "properties": {
+                "title": sheet.title,
+                "locale": "en_GB",
+                "autoRecalc": "ON_CHANGE",
+                "timeZone": "Europe/London",
+            },
+            "sheets": [
+                {
+                    "properties": {
+                        "sheetId": ws.sheet_id,
+                        "title": ws.title,
+                        "index": i,
+                        "sheetType": "GRID",
+                        "gridProperties": {
+                            "rowCount": max(1000, len(ws.values)),
+                            "columnCount": max(26, max((len(r) for r in ws.values), default=0)),
+                        },
+                    }
+                }
+                for i, ws in enumerate(sheet.worksheets)
+            ],
             "spreadsheetUrl": f"https://docs.google.com/spreadsheets/d/{key}/edit",
         }
 
@@ -250,9 +288,10 @@ class FakeSheetsApi:
             width = max((len(r) for r in rows), default=0)
             rows = _trim([[r[i] if i < len(r) else "" for r in rows] for i in range(width)])
         last_col = _col_letters(c0 + max((len(r) for r in rows), default=1) - 1)
-        body: dict[str, Any] = {"range": f"'{title}'!{_col_letters(c0)}{r0 + 1}:{last_col}"
-                                         f"{r0 + max(len(rows), 1)}",
-                                "majorDimension": major}
+        body: dict[str, Any] = {
+            "range": f"'{title}'!{_col_letters(c0)}{r0 + 1}:{last_col}{r0 + max(len(rows), 1)}",
+            "majorDimension": major,
+        }
         if rows:
             body["values"] = rows  # Google omits "values" entirely for an empty range
         return 200, body
@@ -366,8 +405,9 @@ class _Handler(BaseHTTPRequestHandler):
             return False
         headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else None
         if endpoint == "token":
-            self._send(fault.status, {"error": "internal_failure", "error_description": fault.message or ""},
-                       headers)
+            self._send(
+                fault.status, {"error": "internal_failure", "error_description": fault.message or ""}, headers
+            )
         else:
             self._send(fault.status, _error(fault.status, fault.message), headers)
         return True
@@ -377,7 +417,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self._fault("rab"):
             return
         header = self.headers.get("Authorization") or ""
-        if header[len("Bearer "):] not in self.api.tokens:
+        if header[len("Bearer ") :] not in self.api.tokens:
             self._send(401, _error(401))
             return
         self._send(200, {"locations": ["europe-west2"], "encodedLocations": "0x4"})
@@ -398,7 +438,9 @@ class _Handler(BaseHTTPRequestHandler):
         parts = urlsplit(self.path)
         segments = parts.path.split("/")  # split before unquoting: a range may hold an encoded "/"
         query = parse_qs(parts.query)
-        if parts.path.startswith("/v1/projects/-/serviceAccounts/") and parts.path.endswith("/allowedLocations"):
+        if parts.path.startswith("/v1/projects/-/serviceAccounts/") and parts.path.endswith(
+            "/allowedLocations"
+        ):
             self._allowed_locations()
             return
         if len(segments) == 4 and segments[1:3] == ["v4", "spreadsheets"]:
@@ -431,8 +473,9 @@ def sheets_api_server() -> Iterator[FakeSheetsApi]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
     api.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                              name="fake-sheets-api", daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-sheets-api", daemon=True
+    )
     thread.start()
     try:
         yield api
@@ -449,13 +492,19 @@ def _throwaway_key() -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
-def write_service_account(directory: Path, api: FakeSheetsApi, *,
-                          email: str = "scanner-agent@test-project.iam.gserviceaccount.com",
-                          name: str = "service-account.json", mode: int = 0o600) -> Path:
+def write_service_account(
+    directory: Path,
+    api: FakeSheetsApi,
+    *,
+    email: str = "scanner-agent@test-project.iam.gserviceaccount.com",
+    name: str = "service-account.json",
+    mode: int = 0o600,
+) -> Path:
     """Write a service-account JSON whose ``token_uri`` is the fake server, and register its key there."""
     key = _throwaway_key()
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption()).decode()
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
     info = {
         "type": "service_account",
         "project_id": "test-project",

@@ -22,8 +22,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 @dataclass
 class Call:
-    method: str                      # "chat.postMessage", or "upload" for the upload URL
-    payload: dict[str, Any]          # JSON body or form fields
+    method: str  # "chat.postMessage", or "upload" for the upload URL
+    payload: dict[str, Any]  # JSON body or form fields
     headers: dict[str, str]
     body: bytes = b""
     status: int = 200
@@ -32,9 +32,9 @@ class Call:
 @dataclass
 class _State:
     token: str
-    channels: dict[str, str]         # name or id -> id
+    channels: dict[str, str]  # name or id -> id
     calls: list[Call] = field(default_factory=list)
-    uploads: dict[str, bytes] = field(default_factory=dict)   # file_id -> bytes received
+    uploads: dict[str, bytes] = field(default_factory=dict)  # file_id -> bytes received
     upload_names: dict[str, str] = field(default_factory=dict)
     shared: dict[str, dict[str, Any]] = field(default_factory=dict)  # file_id -> completeUploadExternal args
     fail_remaining: int = 0
@@ -61,11 +61,13 @@ class SlackApiServer:
 
     # -- lifecycle
 
-    def start(self) -> "SlackApiServer":
+    def start(self) -> SlackApiServer:
         self._httpd = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler_class())
         self._httpd.daemon_threads = True
         self.port = self._httpd.server_address[1]
-        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), name="slack-api", daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, args=(0.05,), name="slack-api", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -78,7 +80,7 @@ class SlackApiServer:
             self._thread.join(timeout=5)
             self._thread = None
 
-    def __enter__(self) -> "SlackApiServer":
+    def __enter__(self) -> SlackApiServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -97,7 +99,7 @@ class SlackApiServer:
             self.state.retry_after = retry_after
 
     def go_down(self, mode: str = "refuse") -> None:
-        """"refuse": nothing listens on the port; "500": every call gets HTTP 500."""
+        """ "refuse": nothing listens on the port; "500": every call gets HTTP 500."""
         if mode == "refuse":
             self.stop()
         elif mode == "500":
@@ -156,7 +158,7 @@ class SlackApiServer:
                 if path.path.startswith("/upload/"):
                     self._upload(path.path.rsplit("/", 1)[1], body)
                 elif path.path.startswith("/api/"):
-                    self._api(path.path[len("/api/"):], self._payload(body, path.query), body)
+                    self._api(path.path[len("/api/") :], self._payload(body, path.query), body)
                 else:
                     self._send(404, b"not found", "text/plain")
 
@@ -187,7 +189,9 @@ class SlackApiServer:
                 if failing:
                     self._record(method, payload, body, fail_status)
                     extra = {"Retry-After": str(retry_after)} if fail_status == 429 else {}
-                    return self._json({"ok": False, "error": "ratelimited"}, status=fail_status, headers=extra)
+                    return self._json(
+                        {"ok": False, "error": "ratelimited"}, status=fail_status, headers=extra
+                    )
                 self._record(method, payload, body, 200)
                 if self.headers.get("Authorization") != f"Bearer {st.token}":
                     return self._json({"ok": False, "error": "invalid_auth"})
@@ -199,8 +203,15 @@ class SlackApiServer:
             # Web API methods (only what the agent uses)
 
             def m_auth_test(self, p: dict[str, Any]) -> dict[str, Any]:
-                return {"ok": True, "url": "https://lab.slack.test/", "team": "Lab", "user": "scanner-agent",
-                        "team_id": "T0LAB", "user_id": "U0BOT", "bot_id": "B0BOT"}
+                return {
+                    "ok": True,
+                    "url": "https://lab.slack.test/",
+                    "team": "Lab",
+                    "user": "scanner-agent",
+                    "team_id": "T0LAB",
+                    "user_id": "U0BOT",
+                    "bot_id": "B0BOT",
+                }
 
             def m_chat_postMessage(self, p: dict[str, Any]) -> dict[str, Any]:
                 cid = server.state.channels.get(str(p.get("channel", "")))
@@ -209,8 +220,12 @@ class SlackApiServer:
                 if not p.get("text") and not p.get("blocks"):
                     return {"ok": False, "error": "no_text"}
                 ts = f"1700000000.{next(server._ids):06d}"
-                return {"ok": True, "channel": cid, "ts": ts,
-                        "message": {"text": p.get("text"), "blocks": p.get("blocks"), "ts": ts}}
+                return {
+                    "ok": True,
+                    "channel": cid,
+                    "ts": ts,
+                    "message": {"text": p.get("text"), "blocks": p.get("blocks"), "ts": ts},
+                }
 
             def m_files_getUploadURLExternal(self, p: dict[str, Any]) -> dict[str, Any]:
                 if not p.get("filename") or not str(p.get("length", "")).isdigit():
@@ -218,8 +233,11 @@ class SlackApiServer:
                 file_id = f"F{next(server._ids):08d}"
                 with server.state.lock:
                     server.state.upload_names[file_id] = str(p["filename"])
-                return {"ok": True, "file_id": file_id,
-                        "upload_url": f"http://127.0.0.1:{server.port}/upload/{file_id}"}
+                return {
+                    "ok": True,
+                    "file_id": file_id,
+                    "upload_url": f"http://127.0.0.1:{server.port}/upload/{file_id}",
+                }
 
             def m_files_completeUploadExternal(self, p: dict[str, Any]) -> dict[str, Any]:
                 files = json.loads(p.get("files") or "[]")
@@ -232,11 +250,23 @@ class SlackApiServer:
                     if missing:
                         return {"ok": False, "error": "file_not_found"}
                     for f in files:
-                        server.state.shared[f["id"]] = {"title": f.get("title"), "channel_id": channel_id,
-                                                        "thread_ts": p.get("thread_ts"),
-                                                        "initial_comment": p.get("initial_comment")}
-                return {"ok": True, "files": [{"id": f["id"], "title": f.get("title"),
-                                                "name": server.state.upload_names.get(f["id"])} for f in files]}
+                        server.state.shared[f["id"]] = {
+                            "title": f.get("title"),
+                            "channel_id": channel_id,
+                            "thread_ts": p.get("thread_ts"),
+                            "initial_comment": p.get("initial_comment"),
+                        }
+                return {
+                    "ok": True,
+                    "files": [
+                        {
+                            "id": f["id"],
+                            "title": f.get("title"),
+                            "name": server.state.upload_names.get(f["id"]),
+                        }
+                        for f in files
+                    ],
+                }
 
             def _upload(self, file_id: str, body: bytes) -> None:
                 with server.state.lock:
@@ -248,11 +278,14 @@ class SlackApiServer:
                     return self._send(404, b"unknown upload", "text/plain")
                 self._send(200, f"OK - {len(body)}".encode(), "text/plain")
 
-            def _json(self, data: dict[str, Any], *, status: int = 200,
-                      headers: dict[str, str] | None = None) -> None:
+            def _json(
+                self, data: dict[str, Any], *, status: int = 200, headers: dict[str, str] | None = None
+            ) -> None:
                 self._send(status, json.dumps(data).encode(), "application/json; charset=utf-8", headers)
 
-            def _send(self, status: int, body: bytes, ctype: str, headers: dict[str, str] | None = None) -> None:
+            def _send(
+                self, status: int, body: bytes, ctype: str, headers: dict[str, str] | None = None
+            ) -> None:
                 self.send_response(status)
                 self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(body)))
