@@ -491,13 +491,13 @@ def test_kinds_are_all_there_and_agree_with_the_errors() -> None:
         errors.SheetUnavailable,
         errors.ScanError,
     ):
-        assert KINDS[cls.kind].action == cls.action
+        assert KINDS[cls.kind].action == cls.default_action
 
 
 def test_titles_and_keys() -> None:
     a = unknown_barcode_alert()
     assert a.title == "Unknown barcode 545891 on Cardinal"
-    assert a.action == errors.UnknownBarcode.action
+    assert a.action == errors.UnknownBarcode.default_action
     assert (
         Alert(kind="no_barcode", scanner="Cardinal", message="m", file="/scans/x/slide_17.svs").title
         == "No barcode found in slide_17.svs on Cardinal"
@@ -518,7 +518,7 @@ def test_titles_and_keys() -> None:
     from_err = Alert.from_error(err, scanner="Cardinal", run_url=RUN_URL)
     assert from_err.kind == "incomplete_row" and from_err.file == "/scans/545891.svs"
     assert from_err.title == "Incomplete sheet row for 545891 on Cardinal"
-    assert "'Panel'" in from_err.message and from_err.action == errors.IncompleteRow.action
+    assert "'Panel'" in from_err.message and from_err.action == errors.IncompleteRow.default_action
 
 
 def test_alert_round_trips_through_json_and_the_outbox(outbox: AlertOutbox) -> None:

@@ -292,7 +292,7 @@ def test_quarantined_scan_is_recovered_the_way_its_action_says(tmp_path: Path, p
     assert moved.read_bytes() == data
 
     # `retry` only re-queues held and failed scans, so the action must not send a person there.
-    assert "scanner-agent process" in NoBarcode.action and "retry" not in NoBarcode.action
+    assert "scanner-agent process" in NoBarcode.default_action and "retry" not in NoBarcode.default_action
     assert cli("retry", "--config", cfg).stdout.strip() == "nothing to retry"
     fixed = moved.with_name("620995_abc.svs")
     moved.rename(fixed)

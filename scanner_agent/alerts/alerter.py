@@ -63,28 +63,28 @@ class AlertKind:
 _RECOVERED_ACTION = "Nothing to do; this resolves an earlier alert."
 
 KINDS: dict[str, AlertKind] = {
-    "unknown_barcode": AlertKind("Unknown barcode {subject}", errors.UnknownBarcode.action),
-    "incomplete_row": AlertKind("Incomplete sheet row for {subject}", errors.IncompleteRow.action),
-    "sheet_malformed": AlertKind("Metadata sheet needs fixing for {subject}", errors.SheetMalformed.action),
-    "held": AlertKind("Scan held for {subject}", errors.HeldScan.action),
+    "unknown_barcode": AlertKind("Unknown barcode {subject}", errors.UnknownBarcode.default_action),
+    "incomplete_row": AlertKind("Incomplete sheet row for {subject}", errors.IncompleteRow.default_action),
+    "sheet_malformed": AlertKind("Metadata sheet needs fixing for {subject}", errors.SheetMalformed.default_action),
+    "held": AlertKind("Scan held for {subject}", errors.HeldScan.default_action),
     "held_too_long": AlertKind(
         "Scan held too long for {subject}",
         "The scan has waited longer than expected for a complete sheet row. Fill in (or correct) "
         "the barcode's row in the metadata sheet; the scan moves on its own once the row is complete.",
     ),
-    "no_barcode": AlertKind("No barcode found in {subject}", errors.NoBarcode.action),
-    "corrupt_slide": AlertKind("Unreadable slide {subject}", errors.CorruptSlide.action),
+    "no_barcode": AlertKind("No barcode found in {subject}", errors.NoBarcode.default_action),
+    "corrupt_slide": AlertKind("Unreadable slide {subject}", errors.CorruptSlide.default_action),
     "destination_collision": AlertKind(
-        "Name already taken in storage for {subject}", errors.DestinationCollision.action
+        "Name already taken in storage for {subject}", errors.DestinationCollision.default_action
     ),
-    "storage_unavailable": AlertKind("Storage unavailable for {subject}", errors.StorageUnavailable.action),
+    "storage_unavailable": AlertKind("Storage unavailable for {subject}", errors.StorageUnavailable.default_action),
     "storage_full": AlertKind(
         "Storage full for {subject}",
         "Free space on the storage share (or extend it); scans stay on the scanner and are retried.",
     ),
-    "source_changed": AlertKind("Scan changed while copying {subject}", errors.SourceChanged.action),
+    "source_changed": AlertKind("Scan changed while copying {subject}", errors.SourceChanged.default_action),
     "sheet_unreachable": AlertKind(
-        "Metadata sheet unreachable for {subject}", errors.SheetUnavailable.action
+        "Metadata sheet unreachable for {subject}", errors.SheetUnavailable.default_action
     ),
     "watcher_unhealthy": AlertKind(
         "Scanner folder watch unhealthy",
@@ -109,7 +109,7 @@ KINDS: dict[str, AlertKind] = {
         "Nothing to do; the rescan was stored and the previous scan was kept under superseded/.",
     ),
     "recovered": AlertKind("Recovered: {subject}", _RECOVERED_ACTION),
-    "scan_error": AlertKind("Scan problem with {subject}", errors.ScanError.action),
+    "scan_error": AlertKind("Scan problem with {subject}", errors.ScanError.default_action),
 }
 
 _SUBJECT_GONE = re.compile(r":?\s*(?:\b(?:for|in|with)\s+)?\{subject\}")

@@ -64,7 +64,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from scanner_agent.core.errors import DestinationCollision, ScanError, SourceChanged, StorageUnavailable
+from scanner_agent.core.errors import (
+    DestinationCollision,
+    ScanError,
+    SourceChanged,
+    StorageFull,
+    StorageUnavailable,
+    UnreadableSource,
+)
 from scanner_agent.scanunit import ScanUnit
 
 log = logging.getLogger(__name__)
@@ -139,9 +146,7 @@ def _storage_error(exc: OSError, path: Path, what: str = "write") -> StorageUnav
     """Map an OSError on the storage side to StorageUnavailable, naming the path."""
     where = exc.filename or path
     if exc.errno in _FULL_ERRNOS:
-        err = StorageUnavailable(f"storage full: could not {what} {where}", path=str(path))
-        err.kind = "storage_full"
-        return err
+        return StorageFull(f"storage full: could not {what} {where}", path=str(path))
     if exc.errno in _READONLY_ERRNOS:
         return StorageUnavailable(f"storage not writable: {where} ({exc.strerror})", path=str(path))
     if exc.errno in _GONE_ERRNOS:
@@ -153,7 +158,7 @@ def _source_error(exc: OSError, path: Path) -> ScanError:
     where = exc.filename or path
     if exc.errno in _GONE_ERRNOS:
         return SourceChanged(f"source vanished during transfer: {where}", path=str(path))
-    return ScanError(f"cannot read source {where}: {exc.strerror}", path=str(path))
+    return UnreadableSource(f"cannot read source {where}: {exc.strerror}", path=str(path))
 
 
 @contextmanager
@@ -680,13 +685,11 @@ def _require_room(dest_dir: Path, need: int, margin: int) -> None:
     with _on_storage(dest_dir, "check free space of"):
         have = free_space(dest_dir)
     if have < need + margin:
-        err = StorageUnavailable(
+        raise StorageFull(
             f"storage full: need {_human(need + margin)} "
             f"({_human(need)} + {_human(margin)} margin), have {_human(have)} at {dest_dir}",
             path=str(dest_dir),
         )
-        err.kind = "storage_full"
-        raise err
 
 
 def _same_filesystem(a: Path, b: Path) -> bool:
