@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from bench._prefect import RETRYABLE, Postgres, free_port
-from scanner_agent.journal.store import Journal
+from scanner_agent.journal import Journal
 from scanner_agent.testing.synthetic import write_svs
 from tests.daemon_helpers import DaemonProcess, records, wait_for
 from tests.harness import write_config

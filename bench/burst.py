@@ -29,7 +29,7 @@ from bench._prefect import prefect_api, server_log_count
 
 def baseline_rate(template: Path, base: Path, n: int) -> float:
     from scanner_agent.scanunit import ScanUnit
-    from scanner_agent.storage.transfer import place_scan
+    from scanner_agent.storage import place_scan
 
     src_dir, dest = base / "base-src", base / "base-dest"
     src_dir.mkdir()
@@ -44,7 +44,7 @@ def baseline_rate(template: Path, base: Path, n: int) -> float:
 
 
 def run(args: argparse.Namespace) -> None:
-    from scanner_agent.journal.store import Journal
+    from scanner_agent.journal import Journal
     from scanner_agent.testing.synthetic import write_svs
     from tests.daemon_helpers import (
         DaemonProcess,

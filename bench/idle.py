@@ -68,7 +68,7 @@ def measure(
 
 def listing_seconds(watch: Path, rounds: int = 5) -> float:
     from scanner_agent.config import DEFAULT_PATTERNS
-    from scanner_agent.watch.completeness import discover_units
+    from scanner_agent.watch import discover_units
 
     times = []
     for _ in range(rounds):

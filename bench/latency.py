@@ -56,7 +56,7 @@ def pct(values: list[float], q: float) -> float:
 
 def baseline_place(data: list[bytes], base: Path) -> list[float]:
     from scanner_agent.scanunit import ScanUnit
-    from scanner_agent.storage.transfer import place_scan
+    from scanner_agent.storage import place_scan
 
     out = []
     src_dir, dest = base / "base-src", base / "base-dest"
@@ -72,7 +72,7 @@ def baseline_place(data: list[bytes], base: Path) -> list[float]:
 
 
 def run(args: argparse.Namespace) -> None:
-    from scanner_agent.journal.store import Journal
+    from scanner_agent.journal import Journal
     from tests.daemon_helpers import DaemonProcess, sheet_csv, unique_scanner_name, wait_for, write_slowly
     from tests.harness import write_config
 

@@ -41,9 +41,9 @@ from bench.latency import one_mb_slide, pct
 
 def _bare_work(agent: Any, path: Path) -> float:
     """The flow's steps as plain calls (``Task.fn``): no runs, no states, no API."""
+    from scanner_agent import storage
     from scanner_agent.orchestration import flows
     from scanner_agent.scanunit import ScanUnit
-    from scanner_agent.storage import transfer
 
     t = time.perf_counter()
     unit = ScanUnit.from_path(path)
@@ -54,14 +54,14 @@ def _bare_work(agent: Any, path: Path) -> float:
         flows.check_quality.fn(agent, info)
     dest = flows.build_destination.fn(agent, unit, bc.barcode, row, table)
     dest = dest.with_name("work_" + dest.name)
-    result = transfer.place_scan(unit, dest.parent, dest.name, sidecar={"bench": True})
-    transfer.remove_source(unit, result)
+    result = storage.place_scan(unit, dest.parent, dest.name, sidecar={"bench": True})
+    storage.remove_source(unit, result)
     return time.perf_counter() - t
 
 
 def _bare_place(path: Path, dest: Path) -> float:
     from scanner_agent.scanunit import ScanUnit
-    from scanner_agent.storage.transfer import place_scan
+    from scanner_agent.storage import place_scan
 
     t = time.perf_counter()
     place_scan(ScanUnit.from_path(path), dest, path.name, sidecar={"bench": True})

@@ -35,7 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from scanner_agent.scanunit import ScanUnit
-from scanner_agent.storage.transfer import hash_file, place_scan
+from scanner_agent.storage import hash_file, place_scan
 
 
 def make_sources(folder: Path, count: int, size: int) -> list[Path]:

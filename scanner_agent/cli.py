@@ -182,7 +182,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_retry(args: argparse.Namespace) -> int:
     """Put held/failed/quarantined scans back in the queue (the running daemon picks them up)."""
-    from scanner_agent.journal.store import Journal
+    from scanner_agent.journal import Journal
 
     cfg = _load(args)
     j = Journal(cfg.journal.path)

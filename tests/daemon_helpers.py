@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from scanner_agent.config import AgentConfig, load_config
-from scanner_agent.journal.store import Journal, ScanRecord
+from scanner_agent.journal import Journal, ScanRecord
 
 T = TypeVar("T")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from scanner_agent.alerts.alerter import (
+from scanner_agent.alerts import (
     KINDS,
     Alert,
     AlertDeliveryError,
@@ -21,7 +21,7 @@ from scanner_agent.alerts.alerter import (
     SlackChannel,
 )
 from scanner_agent.core import errors
-from scanner_agent.journal.outbox import AlertOutbox
+from scanner_agent.journal import AlertOutbox
 from tests.servers import slack, smtp  # noqa: F401 - fixtures, with this module's credentials
 from tests.servers.slack_api import SlackApiServer
 from tests.servers.smtp import SmtpServer

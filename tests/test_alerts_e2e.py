@@ -441,7 +441,7 @@ def test_held_too_long_is_alerted_once_by_the_slow_timers(
 
 
 def _health(alive: bool, error: str | None = None) -> Any:
-    from scanner_agent.watch.watcher import WatcherHealth
+    from scanner_agent.watch import WatcherHealth
 
     return WatcherHealth(
         observer="inotify",

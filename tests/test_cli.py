@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from scanner_agent.journal.store import Journal
+from scanner_agent.journal import Journal
 from scanner_agent.testing.synthetic import write_svs
 from tests.harness import SAMPLE_SHEET, dump_toml, write_config
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from scanner_agent.scanunit import ScanUnit
-from scanner_agent.watch.completeness import (
+from scanner_agent.watch import (
     DEFAULT_PATTERNS,
     SettleTracker,
     discover_units,

@@ -19,7 +19,7 @@ import pytest
 
 from scanner_agent.core.errors import SheetMalformed, SheetUnavailable, UnknownBarcode
 from scanner_agent.core.sheet_table import lookup
-from scanner_agent.sheets.google import GoogleSheetSource
+from scanner_agent.sheets import GoogleSheetSource
 from tests.servers.sheets_api import FakeSheetsApi, sheets_api_server, write_service_account
 
 KEY = "1AbCdEfGhIjKlMnOpQrStUvWxYz0123456789abcdEF"

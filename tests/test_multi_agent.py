@@ -538,7 +538,7 @@ def test_daily_report_counts_each_scan_once_per_outcome(tmp_path: Path, prefect_
     from datetime import date, datetime, timedelta
     from datetime import time as dtime
 
-    from scanner_agent.journal.store import Journal
+    from scanner_agent.journal import Journal
     from scanner_agent.orchestration.daily_report import DailyReporter, artifact_key, daily_rows
 
     today = date.today()

@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 
+from scanner_agent import storage
 from scanner_agent.cli import main as cli_main
 from scanner_agent.config import AgentConfig, load_config
 from scanner_agent.core.sheet_table import CsvSource
-from scanner_agent.journal.store import Journal
+from scanner_agent.journal import Journal
 from scanner_agent.reports.reconcile import CATEGORIES, reconcile, render_reconcile
 from scanner_agent.scanunit import ScanUnit
-from scanner_agent.storage import transfer
 
 SHEET = """\
 Include in Name?,REQUIRED,REQUIRED,REQUIRED,REQUIRED,,,
@@ -82,9 +82,9 @@ class Lab:
         *,
         supersede: Path | None = None,
         prefix: str = "Prec01_Run2_P1",
-    ) -> tuple[ScanUnit, transfer.TransferResult]:
+    ) -> tuple[ScanUnit, storage.TransferResult]:
         unit = self.scan_file(barcode)
-        result = transfer.place_scan(
+        result = storage.place_scan(
             unit,
             self.storage / folder,
             f"{prefix}_{barcode}.svs",
@@ -107,7 +107,7 @@ class Lab:
         *,
         supersede: Path | None = None,
         prefix: str = "Prec01_Run2_P1",
-    ) -> tuple[int, transfer.TransferResult]:
+    ) -> tuple[int, storage.TransferResult]:
         """What the flow does for a stored scan: place it, then record it stored in the journal."""
         unit, result = self.place(barcode, folder, supersede=supersede, prefix=prefix)
         sid = self.record(unit)
@@ -199,7 +199,7 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
     bad = lab.scan_file("100005", b"not a slide")
     sid = lab.record(bad)  # as the flow does: recorded, then moved aside, then marked quarantined
     j.transition(sid, "processing")
-    where = transfer.quarantine(bad, lab.cfg.quarantine_dir, "corrupt_slide: cannot open", margin=0)
+    where = storage.quarantine(bad, lab.cfg.quarantine_dir, "corrupt_slide: cannot open", margin=0)
     j.transition(
         sid,
         "quarantined",

@@ -16,7 +16,7 @@ from PIL import Image
 
 from scanner_agent.core import errors
 from scanner_agent.scanunit import ScanUnit
-from scanner_agent.slides.validate import SlideInfo, read_properties, slide_file, validate_slide
+from scanner_agent.slides import SlideInfo, read_properties, slide_file, validate_slide
 from scanner_agent.testing import synthetic
 
 
@@ -198,9 +198,9 @@ def test_bomb_is_refused_without_a_huge_allocation(tmp_path: Path) -> None:
     p = synthetic.write_corrupt(tmp_path / "bomb.tif", "bomb_tiled")
     code = (
         "import json, sys\n"
-        "from scanner_agent import errors\n"
+        "from scanner_agent.core import errors\n"
         "from scanner_agent.scanunit import ScanUnit\n"
-        "from scanner_agent.slides.validate import validate_slide\n"
+        "from scanner_agent.slides import validate_slide\n"
         "try:\n"
         "    validate_slide(ScanUnit.from_path(sys.argv[1])); outcome = 'accepted'\n"
         "except errors.CorruptSlide as e:\n"

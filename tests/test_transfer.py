@@ -19,7 +19,7 @@ import pytest
 
 from scanner_agent.core.errors import DestinationCollision, SourceChanged, StorageUnavailable
 from scanner_agent.scanunit import ScanUnit
-from scanner_agent.storage.transfer import (
+from scanner_agent.storage import (
     clean_incoming,
     free_space,
     place_scan,

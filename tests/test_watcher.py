@@ -17,7 +17,7 @@ import pytest
 
 from scanner_agent.core.errors import ConfigError
 from scanner_agent.scanunit import ScanUnit
-from scanner_agent.watch.watcher import (
+from scanner_agent.watch import (
     ScanWatcher,
     WatcherHealth,
     choose_observer,
@@ -439,6 +439,6 @@ def test_simulated_scanner_is_reported_once_per_scan(tmp_path: Path, make_watche
                 assert slide.dimensions[0] > 0
     for unit, _ in reports.items:
         if unit.primary.suffix == ".mrxs":
-            from scanner_agent.watch.completeness import format_says_done
+            from scanner_agent.watch import format_says_done
 
             assert format_says_done(unit) is True

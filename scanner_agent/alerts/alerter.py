@@ -39,7 +39,7 @@ from slack_sdk.http_retry.builtin_handlers import (
 from scanner_agent.core import errors
 
 if TYPE_CHECKING:
-    from scanner_agent.journal.outbox import AlertOutbox
+    from scanner_agent.journal import AlertOutbox
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,9 @@ _RECOVERED_ACTION = "Nothing to do; this resolves an earlier alert."
 KINDS: dict[str, AlertKind] = {
     "unknown_barcode": AlertKind("Unknown barcode {subject}", errors.UnknownBarcode.default_action),
     "incomplete_row": AlertKind("Incomplete sheet row for {subject}", errors.IncompleteRow.default_action),
-    "sheet_malformed": AlertKind("Metadata sheet needs fixing for {subject}", errors.SheetMalformed.default_action),
+    "sheet_malformed": AlertKind(
+        "Metadata sheet needs fixing for {subject}", errors.SheetMalformed.default_action
+    ),
     "held": AlertKind("Scan held for {subject}", errors.HeldScan.default_action),
     "held_too_long": AlertKind(
         "Scan held too long for {subject}",
@@ -77,7 +79,9 @@ KINDS: dict[str, AlertKind] = {
     "destination_collision": AlertKind(
         "Name already taken in storage for {subject}", errors.DestinationCollision.default_action
     ),
-    "storage_unavailable": AlertKind("Storage unavailable for {subject}", errors.StorageUnavailable.default_action),
+    "storage_unavailable": AlertKind(
+        "Storage unavailable for {subject}", errors.StorageUnavailable.default_action
+    ),
     "storage_full": AlertKind(
         "Storage full for {subject}",
         "Free space on the storage share (or extend it); scans stay on the scanner and are retried.",

@@ -139,7 +139,7 @@ def find_barcode(
         tried.append(f"file name {unit.stem!r} does not match {CONFIG_KEY} {regex.pattern!r}")
 
     if properties is None:
-        from scanner_agent.slides.validate import (
+        from scanner_agent.slides import (
             read_properties,
         )  # OpenSlide is only loaded when a name has no barcode
 

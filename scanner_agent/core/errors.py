@@ -131,7 +131,9 @@ class SheetUnavailable(HeldScan):
     kind = "sheet_unreachable"
     transient = True
     title = "Metadata sheet unreachable for {subject}"
-    default_action = "Check the network and the sheet's sharing; scans are held and proceed once the sheet answers."
+    default_action = (
+        "Check the network and the sheet's sharing; scans are held and proceed once the sheet answers."
+    )
 
 
 class Quarantine(ScanError):
@@ -153,7 +155,9 @@ class NoBarcode(Quarantine):
 class CorruptSlide(Quarantine):
     kind = "corrupt_slide"
     title = "Unreadable slide {subject}"
-    default_action = "Rescan the slide; the unreadable file is kept in quarantine and was not moved to storage."
+    default_action = (
+        "Rescan the slide; the unreadable file is kept in quarantine and was not moved to storage."
+    )
 
 
 class DestinationCollision(ScanError):
@@ -192,7 +196,9 @@ class StorageUnavailable(ScanError):
 class StorageFull(StorageUnavailable):
     kind = "storage_full"
     title = "Storage full for {subject}"
-    default_action = "Free space on the storage share (or extend it); scans stay on the scanner and are retried."
+    default_action = (
+        "Free space on the storage share (or extend it); scans stay on the scanner and are retried."
+    )
 
 
 class SourceChanged(ScanError):

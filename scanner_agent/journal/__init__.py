@@ -1,1 +1,10 @@
-"""The journal adapter: the SQLite record of every scan, and the alert outbox in the same file."""
+"""The journal adapter: the SQLite record of every scan, and the alert outbox kept in the same file.
+
+Other layers import from this package, never from its modules, so the modules can be split
+without touching their callers.
+"""
+
+from scanner_agent.journal.outbox import AlertOutbox
+from scanner_agent.journal.store import Journal, ScanRecord
+
+__all__ = ["AlertOutbox", "Journal", "ScanRecord"]

@@ -14,7 +14,7 @@ import threading
 import time
 from pathlib import Path
 
-from scanner_agent.alerts.alerter import Alert
+from scanner_agent.alerts import Alert
 
 log = logging.getLogger(__name__)
 

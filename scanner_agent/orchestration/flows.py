@@ -26,6 +26,7 @@ from prefect.runtime import flow_run as runtime_flow_run
 from prefect.states import Completed, Failed
 from prefect.utilities.annotations import quote
 
+from scanner_agent import storage
 from scanner_agent.core.barcode import BarcodeResult, find_barcode
 from scanner_agent.core.errors import ScanError, SourceChanged, StorageUnavailable
 from scanner_agent.core.humanize import age_text
@@ -33,8 +34,7 @@ from scanner_agent.core.naming import build_folder, build_name, destination
 from scanner_agent.core.sheet_table import SheetRow, SheetTable, lookup
 from scanner_agent.scanunit import ScanUnit
 from scanner_agent.service.bootstrap import Agent, get_agent
-from scanner_agent.slides.validate import SlideInfo, validate_slide
-from scanner_agent.storage import transfer
+from scanner_agent.slides import SlideInfo, validate_slide
 
 log = logging.getLogger(__name__)
 
@@ -113,13 +113,13 @@ def _move(
     supersede: Path | None,
     label: str | None,
     judged: tuple[int, int] | None = None,
-) -> transfer.TransferResult:
+) -> storage.TransferResult:
     if judged is not None:
         _require_judged_version(unit, judged)
     require_storage_marker(agent.cfg.storage.root, agent.cfg.storage.marker_file)
     # storage_root: an unmounted share must fail, not be recreated as local folders under its mount point;
     # margin: the configured reserve (the transfer's own default ignored storage.reserve_bytes).
-    return transfer.place_scan(
+    return storage.place_scan(
         unit,
         dest.parent,
         dest.name,
@@ -175,8 +175,8 @@ move_rescanned_images = task(
 
 
 @task(name="Free Scanner Disk", **_OPTS)
-def free_scanner_disk(agent: Agent, unit: ScanUnit, result: transfer.TransferResult) -> None:
-    transfer.remove_source(unit, result)
+def free_scanner_disk(agent: Agent, unit: ScanUnit, result: storage.TransferResult) -> None:
+    storage.remove_source(unit, result)
 
 
 def _refuse_links(unit: ScanUnit) -> None:
@@ -357,7 +357,7 @@ async def _stored(
     scan_id: int,
     unit: ScanUnit,
     barcode: str,
-    result: transfer.TransferResult,
+    result: storage.TransferResult,
     qc: Any,
     earlier: list[Any],
     run_id: str | None,
@@ -443,7 +443,7 @@ async def _failed(
     state = exc.state
     if state == "quarantined":
         try:
-            where = transfer.quarantine(unit, agent.cfg.quarantine_dir, f"{exc.kind}: {exc.message}")
+            where = storage.quarantine(unit, agent.cfg.quarantine_dir, f"{exc.kind}: {exc.message}")
             details["quarantined_to"] = str(where)
         except (OSError, ScanError) as qexc:  # cannot move it aside: leave it where it is, still recorded
             log.error("could not quarantine %s: %s", unit, qexc)
@@ -514,7 +514,7 @@ async def _artifact(
     agent: Agent,
     barcode: str | None,
     source: Path,
-    result: transfer.TransferResult | None,
+    result: storage.TransferResult | None,
     qc: Any,
     note: str,
     t0: float,

@@ -29,8 +29,8 @@ from typing import Any
 from scanner_agent.config import AgentConfig
 from scanner_agent.core.barcode import barcode_from_name, compile_barcode_regex
 from scanner_agent.core.sheet_table import MetadataSource, SheetTable
-from scanner_agent.journal.store import Journal, ScanRecord
-from scanner_agent.storage.transfer import SUPERSEDED_DIRNAME
+from scanner_agent.journal import Journal, ScanRecord
+from scanner_agent.storage import SUPERSEDED_DIRNAME
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from scanner_agent.config import AgentConfig
 from scanner_agent.core.humanize import age_text
-from scanner_agent.journal.store import Journal
+from scanner_agent.journal import Journal
 
 
 def _pid_alive(pid: Any) -> bool:
@@ -42,7 +42,7 @@ def gather_status(cfg: AgentConfig) -> dict[str, Any]:
                 "quarantined_to": r.details.get("quarantined_to"),
             }
 
-        from scanner_agent.journal.outbox import AlertOutbox
+        from scanner_agent.journal import AlertOutbox
 
         return {
             "scanner": cfg.scanner.name,

@@ -15,13 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scanner_agent.alerts.alerter import Alert, Alerter, Channel, EmailChannel, SlackChannel
+from scanner_agent.alerts import Alert, Alerter, Channel, EmailChannel, SlackChannel
 from scanner_agent.config import AgentConfig
 from scanner_agent.core.barcode import compile_barcode_regex
 from scanner_agent.core.errors import ConfigError
 from scanner_agent.core.sheet_table import CsvSource, MetadataSource
-from scanner_agent.journal.outbox import AlertOutbox
-from scanner_agent.journal.store import Journal
+from scanner_agent.journal import AlertOutbox, Journal
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +96,7 @@ class Agent:
 
 def build_sheet(cfg: AgentConfig) -> MetadataSource:
     if cfg.sheet.spreadsheet_key:
-        from scanner_agent.sheets.google import GoogleSheetSource
+        from scanner_agent.sheets import GoogleSheetSource
 
         assert cfg.sheet.credentials_file is not None
         return GoogleSheetSource(

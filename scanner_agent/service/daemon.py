@@ -24,12 +24,12 @@ from datetime import UTC
 from pathlib import Path
 from typing import Any
 
+from scanner_agent import storage
 from scanner_agent.core.errors import HeldScan, ScanError
 from scanner_agent.core.sheet_table import lookup
 from scanner_agent.scanunit import ScanUnit
 from scanner_agent.service.bootstrap import Agent
 from scanner_agent.service.dispatcher import Dispatcher
-from scanner_agent.storage import transfer
 from scanner_agent.systemd import notify as sdnotify
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ class JournalLock:
 
 class Daemon:
     def __init__(self, agent: Agent, *, on_event: Callable[[str], None] | None = None) -> None:
-        from scanner_agent.watch.watcher import ScanWatcher
+        from scanner_agent.watch import ScanWatcher
 
         self.agent = agent
         cfg = agent.cfg
@@ -175,7 +175,7 @@ class Daemon:
             {Path(r.details["planned_dest"]).parent for r in resumed if r.details.get("planned_dest")}
         ):
             try:
-                leftovers = transfer.clean_incoming(folder, recursive=False)
+                leftovers = storage.clean_incoming(folder, recursive=False)
                 if leftovers:
                     log.warning(
                         "removed %d partial file(s) left in %s by an interrupted transfer",
@@ -536,10 +536,10 @@ def finish_source_removal(agent: Agent, rec: Any) -> None:
             sidecar = json.loads(sidecar_path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             sidecar = {"barcode": rec.barcode, "scanner": agent.name, "source_path": rec.path}
-        result = transfer.place_scan(
+        result = storage.place_scan(
             unit, dest.parent, dest.name, sidecar=sidecar, storage_root=agent.cfg.storage.root, margin=0
         )
-        transfer.remove_source(unit, result)
+        storage.remove_source(unit, result)
         agent.journal.update(rec.id, source_removed=1)
         log.info("removed %s (stored earlier as %s, verified again)", rec.path, rec.dest)
     except (OSError, ScanError) as exc:

@@ -1,1 +1,9 @@
-"""The slide adapter: reading whole-slide images with OpenSlide."""
+"""The slide adapter: reading whole-slide images (OpenSlide) for validation, thumbnails and metadata.
+
+Other layers import from this package, never from its modules, so the modules can be split
+without touching their callers.
+"""
+
+from scanner_agent.slides.validate import SlideInfo, read_properties, slide_file, validate_slide
+
+__all__ = ["SlideInfo", "read_properties", "slide_file", "validate_slide"]

@@ -144,7 +144,9 @@ def _check_nonempty(path: Path, *, what: str, vanished_is_corrupt: bool = False)
             f"{what} {path} is missing (moved or deleted while being checked?)", path=str(path)
         ) from None
     except PermissionError:
-        raise errors.UnreadableSource(f"{what} {path} cannot be read: permission denied", path=str(path)) from None
+        raise errors.UnreadableSource(
+            f"{what} {path} cannot be read: permission denied", path=str(path)
+        ) from None
     if size == 0:
         raise _corrupt(path, f"{what} {path} is zero bytes")
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scanner_agent.journal.store import ScanRecord
+from scanner_agent.journal import ScanRecord
 from scanner_agent.scanunit import ScanUnit
 from scanner_agent.testing.synthetic import write_corrupt, write_mrxs, write_svs
 from tests.harness import Folders, make_agent, process, write_config

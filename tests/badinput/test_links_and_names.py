@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from scanner_agent.watch.completeness import discover_units, unit_for_path
+from scanner_agent.watch import discover_units, unit_for_path
 from tests.badinput.corpus import (
     Case,
     Outcome,

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from scanner_agent.journal.store import ScanRecord
+from scanner_agent.journal import ScanRecord
 from scanner_agent.service.daemon import recheck_due
 from scanner_agent.service.dispatcher import Dispatcher
 from scanner_agent.testing.synthetic import write_svs
