@@ -6,6 +6,7 @@ and full storage are real tmpfs mounts (tests run as root, which ignores permiss
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -271,6 +272,27 @@ def test_rescan_twice_keeps_both_superseded_images_and_links_sidecars(shm: Path,
     assert old1["n"] == 0 and old1["superseded_by"] == name and "supersedes" not in old1
 
 
+def test_rescan_of_a_dicom_folder_with_a_dot_in_its_name_moves_its_sidecar(shm: Path, tmp_path: Path) -> None:
+    """The sidecar of a folder scan is ``<name>.json`` when it is written and when it is superseded
+    (a dot in a folder name is not an extension)."""
+    dest = tmp_path / "store"
+    name = "Study_1.5_620995"
+    for i in range(2):
+        write(shm / f"scan{i}" / "IM0001.dcm", os.urandom(1000))
+        r = place_scan(
+            ScanUnit.from_path(shm / f"scan{i}"),
+            dest,
+            name,
+            sidecar={"n": i},
+            supersede=dest / name if i else None,
+            superseded_label="old",
+        )
+    assert r.sidecar == dest / f"{name}.json" and json.loads(r.sidecar.read_text())["n"] == 1
+    [old_sidecar] = (dest / "superseded").glob("*.json")
+    assert json.loads(old_sidecar.read_text())["n"] == 0  # the record moved with its scan
+    assert sorted(p.name for p in dest.iterdir()) == [".incoming", name, f"{name}.json", "superseded"]
+
+
 def test_rescan_with_same_label_never_overwrites(shm: Path, tmp_path: Path) -> None:
     dest = tmp_path / "store"
     for i in range(3):
@@ -426,6 +448,121 @@ def test_copy_corrupted_on_storage_fails_verification(shm: Path, tmp_path: Path)
     assert incoming_empty(dest) and src.exists()
 
 
+@pytest.mark.parametrize("mirax", [False, True], ids=["svs", "mirax"])
+def test_destination_appearing_during_the_copy_is_never_replaced(
+    mirax: bool, shm: Path, tmp_path: Path
+) -> None:
+    """Another writer takes the name after the look-before-writing check: the final rename must refuse
+    (a plain rename(2) would silently replace their file). A MIRAX data folder already renamed goes back."""
+    dest = tmp_path / "store"
+    if mirax:
+        unit, name = make_mirax(shm / "scanner"), "N.mrxs"
+    else:
+        unit, name = ScanUnit.from_path(write(shm / "scanner" / "a.svs", os.urandom(1_000_000))), "N.svs"
+    source_before = tree(shm / "scanner")
+    theirs = dest / name
+
+    def another_agent_stores(path: Path, copied: int) -> None:
+        if not theirs.exists():
+            write(theirs, b"another agent's scan")
+
+    with pytest.raises(DestinationCollision, match="appeared while") as exc:
+        place_scan(unit, dest, name, sidecar=META, bufsize=64 << 10, _on_chunk=another_agent_stores)
+    assert exc.value.kind == "destination_collision"
+    assert theirs.read_bytes() == b"another agent's scan"
+    assert sorted(p.name for p in dest.iterdir()) == [".incoming", name]  # no data folder, no sidecar
+    assert incoming_empty(dest) and tree(shm / "scanner") == source_before
+
+
+def test_stored_file_longer_than_what_was_written_fails_verification(shm: Path, tmp_path: Path) -> None:
+    """Bytes past the end of what was written are outside every re-read window: only the size check
+    after fsync sees them, and a stored file must never differ in size from its sidecar."""
+    data = os.urandom(1_000_000)
+    src = write(shm / "a.svs", data)
+    dest = tmp_path / "store"
+
+    def another_writer_appends(path: Path, copied: int) -> None:
+        if copied == len(data):
+            with open(dest / ".incoming" / "N.svs.partial", "ab") as f:
+                f.write(b"tail")
+
+    with pytest.raises(StorageUnavailable, match="is 1000004 bytes on storage, 1000000 were written"):
+        place_scan(
+            ScanUnit.from_path(src),
+            dest,
+            "N.svs",
+            sidecar={},
+            bufsize=256 << 10,
+            _on_chunk=another_writer_appends,
+        )
+    assert incoming_empty(dest) and not (dest / "N.svs").exists() and src.read_bytes() == data
+
+
+def _device_read_bytes() -> int:
+    """Bytes this process (all its threads) has made the kernel fetch from block devices."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("read_bytes:"):
+            return int(line.split()[1])
+    raise LookupError("read_bytes")
+
+
+def _why_device_reads_cannot_be_seen(folder: Path) -> str | None:
+    """None when a re-read of evicted pages under ``folder`` shows in read_bytes, else the reason."""
+    if not Path("/proc/self/io").exists():
+        return "/proc/self/io is missing (no per-task I/O accounting in this kernel)"
+    probe = folder / "probe.bin"
+    size = 1 << 20
+    with open(probe, "wb") as f:
+        f.write(os.urandom(size))
+        f.flush()
+        os.fsync(f.fileno())
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    before = _device_read_bytes()
+    probe.read_bytes()
+    read = _device_read_bytes() - before
+    probe.unlink()
+    if read < size:
+        return f"reads of {folder} do not reach a block device (tmpfs, overlay or network filesystem?)"
+    return None
+
+
+def test_read_back_comes_from_the_device_not_the_page_cache(shm: Path, tmp_path: Path) -> None:
+    """The verifier re-reads what the device returns: every byte of the copy is fetched from the disk.
+
+    Measured with /proc/self/io ``read_bytes`` (bytes fetched from block devices), not with mincore:
+    the re-read itself brings the pages back into the cache, so residency after the copy is the same
+    either way. The source is on tmpfs, whose reads never count, so the copy is the only device read.
+    """
+    if os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip(f"{shm} and {tmp_path} are one filesystem, so the scan would be linked, not copied")
+    reason = _why_device_reads_cannot_be_seen(tmp_path)
+    if reason:
+        pytest.skip(reason)
+    # One full 32 MiB verify window of 8 MiB chunks, then the rest. The mid-copy window is the one
+    # that needs its own fdatasync: its last chunk was handed to the kernel for write-back
+    # moments before, and DONTNEED skips pages still under write-back.
+    size = 40 << 20
+    src = write(shm / "a.svs", os.urandom(size))
+
+    before = _device_read_bytes()
+    r = place_scan(ScanUnit.from_path(src), tmp_path / "store", "N.svs", sidecar={}, bufsize=8 << 20)
+    from_device = _device_read_bytes() - before
+    assert not r.linked and r.dest.stat().st_size == size
+    assert from_device >= size, f"only {from_device} of {size} bytes were re-read from the device"
+
+    # The same copy verified from the page cache reads (almost) nothing from the device.
+    before = _device_read_bytes()
+    place_scan(
+        ScanUnit.from_path(src),
+        tmp_path / "cached",
+        "N.svs",
+        sidecar={},
+        bufsize=8 << 20,
+        verify_from_disk=False,
+    )
+    assert _device_read_bytes() - before < size // 10
+
+
 # --------------------------------------------------------------------------- storage problems
 
 
@@ -454,11 +591,8 @@ def test_storage_filling_up_during_the_copy(shm: Path, mount_tmpfs) -> None:
     src = write(shm / "a.svs", data)
 
     def someone_else_fills_it(path: Path, copied: int) -> None:
-        with open(small / "other-user.bin", "wb") as f:
-            try:
-                f.write(b"\0" * (2 << 20))
-            except OSError:
-                pass
+        with open(small / "other-user.bin", "wb") as f, contextlib.suppress(OSError):
+            f.write(b"\0" * (2 << 20))
 
     with pytest.raises(StorageUnavailable, match="storage full") as exc:
         place_scan(

@@ -8,12 +8,11 @@ cell can never steer a file outside its folder. Same inputs, same name.
 
 from __future__ import annotations
 
-import os
 import re
 import string
 import unicodedata
 from collections.abc import Mapping, Sequence
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 
 from scanner_agent.core import errors
 
@@ -98,8 +97,9 @@ def build_name(
 def layout_columns(layout: str) -> list[str]:
     """Column names used by a folder layout like ``"{Study}/{Experiment}"``, in order.
 
-    Raises ``errors.ConfigError`` for a layout that is absolute, has ``..`` or empty segments, unbalanced braces, positional
-    ``{}`` or format specs/conversions, or literal text that is not a safe component.
+    Raises ``errors.ConfigError`` for a layout that is absolute, has ``..`` or empty segments,
+    unbalanced braces, positional ``{}`` or format specs/conversions, or literal text that is not a
+    safe component.
     """
     if layout.startswith("/") or "\\" in layout:
         raise errors.ConfigError(f"folder layout {layout!r} must be a relative path with '/' separators")
@@ -165,39 +165,6 @@ def build_folder(
             rendered.append(_safe_cell(value, field, where, barcode))
         segments.append(_safe_cell("".join(rendered), f"folder {segment!r}", where, barcode))
     return PurePosixPath(*segments)
-
-
-def destination(root: Path, folder: PurePosixPath, name: str) -> Path:
-    """``root/folder/name``, refusing anything that would land outside ``root``.
-
-    Checked lexically (no absolute folder, no ``..``, ``name`` a single component) and against
-    symlinks already present under ``root``: an existing folder on the way that resolves
-    outside ``root`` is refused. Raises ``errors.SheetMalformed``.
-    """
-    folder = PurePosixPath(folder)
-    bad = (
-        folder.is_absolute()
-        or ".." in folder.parts
-        or not name
-        or name in (".", "..")
-        or "/" in name
-        or "\\" in name
-        or "\0" in name
-        or "\0" in str(folder)
-    )
-    if bad:
-        raise errors.SheetMalformed(f"destination {folder}/{name!r} would leave the storage root {root}")
-    base = Path(os.path.realpath(root))
-    step = Path(root)
-    for part in folder.parts:
-        step = step / part
-        if os.path.lexists(step):
-            real = Path(os.path.realpath(step))
-            if real != base and base not in real.parents:
-                raise errors.SheetMalformed(
-                    f"destination folder {step} resolves to {real}, outside the storage root {base}"
-                )
-    return Path(root).joinpath(*folder.parts, name)
 
 
 # --- helpers ---------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 Whatever storage does, the scan stays on the scanner byte for byte, nothing half-written is
 visible in storage, a person gets an alert naming the fault, and once storage is back the scan
-is stored exactly once (``daemon.recheck_due`` with a time in the future, as the daemon's timer
+is stored exactly once (``maintenance.recheck_due`` with a time in the future, as the daemon's timer
 would do later).
 
 The Move Image task retries a storage error in the run before the scan is marked failed and the
@@ -26,8 +26,8 @@ from typing import Any
 import pytest
 
 from scanner_agent.journal import ScanRecord
-from scanner_agent.service.daemon import recheck_due
 from scanner_agent.service.dispatcher import Dispatcher
+from scanner_agent.service.maintenance import recheck_due
 from scanner_agent.testing.synthetic import write_svs
 from tests.daemon_helpers import sheet_csv
 from tests.faults.tools import (
@@ -55,7 +55,7 @@ SMALL = (1024, 768)
 
 @dataclass
 class Site(Folders):
-    """One scanner: its folders, its config and its real Agent."""
+    """One scanner: its folders, its config and its real Services."""
 
     name: str = ""
     agent: Any = None
@@ -329,8 +329,9 @@ def test_unmounted_share_is_not_mistaken_for_storage(storage_faults: dict[str, O
     o = storage_faults["unmounted"]
     if o.error is not None:
         raise o.error
+    under = o.notes.get("under_mount_point")
     assert o.failed is not None and o.failed.state == "failed", (
-        f"{o.failed and o.failed.state}: stored under the bare mount point: {o.notes.get('under_mount_point')}"
+        f"{o.failed and o.failed.state}: stored under the bare mount point: {under}"
     )
     assert MARKER in (o.failed.reason or ""), o.failed.reason
     assert o.source_sha_during == o.original_sha
