@@ -22,9 +22,11 @@ from scanner_agent.alerts import (
 )
 from scanner_agent.core import errors
 from scanner_agent.journal import AlertOutbox
-from tests.servers import slack, smtp  # noqa: F401 - fixtures, with this module's credentials
 from tests.servers.slack_api import SlackApiServer
 from tests.servers.smtp import SmtpServer
+
+# The ``slack`` and ``smtp`` fixtures, with this module's credentials (TOKEN, SMTP_USER, SMTP_PASSWORD).
+pytest_plugins = ["tests.servers.fixtures"]
 
 TOKEN = "xoxb-1111-2222-SECRETtokenVALUE"
 SMTP_USER = "scanner-agent"
@@ -56,15 +58,15 @@ def png_bytes() -> bytes:
 
 
 def unknown_barcode_alert(**kw: object) -> Alert:
-    base: dict[str, object] = dict(
-        kind="unknown_barcode",
-        scanner="Cardinal",
-        barcode="545891",
-        message="Barcode 545891 (from /scans/Cardinal/545891.svs) has no row in the metadata sheet.",
-        file="/scans/Cardinal/545891.svs",
-        run_url=RUN_URL,
-        details={"held for": "3 h"},
-    )
+    base: dict[str, object] = {
+        "kind": "unknown_barcode",
+        "scanner": "Cardinal",
+        "barcode": "545891",
+        "message": "Barcode 545891 (from /scans/Cardinal/545891.svs) has no row in the metadata sheet.",
+        "file": "/scans/Cardinal/545891.svs",
+        "run_url": RUN_URL,
+        "details": {"held for": "3 h"},
+    }
     base.update(kw)
     return Alert(**base)  # type: ignore[arg-type]
 

@@ -21,12 +21,14 @@ from typing import Any
 
 import pytest
 
-from scanner_agent.service.bootstrap import Agent
+from scanner_agent.service.bootstrap import Services
 from scanner_agent.testing.synthetic import write_corrupt, write_svs
 from tests.harness import SAMPLE_SHEET, Folders, make_agent, process, write_config
-from tests.servers import slack, smtp  # noqa: F401 - fixtures, with this module's credentials
 from tests.servers.slack_api import SlackApiServer
 from tests.servers.smtp import SmtpServer
+
+# The ``slack`` and ``smtp`` fixtures, with this module's credentials (TOKEN, SMTP_USER, SMTP_PASSWORD).
+pytest_plugins = ["tests.servers.fixtures"]
 
 TOKEN = "xoxb-e2e-4242-SECRETslackTOKEN"
 SMTP_USER = "scanner-agent"
@@ -39,7 +41,7 @@ CHANNEL_ID = "C0SLIDES"  # what the test Slack server calls #slide-scanning
 class Lab(Folders):
     """One scanner's folders and agent, wired to the test Slack and SMTP servers."""
 
-    agent: Agent
+    agent: Services
     slack: SlackApiServer
     smtp: SmtpServer
 
@@ -93,7 +95,7 @@ def make_lab(
     password_file = tmp_path / "smtp-password"
     password_file.write_text(SMTP_PASSWORD + "\n")
     os.chmod(password_file, 0o600)
-    agents: list[Agent] = []
+    agents: list[Services] = []
 
     def build(*, sheet: str = SAMPLE_SHEET, **sections: dict[str, Any]) -> Lab:
         alerts = {
@@ -352,8 +354,8 @@ def test_same_unknown_barcode_again_within_the_window_is_not_realerted(make_lab:
 
 
 def test_held_scan_released_later_announces_one_recovery(make_lab: Callable[..., Lab]) -> None:
-    from scanner_agent.service.daemon import recheck_due
     from scanner_agent.service.dispatcher import Dispatcher
+    from scanner_agent.service.maintenance import recheck_due
 
     lab = make_lab()
     src = lab.scan("999999_a.svs", barcode="999999")
@@ -415,7 +417,7 @@ def test_slack_down_email_still_arrives_and_slack_gets_it_on_retry(make_lab: Cal
 def test_held_too_long_is_alerted_once_by_the_slow_timers(
     make_lab: Callable[..., Lab], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from scanner_agent.service.daemon import slow_timers
+    from scanner_agent.service.maintenance import slow_timers
 
     # [sheet] keys come from the environment here: the harness's ``sheet`` argument is the CSV text.
     monkeypatch.setenv("SCANNER_AGENT_SHEET__HOLD_ALERT_HOURS", "0.0001")

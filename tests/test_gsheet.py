@@ -75,19 +75,19 @@ def sleeps() -> list[float]:
 @pytest.fixture
 def make(api: FakeSheetsApi, sa: Path, tmp_path: Path, clock: Clock, sleeps: list[float]) -> Any:
     def build(**kw: Any) -> GoogleSheetSource:
-        args: dict[str, Any] = dict(
-            credentials_file=sa,
-            worksheet="Sheet1",
-            refresh_seconds=60,
-            cache_path=tmp_path / "cache" / "sheet.json",
-            api_url=api.url,
-            timeout=5,
-            clock=clock,
-            retries=2,
-            backoff=0.25,
-            max_backoff=2.0,
-            sleep=sleeps.append,
-        )
+        args: dict[str, Any] = {
+            "credentials_file": sa,
+            "worksheet": "Sheet1",
+            "refresh_seconds": 60,
+            "cache_path": tmp_path / "cache" / "sheet.json",
+            "api_url": api.url,
+            "timeout": 5,
+            "clock": clock,
+            "retries": 2,
+            "backoff": 0.25,
+            "max_backoff": 2.0,
+            "sleep": sleeps.append,
+        }
         args.update(kw)
         return GoogleSheetSource(args.pop("key", KEY), **args)
 

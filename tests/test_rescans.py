@@ -15,17 +15,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from scanner_agent.service.daemon import slow_timers, sweep_rescan_requests
+from scanner_agent.service.maintenance import slow_timers, sweep_rescan_requests
+from tests import test_alerts_e2e as e2e
 from tests.harness import SAMPLE_SHEET, process
+from tests.test_alerts_e2e import Lab, button_url, header, mail_text, post_text
 
-# The Slack/SMTP servers and the Lab builder are shared with the alert tests (fixtures by import).
-from tests.test_alerts_e2e import (
-    Lab,
-    button_url,
-    header,
-    mail_text,
-    post_text,
-)  # the fixtures read TOKEN etc. here
+# The Slack/SMTP servers and the Lab builder are shared with the alert tests. The server fixtures
+# read the credentials from the requesting module, so this module names the same ones as the Lab.
+pytest_plugins = ["tests.servers.fixtures"]
+TOKEN, SMTP_USER, SMTP_PASSWORD = e2e.TOKEN, e2e.SMTP_USER, e2e.SMTP_PASSWORD
+make_lab = e2e.make_lab
 
 NO_SHEET_REQUESTS = SAMPLE_SHEET.replace(",yes,blurry on first scan", ",,")
 CARDINAL_ROW = ("Prec01", "Run-2", "P1", "Cardinal")  # the sample sheet's rows for Run 2

@@ -5,6 +5,7 @@ without touching their callers.
 """
 
 from scanner_agent.journal.outbox import AlertOutbox
-from scanner_agent.journal.store import Journal, ScanRecord
+from scanner_agent.journal.records import ScanRecord
+from scanner_agent.journal.store import Journal
 
 __all__ = ["AlertOutbox", "Journal", "ScanRecord"]

@@ -14,7 +14,7 @@ import threading
 import time
 from pathlib import Path
 
-from scanner_agent.alerts import Alert
+from scanner_agent.core.alerts import Alert
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +100,9 @@ class AlertOutbox:
         created = time.time() if now is None else now
         with self._lock:
             cur = self._db.execute(
-                "INSERT INTO alert_pending (channel, key, alert_json, attempts, last_error, created, next_try) "
-                "VALUES (?, ?, ?, 1, ?, ?, ?)",
+                "INSERT INTO alert_pending"
+                " (channel, key, alert_json, attempts, last_error, created, next_try)"
+                " VALUES (?, ?, ?, 1, ?, ?, ?)",
                 (
                     channel,
                     alert.key(),
@@ -178,7 +179,8 @@ class AlertOutbox:
         """What is waiting, for ``scanner-agent status``: channel, key, attempts, last error, times."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT id, channel, key, attempts, last_error, created, next_try FROM alert_pending ORDER BY id"
+                "SELECT id, channel, key, attempts, last_error, created, next_try"
+                " FROM alert_pending ORDER BY id"
             ).fetchall()
         cols = ("id", "channel", "key", "attempts", "last_error", "created", "next_try")
-        return [dict(zip(cols, row)) for row in rows]
+        return [dict(zip(cols, row, strict=True)) for row in rows]

@@ -1,11 +1,7 @@
 """The journal: a local SQLite record of every scan and its state, the agent's source of truth.
 
-One row per scan identity (path + size + mtime when it was judged complete). States::
-
-    seen -> ready -> processing -> stored
-                        |-> held         (no complete sheet row yet; re-checked on a timer)
-                        |-> failed       (reason kept; retried on a timer if transient, else by a person)
-                        |-> quarantined  (no barcode / corrupt: moved aside, never stored)
+One row per scan identity (path + size + mtime when it was judged complete). Its states and the
+moves allowed between them are ``core.states``; ``transition`` refuses any other move.
 
 Every transition is one transaction and is also appended to ``events`` so ``status`` can say
 what happened and when. After a crash, ``processing`` rows go back to ``ready`` (resumed, never
@@ -20,99 +16,15 @@ import os
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-STATES = ("seen", "ready", "processing", "stored", "held", "failed", "quarantined")
-ACTIVE = ("seen", "ready", "processing", "held", "failed")
+from scanner_agent.core.states import ACTIVE, ScanState, can_move
+from scanner_agent.journal.records import SCHEMA, ScanRecord, identity_of
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS scans (
-    id          INTEGER PRIMARY KEY,
-    path        TEXT NOT NULL,
-    identity    TEXT NOT NULL UNIQUE,
-    size        INTEGER NOT NULL,
-    mtime_ns    INTEGER NOT NULL,
-    state       TEXT NOT NULL,
-    kind        TEXT,
-    reason      TEXT,
-    barcode     TEXT,
-    dest        TEXT,
-    sha256      TEXT,
-    flow_run_id TEXT,
-    attempts    INTEGER NOT NULL DEFAULT 0,
-    first_seen  REAL NOT NULL,
-    updated     REAL NOT NULL,
-    ready_at    REAL,
-    stored_at   REAL,
-    held_since  REAL,
-    next_check  REAL,
-    source_removed INTEGER NOT NULL DEFAULT 0,
-    details     TEXT NOT NULL DEFAULT '{}'
-);
-CREATE INDEX IF NOT EXISTS scans_state ON scans(state, next_check);
-CREATE INDEX IF NOT EXISTS scans_barcode ON scans(barcode, state);
-CREATE INDEX IF NOT EXISTS scans_path ON scans(path);
-CREATE TABLE IF NOT EXISTS events (
-    id      INTEGER PRIMARY KEY,
-    scan_id INTEGER NOT NULL REFERENCES scans(id),
-    at      REAL NOT NULL,
-    state   TEXT NOT NULL,
-    reason  TEXT
-);
-CREATE INDEX IF NOT EXISTS events_scan ON events(scan_id);
-CREATE TABLE IF NOT EXISTS health (
-    key     TEXT PRIMARY KEY,
-    value   TEXT NOT NULL,
-    updated REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS rescans (
-    barcode      TEXT PRIMARY KEY,
-    requested_at REAL NOT NULL,
-    requested_by TEXT NOT NULL,
-    reason       TEXT,
-    deadline     REAL NOT NULL,
-    satisfied_at REAL,
-    alerted_at   REAL
-);
-"""
-
-
-@dataclass
-class ScanRecord:
-    id: int
-    path: str
-    identity: str
-    size: int
-    mtime_ns: int
-    state: str
-    kind: str | None
-    reason: str | None
-    barcode: str | None
-    dest: str | None
-    sha256: str | None
-    flow_run_id: str | None
-    attempts: int
-    first_seen: float
-    updated: float
-    ready_at: float | None
-    stored_at: float | None
-    held_since: float | None
-    next_check: float | None
-    source_removed: bool
-    details: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_row(cls, row: sqlite3.Row) -> ScanRecord:
-        d = dict(row)
-        d["details"] = json.loads(d.get("details") or "{}")
-        d["source_removed"] = bool(d["source_removed"])
-        return cls(**d)
-
-
-def identity_of(path: str, size: int, mtime_ns: int) -> str:
-    return f"{path}|{size}|{mtime_ns}"
+#: Unfinished states a newer version of the same file replaces (``record_ready``); a scan being
+#: processed is left to finish (its copy checks the source and fails on its own).
+_SUPERSEDABLE = tuple(sorted(ACTIVE - {ScanState.PROCESSING}))
 
 
 class Journal:
@@ -136,7 +48,7 @@ class Journal:
             "PRAGMA synchronous=FULL"
         )  # the journal is the record: a stored row must survive power loss
         self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(_SCHEMA)
+        self._db.executescript(SCHEMA)
         if created:
             os.chmod(self.path, 0o600)
 
@@ -173,21 +85,28 @@ class Journal:
             if row is not None:
                 return ScanRecord.from_row(row), False
             cur = db.execute(
-                "INSERT INTO scans(path, identity, size, mtime_ns, state, first_seen, updated, ready_at, details)"
-                " VALUES (?,?,?,?, 'ready', ?, ?, ?, ?)",
-                (path, ident, size, mtime_ns, now, now, now, json.dumps(details or {})),
+                "INSERT INTO scans(path, identity, size, mtime_ns, state, first_seen, updated, ready_at,"
+                " details) VALUES (?,?,?,?,?,?,?,?,?)",
+                (path, ident, size, mtime_ns, ScanState.READY, now, now, now, json.dumps(details or {})),
             )
             sid = cur.lastrowid
             db.execute(
                 "INSERT INTO events(scan_id, at, state, reason) VALUES (?,?,?,?)",
-                (sid, now, "ready", "scan complete"),
+                (sid, now, ScanState.READY, "scan complete"),
             )
             # A newer identity at the same path supersedes older unfinished rows for that path
             # (the scanner rewrote the file before we got to it): they will never be processed.
             db.execute(
-                "UPDATE scans SET state='failed', kind='source_changed', reason=?, updated=?, next_check=NULL"
-                " WHERE path=? AND id<>? AND state IN ('seen','ready','held','failed')",
-                ("replaced by a newer version of the same file (scan id %d)" % sid, now, path, sid),
+                "UPDATE scans SET state=?, kind='source_changed', reason=?, updated=?, next_check=NULL"
+                f" WHERE path=? AND id<>? AND state IN ({_marks(_SUPERSEDABLE)})",
+                (
+                    ScanState.FAILED,
+                    f"replaced by a newer version of the same file (scan id {sid})",
+                    now,
+                    path,
+                    sid,
+                    *_SUPERSEDABLE,
+                ),
             )
             row = db.execute("SELECT * FROM scans WHERE id=?", (sid,)).fetchone()
         return ScanRecord.from_row(row), True
@@ -216,8 +135,9 @@ class Journal:
         **fields: Any,
     ) -> ScanRecord:
         """Move a scan to ``state`` in one transaction, recording why. ``expect`` guards against
-        races: the transition only happens from one of those states (else ValueError)."""
-        if state not in STATES:
+        races: the transition only happens from one of those states (else ValueError). A move that
+        ``core.states`` does not allow is refused too (ValueError naming the scan and both states)."""
+        if state not in set(ScanState):
             raise ValueError(f"unknown state {state!r}")
         now = self._clock()
         with self._tx() as db:
@@ -226,6 +146,8 @@ class Journal:
                 raise KeyError(f"no scan with id {scan_id}")
             if expect is not None and row["state"] not in expect:
                 raise ValueError(f"scan {scan_id} is {row['state']}, not {'/'.join(expect)}")
+            if not can_move(row["state"], state):
+                raise ValueError(f"scan {scan_id} ({row['path']}) cannot move from {row['state']} to {state}")
             sets: dict[str, Any] = {
                 "state": state,
                 "updated": now,
@@ -233,11 +155,11 @@ class Journal:
                 "kind": kind,
                 "next_check": next_check,
             }
-            if state == "held" and row["held_since"] is None:
+            if state == ScanState.HELD and row["held_since"] is None:
                 sets["held_since"] = now
-            if state == "stored":
+            if state == ScanState.STORED:
                 sets["stored_at"] = now
-            if state == "processing":
+            if state == ScanState.PROCESSING:
                 sets["attempts"] = row["attempts"] + 1
             if "details" in fields:
                 merged = json.loads(row["details"] or "{}")
@@ -271,42 +193,46 @@ class Journal:
     # --- queries used by the dispatcher --------------------------------------------------
 
     def ready(self, limit: int = 1000) -> list[ScanRecord]:
-        return self._many("SELECT * FROM scans WHERE state='ready' ORDER BY ready_at, id LIMIT ?", (limit,))
+        return self._many(
+            "SELECT * FROM scans WHERE state=? ORDER BY ready_at, id LIMIT ?", (ScanState.READY, limit)
+        )
 
     def due(self, now: float | None = None) -> list[ScanRecord]:
         """Held and transiently failed scans whose re-check time has come."""
         now = self._clock() if now is None else now
         return self._many(
-            "SELECT * FROM scans WHERE state IN ('held','failed') AND next_check IS NOT NULL"
+            "SELECT * FROM scans WHERE state IN (?,?) AND next_check IS NOT NULL"
             " AND next_check<=? ORDER BY next_check, id",
-            (now,),
+            (ScanState.HELD, ScanState.FAILED, now),
         )
 
     def in_state(self, *states: str) -> list[ScanRecord]:
-        marks = ",".join("?" * len(states))
-        return self._many(f"SELECT * FROM scans WHERE state IN ({marks}) ORDER BY id", states)
+        return self._many(f"SELECT * FROM scans WHERE state IN ({_marks(states)}) ORDER BY id", states)
 
     def stored_for_barcode(self, barcode: str) -> list[ScanRecord]:
         return self._many(
-            "SELECT * FROM scans WHERE barcode=? AND state='stored' ORDER BY stored_at, id", (barcode,)
+            "SELECT * FROM scans WHERE barcode=? AND state=? ORDER BY stored_at, id",
+            (barcode, ScanState.STORED),
         )
 
     def stored_unremoved(self) -> list[ScanRecord]:
         """Stored scans whose source was not yet removed (a crash between the two steps)."""
-        return self._many("SELECT * FROM scans WHERE state='stored' AND source_removed=0 ORDER BY id")
+        return self._many(
+            "SELECT * FROM scans WHERE state=? AND source_removed=0 ORDER BY id", (ScanState.STORED,)
+        )
 
     def all(self) -> list[ScanRecord]:
         return self._many("SELECT * FROM scans ORDER BY id")
 
     def resume_after_crash(self) -> list[ScanRecord]:
         """Rows left ``processing`` by a process that died go back to ``ready``; returns them."""
-        rows = self.in_state("processing")
+        rows = self.in_state(ScanState.PROCESSING)
         for r in rows:
             self.transition(
                 r.id,
-                "ready",
+                ScanState.READY,
                 reason="resumed after the agent stopped mid-scan",
-                expect=("processing",),
+                expect=(ScanState.PROCESSING,),
                 flow_run_id=r.flow_run_id,
             )
         return rows
@@ -323,20 +249,22 @@ class Journal:
     def counts(self) -> dict[str, int]:
         with self._lock:
             rows = self._db.execute("SELECT state, COUNT(*) AS n FROM scans GROUP BY state").fetchall()
-        out = dict.fromkeys(STATES, 0)
+        out = dict.fromkeys((str(s) for s in ScanState), 0)
         out.update({r["state"]: r["n"] for r in rows})
         return out
 
     def stored_since(self, since: float) -> tuple[int, int]:
         with self._lock:
             row = self._db.execute(
-                "SELECT COUNT(*), COALESCE(SUM(size),0) FROM scans WHERE state='stored' AND stored_at>=?",
-                (since,),
+                "SELECT COUNT(*), COALESCE(SUM(size),0) FROM scans WHERE state=? AND stored_at>=?",
+                (ScanState.STORED, since),
             ).fetchone()
         return int(row[0]), int(row[1])
 
     def last_stored(self) -> ScanRecord | None:
-        return self._one("SELECT * FROM scans WHERE state='stored' ORDER BY stored_at DESC LIMIT 1")
+        return self._one(
+            "SELECT * FROM scans WHERE state=? ORDER BY stored_at DESC LIMIT 1", (ScanState.STORED,)
+        )
 
     # --- health (written by the daemon, read by `status`) ----------------------------------
 
@@ -368,8 +296,9 @@ class Journal:
             if row is not None and row["satisfied_at"] is None:
                 return False
             db.execute(
-                "INSERT INTO rescans(barcode, requested_at, requested_by, reason, deadline) VALUES (?,?,?,?,?)"
-                " ON CONFLICT(barcode) DO UPDATE SET requested_at=excluded.requested_at, requested_by=excluded.requested_by,"
+                "INSERT INTO rescans(barcode, requested_at, requested_by, reason, deadline)"
+                " VALUES (?,?,?,?,?) ON CONFLICT(barcode) DO UPDATE SET"
+                " requested_at=excluded.requested_at, requested_by=excluded.requested_by,"
                 " reason=excluded.reason, deadline=excluded.deadline, satisfied_at=NULL, alerted_at=NULL",
                 (barcode, now, by, reason, deadline),
             )
@@ -417,6 +346,11 @@ class Journal:
     def mark_rescan_alerted(self, barcode: str) -> None:
         with self._tx() as db:
             db.execute("UPDATE rescans SET alerted_at=? WHERE barcode=?", (self._clock(), barcode))
+
+
+def _marks(values: tuple[Any, ...]) -> str:
+    """``?,?,?``: one SQL placeholder per value."""
+    return ",".join("?" * len(values))
 
 
 class _Tx:

@@ -4,6 +4,23 @@ Other layers import from this package, never from its modules, so the modules ca
 without touching their callers.
 """
 
-from scanner_agent.sheets.google import GoogleSheetSource
+from __future__ import annotations
 
-__all__ = ["GoogleSheetSource"]
+from typing import TYPE_CHECKING, Any
+
+from scanner_agent.sheets.csv_source import CsvSource, read_csv_values
+from scanner_agent.sheets.source import MetadataSource
+
+if TYPE_CHECKING:
+    from scanner_agent.sheets.google import GoogleSheetSource
+
+__all__ = ["CsvSource", "GoogleSheetSource", "MetadataSource", "read_csv_values"]
+
+
+def __getattr__(name: str) -> Any:
+    # gspread and google-auth take a while to import; an agent reading a CSV never needs them.
+    if name == "GoogleSheetSource":
+        from scanner_agent.sheets.google import GoogleSheetSource
+
+        return GoogleSheetSource
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""The metadata sheet read from Google Sheets (gspread, service account), cached so a burst costs one read.
+"""The metadata sheet read from Google Sheets, cached so a burst of scans costs one read.
 
 How reads are spent
     The whole worksheet is read in one ``values.get`` call at most once per ``refresh_seconds`` and
@@ -24,117 +24,30 @@ When the sheet is malformed (no barcode column, duplicate headers...)
     remembered (also on disk), so an outage right after a malformed read keeps scans held rather
     than quietly reverting to the older copy.
 
-Pointing at another server (``api_url``)
-    gspread builds Google's URLs from module constants at import time. Rather than patch gspread,
-    the ``requests`` sessions it and google-auth use have a transport adapter mounted on Google's
-    API hosts that rewrites the scheme+host of each request to ``api_url`` just before sending. Auth,
-    gspread's own code and the wire format are untouched; tests run real gspread + google-auth
-    against a local server. (The OAuth token endpoint comes from the service-account file's
-    ``token_uri``, so it needs no rerouting.)
-
-Secrets: the service-account JSON's contents and the access token never appear in logs or messages;
-the only thing taken from the file for messages is ``client_email`` (to say whom to share with).
+The talking to Google (service account, ``api_url`` reroute, one read, error wording) is
+``sheets.google_session``; this module decides when to read and what to serve.
 """
 
 from __future__ import annotations
 
 import contextlib
-import email.utils
 import json
 import logging
-import os
-import stat
-import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import google.auth.exceptions
-import gspread
-import requests
-from google.auth.transport.requests import AuthorizedSession
-from google.auth.transport.requests import Request as GoogleAuthRequest
-from google.oauth2.service_account import Credentials
-from gspread.utils import absolute_range_name
-from requests.adapters import HTTPAdapter
 
 from scanner_agent.core.errors import SheetMalformed, SheetUnavailable
 from scanner_agent.core.humanize import age_text
 from scanner_agent.core.sheet_table import SheetTable, parse_table
+from scanner_agent.fileio import write_atomic
+from scanner_agent.sheets.google_session import GoogleSession, ReadFailed
 
 log = logging.getLogger(__name__)
 
-SCOPES = (
-    "https://www.googleapis.com/auth/spreadsheets.readonly",
-    # gspread's Drive calls (listing, opening by title) need Drive; reading by key does not, but a
-    # read-only Drive scope keeps the client usable for those without widening write access.
-    "https://www.googleapis.com/auth/drive.readonly",
-)
-#: Hosts rerouted to ``api_url``: Sheets, Drive (gspread), and IAM credentials, where google-auth
-#: looks up the service account's "regional access boundary" in a background thread.
-_GOOGLE_API_HOSTS = (
-    "https://sheets.googleapis.com",
-    "https://www.googleapis.com",
-    "https://iamcredentials.googleapis.com",
-)
 _CACHE_VERSION = 1
-_RETRYABLE = frozenset({429, 500, 502, 503, 504})
-
-
-class _RerouteAdapter(HTTPAdapter):
-    """Sends requests addressed to one Google API host to ``target`` instead (same path and query)."""
-
-    # google-auth deep-copies its auth transport for background lookups; keep our fields in the copy.
-    __attrs__ = HTTPAdapter.__attrs__ + ["_prefix", "_target"]
-
-    def __init__(self, prefix: str, target: str) -> None:
-        super().__init__()
-        self._prefix = prefix
-        self._target = target.rstrip("/")
-
-    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
-        url = request.url or ""
-        if url.startswith(self._prefix):
-            request.url = self._target + url[len(self._prefix) :]
-        return super().send(request, *args, **kwargs)
-
-
-@dataclass
-class _ReadFailed(Exception):
-    """One failed attempt to read the sheet, already worded for a person."""
-
-    message: str
-    retryable: bool = False
-    retry_after: float | None = None
-    action: str | None = None
-
-    def __str__(self) -> str:
-        return self.message
-
-
-def _short_key(key: str) -> str:
-    return key if len(key) <= 12 else key[:8] + "…"
-
-
-def _retry_after_seconds(response: requests.Response | None, now: float) -> float | None:
-    value = response.headers.get("Retry-After") if response is not None else None
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - now)
-    except (TypeError, ValueError):
-        return None
-
-
-def _google_message(e: gspread.exceptions.APIError) -> str:
-    msg = str(e.error.get("message", "")).strip() if isinstance(e.error, dict) else ""
-    return msg[:300]
 
 
 class GoogleSheetSource:
@@ -174,11 +87,16 @@ class GoogleSheetSource:
         self._backoff = backoff
         self._max_backoff = max_backoff
         self._sleep = sleep
+        self._session = GoogleSession(
+            self.spreadsheet_key,
+            credentials_file=self.credentials_file,
+            worksheet=worksheet,
+            api_url=self.api_url,
+            timeout=timeout,
+        )
 
         self._state_lock = threading.Lock()  # guards the fields below; held only briefly
         self._read_lock = threading.Lock()  # one read of Google at a time
-        self._client: gspread.Client | None = None
-        self._client_email: str | None = None
         self._good: SheetTable | None = None
         self._good_values: list[list[str]] | None = None
         self._malformed: SheetMalformed | None = None
@@ -232,13 +150,13 @@ class GoogleSheetSource:
 
     def check(self) -> list[str]:
         """Problems a person should fix: credentials file, access to the sheet, the sheet's content."""
-        problems = self._check_credentials_file()
+        problems = self._session.check_credentials_file()
         with self._read_lock:
             with self._state_lock:
                 self._load_disk_cache()
             try:
-                values, source = self._fetch_once()
-            except _ReadFailed as e:
+                values, source = self._session.fetch_once()
+            except ReadFailed as e:
                 return problems + [e.message]
             finally:
                 self._reads += 1
@@ -271,7 +189,7 @@ class GoogleSheetSource:
             if self._good is not None:
                 return self._good
             if self._last_error is None:
-                raise SheetUnavailable(f"The sheet ({self._where()}) has not been read yet.")
+                raise SheetUnavailable(f"The sheet ({self._session.where()}) has not been read yet.")
             raise SheetUnavailable(
                 f"{self._last_error} No earlier copy of the sheet is cached.", action=self._last_action
             )
@@ -285,20 +203,19 @@ class GoogleSheetSource:
                 self._early_at = started
         try:
             values, source = self._fetch_with_retries()
-        except _ReadFailed as e:
+        except ReadFailed as e:
             self._failed(e, started)
             return
-        try:
+        # A malformed sheet is recorded by _accept and raised by _serve.
+        with contextlib.suppress(SheetMalformed):
             self._accept(values, source)
-        except SheetMalformed:
-            pass  # recorded by _accept; _serve raises it
 
     def _fetch_with_retries(self) -> tuple[list[list[str]], str]:
         delay = self._backoff
         for attempt in range(self._retries + 1):
             try:
-                return self._fetch_once()
-            except _ReadFailed as e:
+                return self._session.fetch_once()
+            except ReadFailed as e:
                 if not e.retryable or attempt == self._retries:
                     raise
                 wait = e.retry_after if e.retry_after is not None else delay
@@ -306,7 +223,7 @@ class GoogleSheetSource:
                     raise  # honour a long Retry-After by not reading until then (see _failed)
                 log.info(
                     "Reading %s failed (%s); retry %d/%d in %.1fs",
-                    self._where(),
+                    self._session.where(),
                     e.message,
                     attempt + 1,
                     self._retries,
@@ -318,7 +235,7 @@ class GoogleSheetSource:
                 self._reads += 1
         raise AssertionError("unreachable")
 
-    def _failed(self, e: _ReadFailed, started: float) -> None:
+    def _failed(self, e: ReadFailed, started: float) -> None:
         wait = self.refresh_seconds
         if e.retry_after is not None:
             wait = max(wait, e.retry_after)
@@ -374,193 +291,6 @@ class GoogleSheetSource:
                 log.warning("Sheet problem: %s", p)
         self._write_disk_cache()
         return table
-
-    # -- talking to Google ----------------------------------------------------------------------
-    def _where(self, title: str | None = None) -> str:
-        ws = title or self.worksheet
-        return f"spreadsheet {_short_key(self.spreadsheet_key)} " + (
-            f"worksheet '{ws}'" if ws else "first worksheet"
-        )
-
-    def _gspread(self) -> gspread.Client:
-        if self._client is None:
-            info = self._load_service_account()
-            creds = Credentials.from_service_account_info(info, scopes=list(SCOPES))
-            # google-auth's own calls (token, access-boundary lookup) go through this session; it is
-            # built here, as AuthorizedSession would build it, so it can be rerouted too.
-            auth_session = requests.Session()
-            auth_session.mount("https://", HTTPAdapter(max_retries=3))
-            # A token fetch that hangs must time out like any other request.
-            session = AuthorizedSession(
-                creds, refresh_timeout=self.timeout, auth_request=GoogleAuthRequest(auth_session)
-            )
-            if self.api_url:
-                for s in (session, auth_session):
-                    for host in _GOOGLE_API_HOSTS:
-                        s.mount(host + "/", _RerouteAdapter(host, self.api_url))
-            client = gspread.Client(auth=creds, session=session)
-            client.set_timeout(self.timeout)
-            self._client = client
-        return self._client
-
-    def _load_service_account(self) -> dict[str, Any]:
-        path = self.credentials_file
-        try:
-            with open(path, encoding="utf-8") as f:
-                info = json.load(f)
-        except OSError as e:
-            raise _ReadFailed(
-                f"Cannot read the Google credentials file {path}: {e.strerror or e}.",
-                action="Point the config at the service account's JSON key file.",
-            ) from None
-        except ValueError:
-            # Deliberately no detail: a JSON error can quote the file's (secret) text.
-            raise _ReadFailed(
-                f"The Google credentials file {path} is not valid JSON.",
-                action="Download the service account's JSON key again.",
-            ) from None
-        required = ("type", "client_email", "private_key", "token_uri")
-        missing = [k for k in required if not isinstance(info, dict) or not info.get(k)]
-        if missing or info.get("type") != "service_account":
-            what = f"lacks {', '.join(missing)}" if missing else f"is of type {info.get('type')!r}"
-            raise _ReadFailed(
-                f"The Google credentials file {path} {what}; a service-account JSON key is needed.",
-                action="Download the service account's JSON key again.",
-            )
-        self._client_email = str(info["client_email"])
-        return info
-
-    def _fetch_once(self) -> tuple[list[list[str]], str]:
-        """Raw values of the worksheet and the source description; ``_ReadFailed`` if it can't."""
-        title = self.worksheet
-        try:
-            http = self._gspread().http_client
-            if title is None:
-                title = self._first_title(http.fetch_sheet_metadata(self.spreadsheet_key))
-            response = http.values_get(
-                self.spreadsheet_key,
-                absolute_range_name(title),
-                params={"valueRenderOption": "FORMATTED_VALUE", "majorDimension": "ROWS"},
-            )
-        except gspread.exceptions.APIError as e:
-            if e.response.status_code == 400 and "parse range" in _google_message(e).lower():
-                raise self._worksheet_missing(title) from None
-            raise self._api_failure(e, title) from None
-        except _ReadFailed:
-            raise
-        except requests.Timeout:
-            raise _ReadFailed(
-                f"Reading {self._where(title)} timed out after {self.timeout:g}s.", retryable=True
-            ) from None
-        except (requests.ConnectionError, google.auth.exceptions.TransportError) as e:
-            raise _ReadFailed(
-                f"Cannot reach Google to read {self._where(title)} ({type(e).__name__}).", retryable=True
-            ) from None
-        except google.auth.exceptions.RefreshError as e:
-            raise self._refresh_failure(e) from None
-        except ValueError:
-            raise _ReadFailed(
-                f"Google sent an unreadable answer for {self._where(title)}.", retryable=True
-            ) from None
-        except Exception as e:  # anything else still must not stop the daemon; name only its type
-            log.debug("Unexpected %s reading %s", type(e).__name__, self._where(title))
-            raise _ReadFailed(
-                f"Unexpected {type(e).__name__} reading {self._where(title)}.", retryable=True
-            ) from None
-        rows = response.get("values", []) if isinstance(response, dict) else []
-        values = [["" if c is None else str(c) for c in row] for row in rows]
-        return values, self._where(title)
-
-    def _first_title(self, metadata: Any) -> str:
-        sheets = (metadata.get("sheets") or []) if isinstance(metadata, dict) else []
-        if not sheets:
-            raise _ReadFailed(f"Spreadsheet {_short_key(self.spreadsheet_key)} has no worksheets.")
-        return str(sheets[0]["properties"]["title"])
-
-    def _worksheet_missing(self, title: str) -> _ReadFailed:
-        try:
-            meta = self._gspread().http_client.fetch_sheet_metadata(self.spreadsheet_key)
-            titles = [str(s["properties"]["title"]) for s in meta.get("sheets", [])]
-        except Exception:  # listing the titles is a courtesy; the main error stands without it
-            titles = []
-        if title in titles:  # renamed back between our two calls: just try again
-            return _ReadFailed(f"Worksheet '{title}' was briefly missing.", retryable=True)
-        listed = ", ".join(repr(t) for t in titles) or "none that could be listed"
-        return _ReadFailed(
-            f"No worksheet '{title}' in spreadsheet {_short_key(self.spreadsheet_key)} (renamed or "
-            f"deleted?); its worksheets are: {listed}. Rename it back or set the worksheet name in "
-            "the config.",
-            action="Rename the worksheet back, or set the worksheet name in the agent's config.",
-        )
-
-    def _api_failure(self, e: gspread.exceptions.APIError, title: str | None) -> _ReadFailed:
-        code = e.response.status_code
-        where = self._where(title)
-        said = _google_message(e)
-        if code == 404:
-            return _ReadFailed(
-                f"Spreadsheet {self.spreadsheet_key} was not found (404); check the "
-                "spreadsheet key in the config.",
-                action="Fix the spreadsheet key in the agent's config.",
-            )
-        if code == 403:
-            who = self._client_email or "the service account"
-            if "has not been used" in said or "disabled" in said.lower():
-                return _ReadFailed(
-                    f"Google refused to read {where}: the Sheets API is not enabled for "
-                    f"the service account's project ({said}).",
-                    action="Enable the Google Sheets API in the Google Cloud project.",
-                )
-            return _ReadFailed(
-                f"Permission denied reading {where}: share the sheet with {who} (Viewer is enough).",
-                action=f"Share the sheet with {who} as a Viewer.",
-            )
-        if code == 401:
-            return _ReadFailed(
-                f"Google rejected the service account's credentials reading {where} "
-                "(401); check the service account key is still valid.",
-                action="Check the service account key is still valid.",
-            )
-        retry_after = _retry_after_seconds(e.response, time.time())
-        if code == 429:
-            return _ReadFailed(
-                f"Google's read quota is exhausted for {where} (429).",
-                retryable=True,
-                retry_after=retry_after,
-            )
-        if code in _RETRYABLE or code >= 500:
-            return _ReadFailed(
-                f"Google failed reading {where} ({code}: {said or 'no detail'}).",
-                retryable=True,
-                retry_after=retry_after,
-            )
-        return _ReadFailed(f"Google refused to read {where} ({code}: {said or 'no detail'}).")
-
-    def _refresh_failure(self, e: google.auth.exceptions.RefreshError) -> _ReadFailed:
-        # The token endpoint's words ("invalid_grant: Invalid JWT Signature.") hold no secret,
-        # but keep only the first argument and cap it: the second is the raw response body.
-        detail = str(e.args[0])[:200] if e.args else type(e).__name__
-        who = self._client_email or "the service account"
-        return _ReadFailed(
-            f"Google did not issue a token for {who} ({detail}); check the service "
-            "account key is valid and not deleted or disabled.",
-            retryable=bool(getattr(e, "retryable", False)),
-            action="Check the service account key is valid and not deleted or disabled.",
-        )
-
-    def _check_credentials_file(self) -> list[str]:
-        path = self.credentials_file
-        try:
-            st = path.stat()
-        except OSError as e:
-            return [f"Google credentials file {path}: {e.strerror or e}."]
-        problems = []
-        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            problems.append(
-                f"Google credentials file {path} is readable by other users (mode "
-                f"{stat.S_IMODE(st.st_mode):04o}); run `chmod 600 {path}`."
-            )
-        return problems
 
     # -- the on-disk copy -----------------------------------------------------------------------
     def _cache_identity(self) -> dict[str, Any]:
@@ -634,31 +364,12 @@ class GoogleSheetSource:
                 else {"message": self._malformed.message, "fetched_at": self._malformed_at},
             }
         try:
-            _atomic_write_json(self.cache_path, data)
+            self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+            # 0600: the copy holds the sheet's data, which may be more private than the agent's logs.
+            write_atomic(self.cache_path, json.dumps(data, ensure_ascii=False).encode("utf-8"), mode=0o600)
         except OSError as e:
             log.warning(
                 "Could not write the sheet cache %s (%s); the in-memory copy is still used.",
                 self.cache_path,
                 e.strerror or e,
             )
-
-
-def _atomic_write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write-then-rename, so a crash leaves the old cache or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, ensure_ascii=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)

@@ -1,33 +1,5 @@
 """Local servers speaking real wire protocols (Google Sheets v4, Slack Web API, SMTP) for tests.
 
-The ``slack`` and ``smtp`` fixtures take the credentials from the using module's ``TOKEN``,
-``SMTP_USER`` and ``SMTP_PASSWORD``, so each module plants secrets of its own (the security
-tests search for them everywhere the agent writes).
+``tests.servers.fixtures`` holds the ``slack`` and ``smtp`` fixtures; a test module loads them with
+``pytest_plugins = ["tests.servers.fixtures"]``.
 """
-
-from __future__ import annotations
-
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
-
-from tests.servers.slack_api import SlackApiServer
-from tests.servers.smtp import SmtpServer
-
-
-@pytest.fixture
-def slack(request: pytest.FixtureRequest) -> Iterator[SlackApiServer]:
-    with SlackApiServer(token=request.module.TOKEN) as server:
-        yield server
-
-
-@pytest.fixture
-def smtp(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SmtpServer]:
-    server = SmtpServer(
-        tmp_path / "tls", user=request.module.SMTP_USER, password=request.module.SMTP_PASSWORD
-    ).start()
-    try:
-        yield server
-    finally:
-        server.stop()
