@@ -23,24 +23,11 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from scanner_agent.core.errors import ConfigError
+from scanner_agent.core.patterns import DEFAULT_PATTERNS
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-DEFAULT_PATTERNS = [
-    "*.svs",
-    "*.tif",
-    "*.tiff",
-    "*.ndpi",
-    "*.bif",
-    "*.mrxs",
-    "*.scn",
-    "*.vms",
-    "*.svslide",
-    "*.dcm",
-]
 
 
 class ScannerConfig(_Section):

@@ -1,5 +1,9 @@
-"""Scan units, event-path mapping, format signals, open-for-writing and the settle tracker,
-on real files in tmp_path (the tracker's clock is a plain counter so windows are exact)."""
+"""Scan units, event-path mapping, format signals, open-for-writing and the completeness tracker,
+on real files in tmp_path (the tracker's clock is a plain counter so windows are exact).
+
+Name rules and the settle decision itself are unit-tested in ``tests/unit/test_patterns.py`` and
+``tests/unit/test_settle.py``.
+"""
 
 from __future__ import annotations
 
@@ -10,14 +14,14 @@ from pathlib import Path
 
 import pytest
 
+from scanner_agent.core.patterns import DEFAULT_PATTERNS
 from scanner_agent.scanunit import ScanUnit
 from scanner_agent.watch import (
-    DEFAULT_PATTERNS,
-    SettleTracker,
+    CompletenessTracker,
+    LinkWarnings,
     discover_units,
     format_says_done,
     is_dicom_folder,
-    is_ignored,
     open_for_writing,
     unit_for_path,
 )
@@ -50,36 +54,6 @@ def make_mrxs(
     text = "\r\n".join(lines + ["[HIERARCHICAL]", "HIER_COUNT = 1", ""])
     write(folder / "Slidedat.ini", (b"\xef\xbb\xbf" if bom else b"") + text.encode())
     return ScanUnit.from_path(watch / f"{stem}.mrxs")
-
-
-# ---- names ----------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        "a.svs.tmp",
-        "a.part",
-        "A.PARTIAL",
-        "a.svs.crdownload",
-        "~a.svs",
-        ".a.svs",
-        ".incoming",
-        "Thumbs.db",
-        "desktop.ini",
-        "a.svs.filepart",
-        "~$lock",
-        ".DS_Store",
-        "$RECYCLE.BIN",
-    ],
-)
-def test_ignored_names(name: str) -> None:
-    assert is_ignored(name)
-
-
-@pytest.mark.parametrize("name", ["a.svs", "S1_2024.mrxs", "series1", "img.dcm", "temp_slide.svs"])
-def test_normal_names_are_not_ignored(name: str) -> None:
-    assert not is_ignored(name)
 
 
 # ---- discovery --------------------------------------------------------------------------------
@@ -145,7 +119,31 @@ def test_symlinks_are_never_units_or_followed(tmp_path: Path, caplog: pytest.Log
     assert [u.name for u in discover_units(watch, DEFAULT_PATTERNS)] == ["ok.svs"]
     assert unit_for_path(watch, watch / "link.svs") is None
     assert unit_for_path(watch, watch / "linkdir" / "inner.svs") is None
-    assert "link.svs" in caplog.text  # said once, so a person knows why it was skipped
+    assert "link.svs" in caplog.text  # said, so a person knows why it was skipped
+
+
+def test_each_link_is_named_once_per_warnings_keeper(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    watch = tmp_path / "w"
+    write(tmp_path / "real.svs")
+    watch.mkdir()
+    os.symlink(tmp_path / "real.svs", watch / "link.svs")
+    links = LinkWarnings()
+    for _ in range(3):  # a watcher lists the folder again and again
+        discover_units(watch, DEFAULT_PATTERNS, links=links)
+        unit_for_path(watch, watch / "link.svs", links=links)
+    assert caplog.text.count("Ignoring symlink") == 1
+    discover_units(watch, DEFAULT_PATTERNS)  # no keeper: this listing names it again
+    assert caplog.text.count("Ignoring symlink") == 2
+
+
+def test_link_warnings_forget_past_their_cap(caplog: pytest.LogCaptureFixture) -> None:
+    links = LinkWarnings(cap=2)
+    for name in ["a", "b", "a", "c", "a"]:
+        links.note(Path("/w") / name)
+    # a, b named; a again is known; c starts over at the cap; a is then new again
+    assert [r.getMessage().split()[2] for r in caplog.records] == ["/w/a", "/w/b", "/w/c", "/w/a"]
 
 
 def test_missing_watch_folder_raises(tmp_path: Path) -> None:
@@ -270,7 +268,7 @@ def test_open_for_writing_without_proc(tmp_path: Path) -> None:
         assert not open_for_writing(unit, proc=tmp_path / "no-proc")
 
 
-# ---- settle tracker ---------------------------------------------------------------------------------
+# ---- completeness tracker ---------------------------------------------------------------------------------
 
 
 class Clock:
@@ -283,7 +281,7 @@ class Clock:
 
 def test_unchanged_unit_is_ready_after_the_window(tmp_path: Path) -> None:
     clock = Clock()
-    tracker = SettleTracker(10, clock)
+    tracker = CompletenessTracker(10, clock)
     unit = ScanUnit(primary=write(tmp_path / "a.svs"))
     tracker.observe(unit)
     assert tracker.pending() == [unit]
@@ -295,25 +293,9 @@ def test_unchanged_unit_is_ready_after_the_window(tmp_path: Path) -> None:
     assert tracker.pending() == [] and not tracker.ready(unit)
 
 
-def test_a_change_restarts_the_window(tmp_path: Path) -> None:
-    clock = Clock()
-    tracker = SettleTracker(10, clock)
-    path = write(tmp_path / "a.svs", b"x")
-    unit = ScanUnit(primary=path)
-    tracker.observe(unit)
-    clock.now += 8
-    with open(path, "ab") as fh:
-        fh.write(b"more")
-    tracker.observe(unit)  # an event arrived
-    clock.now += 8
-    assert not tracker.ready(unit)
-    clock.now += 2.1
-    assert tracker.ready(unit)
-
-
 def test_a_change_without_an_event_is_caught_at_the_check(tmp_path: Path) -> None:
     clock = Clock()
-    tracker = SettleTracker(10, clock)
+    tracker = CompletenessTracker(10, clock)
     path = write(tmp_path / "a.svs", b"x")
     unit = ScanUnit(primary=path)
     tracker.observe(unit)
@@ -328,7 +310,7 @@ def test_a_change_without_an_event_is_caught_at_the_check(tmp_path: Path) -> Non
 
 def test_close_hint_shortens_but_keeps_the_check(tmp_path: Path) -> None:
     clock = Clock()
-    tracker = SettleTracker(8, clock)
+    tracker = CompletenessTracker(8, clock)
     path = write(tmp_path / "a.svs", b"x")
     unit = ScanUnit(primary=path)
     tracker.observe(unit)
@@ -348,7 +330,7 @@ def test_close_hint_shortens_but_keeps_the_check(tmp_path: Path) -> None:
 
 def test_unfinished_mirax_is_not_ready_until_flag(tmp_path: Path) -> None:
     clock = Clock()
-    tracker = SettleTracker(5, clock)
+    tracker = CompletenessTracker(5, clock)
     unit = make_mrxs(tmp_path, "m", "False")
     tracker.observe(unit)
     clock.now += 6
@@ -361,7 +343,7 @@ def test_unfinished_mirax_is_not_ready_until_flag(tmp_path: Path) -> None:
 
 def test_open_writer_blocks_readiness(tmp_path: Path) -> None:
     clock = Clock()
-    tracker = SettleTracker(5, clock)
+    tracker = CompletenessTracker(5, clock)
     path = write(tmp_path / "a.svs")
     unit = ScanUnit(primary=path)
     tracker.observe(unit)
@@ -375,7 +357,7 @@ def test_open_writer_blocks_readiness(tmp_path: Path) -> None:
 
 def test_vanished_unit_is_never_ready(tmp_path: Path) -> None:
     clock = Clock()
-    tracker = SettleTracker(1, clock)
+    tracker = CompletenessTracker(1, clock)
     path = write(tmp_path / "a.svs")
     unit = ScanUnit(primary=path)
     tracker.observe(unit)
@@ -385,14 +367,9 @@ def test_vanished_unit_is_never_ready(tmp_path: Path) -> None:
     assert tracker.fingerprint(unit) is None
 
 
-def test_negative_settle_is_refused() -> None:
-    with pytest.raises(ValueError, match="settle_seconds"):
-        SettleTracker(-1)
-
-
 def test_ready_units_checks_many_at_once(tmp_path: Path) -> None:
     clock = Clock()
-    tracker = SettleTracker(2, clock)
+    tracker = CompletenessTracker(2, clock)
     units = [ScanUnit(primary=write(tmp_path / f"s{i}.svs")) for i in range(50)]
     unfinished = make_mrxs(tmp_path, "m", "False")
     for unit in [*units, unfinished]:

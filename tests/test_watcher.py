@@ -13,15 +13,18 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import openslide
 import pytest
 
 from scanner_agent.core.errors import ConfigError
 from scanner_agent.scanunit import ScanUnit
+from scanner_agent.testing.simulator import SimScan, simulate
 from scanner_agent.watch import (
     ScanWatcher,
     WatcherHealth,
     choose_observer,
     filesystem_type,
+    format_says_done,
     parse_mountinfo,
 )
 
@@ -68,9 +71,12 @@ def make_watcher() -> Iterator[WatcherFactory]:
 
     def factory(watch: Path, observer: str = "inotify", **kw: object) -> tuple[ScanWatcher, Reports]:
         reports = Reports()
-        opts: dict[str, object] = dict(
-            settle_seconds=SETTLE, rescan_seconds=60, poll_interval=0.1, tick_seconds=0.05
-        )
+        opts: dict[str, object] = {
+            "settle_seconds": SETTLE,
+            "rescan_seconds": 60,
+            "poll_interval": 0.1,
+            "tick_seconds": 0.05,
+        }
         opts.update(kw)
         watcher = ScanWatcher(watch, reports, observer=observer, **opts)  # type: ignore[arg-type]
         watcher.start()
@@ -410,10 +416,7 @@ def test_unknown_filesystem_polls_and_bad_setting_is_refused() -> None:
 
 
 def test_simulated_scanner_is_reported_once_per_scan(tmp_path: Path, make_watcher: WatcherFactory) -> None:
-    synthetic = pytest.importorskip("scanner_agent.testing.synthetic")
-    from scanner_agent.testing.simulator import SimScan, simulate
-
-    kinds = ["svs", "corrupt"] + (["mrxs"] if hasattr(synthetic, "write_mrxs") else [])
+    kinds = ["svs", "corrupt", "mrxs"]
     watch = tmp_path / "watch"
     watch.mkdir()
     _, reports = make_watcher(watch, "inotify")
@@ -426,19 +429,21 @@ def test_simulated_scanner_is_reported_once_per_scan(tmp_path: Path, make_watche
         watch, scans, chunk_bytes=32 << 10, chunk_interval=0.02, between=0.1, on_progress=progress.append
     )
     assert [p.parent for p in paths] == [watch] * len(kinds)
+    assert [p.name for p in paths] == ["sim-svs.svs", "sim-corrupt.svs", "sim-mrxs.mrxs"]
+    # One "scanning" line before and one "finished" line after each scan, in order.
+    assert progress == [
+        line
+        for kind, path in zip(kinds, paths, strict=True)
+        for line in (f"scanning sim-{kind} ({kind}) -> {path}", f"finished {path}")
+    ]
     assert not any(p.name.startswith(".watch-sim-") for p in tmp_path.iterdir())  # staging cleaned up
     wait_for(lambda: len(reports.items) == len(kinds), what="one report per simulated scan")
     settle_quietly()
     assert sorted(u.primary for u, _ in reports.items) == sorted(paths)
-    assert progress
     # What the slow copy delivered is still a real slide (and the MIRAX flag ended up True).
-    openslide = pytest.importorskip("openslide")
     for path in paths:
         if "corrupt" not in path.name:
             with openslide.OpenSlide(path) as slide:
                 assert slide.dimensions[0] > 0
-    for unit, _ in reports.items:
-        if unit.primary.suffix == ".mrxs":
-            from scanner_agent.watch import format_says_done
-
-            assert format_says_done(unit) is True
+    [mrxs] = [unit for unit, _ in reports.items if unit.primary.suffix == ".mrxs"]
+    assert format_says_done(mrxs) is True

@@ -1,9 +1,10 @@
-"""Find a scan's barcode: from its file name by the configured regex, else from the slide's metadata.
+"""Read a barcode out of a name or out of a slide's metadata properties, and say why not.
 
-No barcode is ``errors.NoBarcode`` naming the file and everything tried; nothing is guessed.
-A barcode is a lookup key, never a path: it is stripped of surrounding whitespace and must
-then be 1-64 printable ASCII characters with no whitespace, control character or path
-separator, and not ``.`` or ``..``. Leading zeros are kept (barcodes are strings, not numbers).
+Pure text work: the slide adapter (``slides.find_barcode``) opens the slide and tries the name
+first, then these properties. Nothing is guessed. A barcode is a lookup key, never a path: it
+is stripped of surrounding whitespace and must then be 1-64 printable ASCII characters with no
+whitespace, control character or path separator, and not ``.`` or ``..``. Leading zeros are
+kept (barcodes are strings, not numbers).
 
 Unicode look-alikes are rejected, not normalised: Python's ``\\d`` matches fullwidth digits, so
 a file named ``６２０９９５.svs`` would otherwise match ``(?P<barcode>\\d{6})`` and, after NFKC,
@@ -21,14 +22,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from scanner_agent.core import errors
-from scanner_agent.scanunit import ScanUnit
 
 #: The config key the regex comes from, named in configuration errors.
 CONFIG_KEY = "scanner.barcode_regex"
 MAX_BARCODE_LEN = 64
 
 #: OpenSlide property names holding a slide's barcode, most specific first.
-#: - ``openslide.barcode``: OpenSlide's own normalised key (OpenSlide > 4.0.1; absent in 4.0.1).
+#: - ``openslide.barcode``: OpenSlide's own normalised key (OpenSlide 4.0.1 and later, only for the
+#:   formats it maps, e.g. not Aperio in 4.0.1: the vendor keys below stay needed).
 #: - ``aperio.Barcode``: ``Barcode = ...`` in an SVS ImageDescription.
 #: - ``leica.barcode``: Leica SCN ``<barcode>``, base64-decoded by OpenSlide itself.
 #: - ``philips.PIM_DP_UFS_BARCODE``: Philips TIFF XML; still base64 here, decoded below.
@@ -118,44 +119,14 @@ def barcode_from_name(name: str, regex: re.Pattern[str]) -> str | None:
     return clean_barcode(distinct[0])
 
 
-def find_barcode(
-    unit: ScanUnit, regex: re.Pattern[str], *, properties: Mapping[str, str] | None = None
-) -> BarcodeResult:
-    """The scan's barcode: from its name first, then from its slide metadata.
+def barcode_from_properties(properties: Mapping[str, str], regex: re.Pattern[str]) -> BarcodeResult:
+    """The barcode in a slide's metadata ``properties`` (OpenSlide's, all strings).
 
-    ``properties`` are OpenSlide's properties if the caller already has them; otherwise the slide
-    is opened to read them (only when the name gives no barcode). In metadata the regex picks
-    the barcode out of the value when it matches; otherwise the whole value is the barcode, as
-    printed on the label. Raises ``errors.NoBarcode`` naming the file and what was tried.
+    ``METADATA_KEYS`` are tried in order; Philips' value is base64-decoded first. The regex picks
+    the barcode out of a value when it matches; otherwise the whole value is the barcode, as
+    printed on the label. Raises ``ValueError`` saying, key by key, why nothing was usable.
     """
     tried: list[str] = []
-    try:
-        from_name = barcode_from_name(unit.stem, regex)
-    except ValueError as exc:
-        tried.append(f"file name {unit.stem!r}: {exc}")
-    else:
-        if from_name is not None:
-            return BarcodeResult(from_name, "file name")
-        tried.append(f"file name {unit.stem!r} does not match {CONFIG_KEY} {regex.pattern!r}")
-
-    if properties is None:
-        from scanner_agent.slides import (
-            read_properties,
-        )  # OpenSlide is only loaded when a name has no barcode
-
-        properties = read_properties(unit.primary)
-        if not properties:
-            tried.append("slide metadata: OpenSlide could not open the slide")
-    if properties:
-        result = _from_metadata(properties, regex, tried)
-        if result is not None:
-            return result
-    raise errors.NoBarcode(f"No barcode for {unit.primary}: " + "; ".join(tried), path=str(unit.primary))
-
-
-def _from_metadata(
-    properties: Mapping[str, str], regex: re.Pattern[str], tried: list[str]
-) -> BarcodeResult | None:
     present = False
     for key in METADATA_KEYS:
         raw = properties.get(key)
@@ -171,7 +142,7 @@ def _from_metadata(
             tried.append(f"slide metadata {key}: {exc}")
     if not present:
         tried.append("slide metadata has none of " + ", ".join(METADATA_KEYS))
-    return None
+    raise ValueError("; ".join(tried))
 
 
 def _decode_base64(value: str) -> str:

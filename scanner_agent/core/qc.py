@@ -12,15 +12,16 @@ two numbers that can be computed in milliseconds on a ~512 px thumbnail:
   even when out of focus, does not count). A sharp thumbnail has strong pixel-to-pixel detail
   (nuclei, fibres); an out-of-focus one has almost none.
 
-Both numbers depend on scale, so the image is first reduced to ``work_size`` px on its long side
-(never enlarged); the defaults below were chosen at 512 px. They separate a sharp synthetic H&E-like
+Both numbers depend on scale: the defaults below were chosen for an image of 512 px on its long
+side, so the caller reduces a larger picture to about that first (``slides.assess_thumbnail``
+decodes the PNG thumbnail and does so). They separate a sharp synthetic H&E-like
 thumbnail (score about 1100) from the same image Gaussian-blurred with radius 4 (about 1.3; radius 2
 gives about 14, radius 1.5 about 42), with a wide margin on both sides. Tune ``blur_threshold`` per
 scanner if real slides need it.
 
 A thumbnail is ~100x smaller than the scan, so this catches gross failures (whole slide out of
-focus, nothing scanned), not a few blurry fields; feed a larger level (e.g. 1.25x) and raise
-``work_size`` for finer focus QC.
+focus, nothing scanned), not a few blurry fields; feed a larger level (e.g. 1.25x) and retune the
+thresholds for finer focus QC. Input is an RGB array; nothing here reads files or images.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image
+from numpy.typing import ArrayLike, NDArray
 
 #: Variance of the Laplacian (grey levels²) below which tissue counts as out of focus.
 DEFAULT_BLUR_THRESHOLD = 25.0
@@ -48,6 +49,8 @@ MIN_FOCUS_PIXELS = 200
 
 @dataclass(frozen=True)
 class QcResult:
+    """The verdict, both numbers, and for a failure the reasons a person reads."""
+
     passed: bool
     blur_score: float
     tissue_fraction: float
@@ -59,16 +62,18 @@ class QcResult:
 
 
 def assess(
-    image: Image.Image,
+    rgb: ArrayLike,
     *,
     blur_threshold: float = DEFAULT_BLUR_THRESHOLD,
     min_tissue_fraction: float = DEFAULT_MIN_TISSUE_FRACTION,
-    work_size: int = 512,
 ) -> QcResult:
-    """Judge a slide thumbnail: enough tissue, and that tissue in focus. Pure; does not modify ``image``."""
-    rgb = _working_rgb(image, work_size)
-    gray = rgb @ np.array([0.299, 0.587, 0.114])  # ITU-R 601 luma, as PIL's "L" conversion
-    tissue = tissue_mask(rgb, gray)
+    """Judge a slide thumbnail given as an RGB array of shape (height, width, 3), values 0..255:
+    enough tissue, and that tissue in focus. Does not modify ``rgb``."""
+    image = np.asarray(rgb, dtype=np.float64)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected an RGB array of shape (height, width, 3), got shape {image.shape}")
+    gray = image @ np.array([0.299, 0.587, 0.114])  # ITU-R 601 luma, as PIL's "L" conversion
+    tissue = tissue_mask(image, gray)
     fraction = float(tissue.mean()) if tissue.size else 0.0
     score = blur_score(gray, tissue)
 
@@ -86,29 +91,18 @@ def assess(
     return QcResult(passed=not reasons, blur_score=score, tissue_fraction=fraction, reasons=reasons)
 
 
-def _working_rgb(image: Image.Image, work_size: int) -> np.ndarray:
-    """RGB as float (h, w, 3), reduced so the long side is at most ``work_size``."""
-    img = image
-    if img.mode != "RGB":
-        if "A" in img.getbands():  # transparent = no scan there: show it as glass, not black
-            background = Image.new("RGBA", img.size, (255, 255, 255, 255))
-            img = Image.alpha_composite(background, img.convert("RGBA"))
-        img = img.convert("RGB")
-    if max(img.size) > work_size:
-        img = img.copy()
-        img.thumbnail((work_size, work_size), Image.Resampling.LANCZOS)
-    return np.asarray(img, dtype=np.float64)
-
-
-def tissue_mask(rgb: np.ndarray, gray: np.ndarray) -> np.ndarray:
+def tissue_mask(rgb: NDArray[np.float64], gray: NDArray[np.float64]) -> NDArray[np.bool_]:
     """True where a pixel is tissue: darker than glass or stained, and not black padding."""
     hi = rgb.max(axis=2)
     lo = rgb.min(axis=2)
     saturation = np.where(hi > 0, (hi - lo) / np.maximum(hi, 1e-9), 0.0)
-    return ((gray < TISSUE_MAX_GRAY) | (saturation > TISSUE_MIN_SATURATION)) & (hi >= BLACK_MAX)
+    mask: NDArray[np.bool_] = ((gray < TISSUE_MAX_GRAY) | (saturation > TISSUE_MIN_SATURATION)) & (
+        hi >= BLACK_MAX
+    )
+    return mask
 
 
-def blur_score(gray: np.ndarray, tissue: np.ndarray) -> float:
+def blur_score(gray: NDArray[np.float64], tissue: NDArray[np.bool_]) -> float:
     """Variance of the 4-neighbour Laplacian over the tissue, away from its edges."""
     if gray.shape[0] < 3 or gray.shape[1] < 3:
         return 0.0
@@ -119,7 +113,7 @@ def blur_score(gray: np.ndarray, tissue: np.ndarray) -> float:
     return float(lap[inner].var())
 
 
-def _erode(mask: np.ndarray, steps: int) -> np.ndarray:
+def _erode(mask: NDArray[np.bool_], steps: int) -> NDArray[np.bool_]:
     """Shrink a boolean mask by ``steps`` pixels (3x3 neighbourhood); the border counts as outside."""
     out = mask.copy()
     for _ in range(steps):

@@ -4,6 +4,8 @@ Other layers import from this package, never from its modules, so the modules ca
 without touching their callers.
 """
 
+from scanner_agent.slides.barcode import find_barcode
+from scanner_agent.slides.quality import assess_thumbnail
 from scanner_agent.slides.validate import SlideInfo, read_properties, slide_file, validate_slide
 
-__all__ = ["SlideInfo", "read_properties", "slide_file", "validate_slide"]
+__all__ = ["SlideInfo", "assess_thumbnail", "find_barcode", "read_properties", "slide_file", "validate_slide"]

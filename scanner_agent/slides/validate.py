@@ -167,7 +167,9 @@ def _check_tiff_extents(path: Path) -> None:
     try:
         with tifffile.TiffFile(path) as tif:
             for index, page in enumerate(tif.pages):
-                ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts) if n > 0]
+                # strict=False: a damaged directory may list more offsets than counts; check the pairs.
+                pairs = zip(page.dataoffsets, page.databytecounts, strict=False)
+                ends = [o + n for o, n in pairs if n > 0]
                 if ends and max(ends) > size:
                     raise _corrupt(
                         path,

@@ -4,7 +4,7 @@ Filesystem events (watchdog: inotify locally, polling on network shares) are onl
 say "look at this path"; the truth is the folder itself. A full listing at start and every
 ``rescan_seconds`` catches whatever events missed (downtime, an overflowed inotify queue, a
 share that blinked). A single background thread owns all state: it drains event hints, runs
-the listings, asks ``completeness.SettleTracker`` which units are ready, calls ``on_ready``
+the listings, asks ``completeness.CompletenessTracker`` which units are ready, calls ``on_ready``
 once per finished scan, and supervises the observer (restarting it when it dies, and
 reporting the watch folder missing until it comes back).
 """
@@ -15,163 +15,24 @@ import errno
 import logging
 import os
 import stat
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from watchdog.events import (
-    EVENT_TYPE_CLOSED,
-    DirCreatedEvent,
-    DirDeletedEvent,
-    DirModifiedEvent,
-    DirMovedEvent,
-    FileClosedEvent,
-    FileCreatedEvent,
-    FileDeletedEvent,
-    FileModifiedEvent,
-    FileMovedEvent,
-    FileSystemEvent,
-    FileSystemEventHandler,
-)
-from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
-from watchdog.observers.polling import PollingObserver
 
 from scanner_agent.core.errors import ConfigError
+from scanner_agent.core.patterns import DEFAULT_PATTERNS
 from scanner_agent.scanunit import Fingerprint, ScanUnit
-from scanner_agent.watch.completeness import (
-    DEFAULT_PATTERNS,
-    SettleTracker,
-    discover_units,
-    safe_fingerprint,
-    unit_for_path,
-)
+from scanner_agent.watch.completeness import CompletenessTracker
+from scanner_agent.watch.mountinfo import OBSERVER_SETTINGS, choose_observer
+from scanner_agent.watch.observers import HintHandler, launch_observer, observer_alive
+from scanner_agent.watch.probes import safe_fingerprint
+from scanner_agent.watch.units import LinkWarnings, discover_units, unit_for_path
 
 log = logging.getLogger(__name__)
-
-#: Filesystems where inotify does not see changes made by other machines: poll them instead.
-#: ``fuse.*`` (sshfs, rclone, s3fs, gcsfuse, vmhgfs) is matched by prefix in ``choose_observer``.
-NETWORK_FS: frozenset[str] = frozenset(
-    {
-        "nfs",
-        "nfs4",
-        "cifs",
-        "smb3",
-        "smb2",
-        "smbfs",
-        "9p",
-        "afs",
-        "ceph",
-        "glusterfs",
-        "sshfs",
-        "fuse",
-        "lustre",
-        "gpfs",
-        "beegfs",
-        "ocfs2",
-        "gfs2",
-        "davfs",
-        "ncpfs",
-        "coda",
-        "virtiofs",
-        "vboxsf",
-        "vmhgfs",
-        "drvfs",
-        "pvfs2",
-        "orangefs",
-    }
-)
-
-OBSERVER_SETTINGS = ("auto", "inotify", "polling")
-
-# Opened/closed-without-writing events are left out: our own reads (DICOM magic, Slidedat.ini)
-# and the copy that follows a report would otherwise come back to us as "changes".
-_EVENT_FILTER = [
-    FileCreatedEvent,
-    FileModifiedEvent,
-    FileMovedEvent,
-    FileClosedEvent,
-    FileDeletedEvent,
-    DirCreatedEvent,
-    DirModifiedEvent,
-    DirMovedEvent,
-    DirDeletedEvent,
-]
-
-
-def _unescape_mountinfo(field: str) -> str:
-    # mountinfo escapes space, tab, newline and backslash as \ooo (octal).
-    out, i = [], 0
-    while i < len(field):
-        code = field[i + 1 : i + 4]
-        if field[i] == "\\" and len(code) == 3 and all(c in "01234567" for c in code):
-            out.append(chr(int(code, 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
-
-
-def parse_mountinfo(text: str) -> list[tuple[str, str]]:
-    """(mount point, filesystem type) for each line of a ``/proc/<pid>/mountinfo`` text.
-
-    A line is ``id parent maj:min root mount-point options [optional…] - fstype source super``;
-    the optional fields vary in number, so the type is found after the lone ``-``.
-    """
-    mounts: list[tuple[str, str]] = []
-    for line in text.splitlines():
-        fields = line.split()
-        if len(fields) < 7 or "-" not in fields[6:]:
-            continue
-        sep = fields.index("-", 6)
-        if sep + 1 < len(fields):
-            mounts.append((_unescape_mountinfo(fields[4]), fields[sep + 1]))
-    return mounts
-
-
-def filesystem_type(path: Path, *, mountinfo: str | None = None) -> str:
-    """The type (``ext4``, ``nfs4``, ``tmpfs`` …) of the filesystem holding ``path``.
-
-    Longest mount-point prefix in ``/proc/self/mountinfo`` wins (later mounts shadow earlier
-    ones at the same point). ``"unknown"`` where mountinfo cannot be read. ``mountinfo`` may be
-    given as text (tests, or another process's view).
-    """
-    if mountinfo is None:
-        try:
-            mountinfo = Path("/proc/self/mountinfo").read_text()
-        except OSError:
-            return "unknown"
-    target = os.path.realpath(path)  # a missing path still resolves lexically
-    best, best_type = -1, "unknown"
-    for mount_point, fstype in parse_mountinfo(mountinfo):
-        mp = mount_point.rstrip("/") or "/"
-        inside = target == mp or mp == "/" or target.startswith(mp + "/")
-        if inside and len(mp) >= best:
-            best, best_type = len(mp), fstype
-    return best_type
-
-
-def choose_observer(path: Path, setting: str, *, mountinfo: str | None = None) -> str:
-    """``"inotify"`` or ``"polling"`` for a watch folder, from the config setting.
-
-    ``auto`` polls on network and FUSE filesystems (inotify cannot see other machines' writes)
-    and where the type cannot be found out (polling always works); otherwise inotify.
-    """
-    choice = (setting or "").strip().lower()
-    if choice not in OBSERVER_SETTINGS:
-        raise ConfigError(f"observer = {setting!r} is not one of {', '.join(OBSERVER_SETTINGS)}")
-    if choice != "auto":
-        return choice
-    if not sys.platform.startswith("linux"):
-        return "inotify"  # the platform's native observer (FSEvents, ReadDirectoryChangesW)
-    fstype = filesystem_type(path, mountinfo=mountinfo)
-    if fstype == "unknown" or fstype in NETWORK_FS or fstype.startswith("fuse."):
-        return "polling"
-    return "inotify"
 
 
 @dataclass
@@ -190,19 +51,6 @@ class WatcherHealth:
     last_error: str | None
     restarts: int
     pending: int
-
-
-class _HintHandler(FileSystemEventHandler):
-    """Collects event paths for the tick thread; never blocks the observer on disk I/O."""
-
-    def __init__(self, sink: Callable[[str, bool], None]) -> None:
-        self._sink = sink
-
-    def on_any_event(self, event: FileSystemEvent) -> None:
-        closed = event.event_type == EVENT_TYPE_CLOSED
-        for raw in (event.src_path, event.dest_path):
-            if raw:
-                self._sink(os.fsdecode(raw), closed)
 
 
 class ScanWatcher:
@@ -245,11 +93,12 @@ class ScanWatcher:
         self._tick_seconds = tick_seconds
         self._on_health_change = on_health_change
 
-        self._tracker = SettleTracker(settle_seconds)
+        self._tracker = CompletenessTracker(settle_seconds)
+        self._links = LinkWarnings()  # a link is named once while the watcher runs, not per listing
         self._reported: dict[ScanUnit, Fingerprint] = {}
         self._hints: dict[str, bool] = {}
         self._hints_lock = threading.Lock()
-        self._handler = _HintHandler(self._add_hint)
+        self._handler = HintHandler(self._add_hint)
 
         self._observer: BaseObserver | None = None
         self._observer_dev: int | None = None
@@ -300,7 +149,7 @@ class ScanWatcher:
         with self._state_lock:
             return WatcherHealth(
                 observer=self._kind,
-                alive=self._alive and self._observer_alive(),
+                alive=self._alive and observer_alive(self._observer),
                 watching_since=self._watching_since,
                 last_full_scan=self._last_full_scan,
                 last_error=self._last_error,
@@ -353,7 +202,7 @@ class ScanWatcher:
         self._last_ok = now
         if self._observer is None:
             return self._start_observer(st.st_dev, reason=None)
-        if not self._observer_alive():
+        if not observer_alive(self._observer):
             return self._start_observer(st.st_dev, reason="the observer thread stopped")
         if st.st_dev != self._observer_dev:
             # A share mounted or unmounted over the folder: the old watch sees the old filesystem.
@@ -370,7 +219,7 @@ class ScanWatcher:
             log.error(message)
         self._folder_missing = True
         self._stop_observer(1.0)
-        self._tracker = SettleTracker(self._tracker.settle_seconds)  # settle progress is void
+        self._tracker = CompletenessTracker(self._tracker.settle_seconds)  # settle progress is void
         self._next_rescan = 0.0
         with self._state_lock:
             self._alive = False
@@ -382,7 +231,7 @@ class ScanWatcher:
         kind = choose_observer(self.watch, self._observer_setting)
         try:
             try:
-                observer = self._launch(kind)
+                observer = launch_observer(kind, self._handler, self.watch, self._poll_interval)
             except OSError as exc:
                 if kind != "inotify" or exc.errno not in (errno.ENOSPC, errno.EMFILE):
                     raise
@@ -394,7 +243,7 @@ class ScanWatcher:
                     self._poll_interval,
                 )
                 kind = "polling"
-                observer = self._launch(kind)
+                observer = launch_observer(kind, self._handler, self.watch, self._poll_interval)
         except OSError as exc:
             message = f"Cannot watch {self.watch} with {kind}: {exc.strerror or exc}. Retrying."
             if message != self._last_error:
@@ -420,18 +269,6 @@ class ScanWatcher:
         self._next_rescan = 0.0  # catch up on whatever happened while nothing was watching
         return True
 
-    def _launch(self, kind: str) -> BaseObserver:
-        observer: BaseObserver = (
-            PollingObserver(timeout=self._poll_interval) if kind == "polling" else Observer()
-        )
-        observer.schedule(self._handler, str(self.watch), recursive=True, event_filter=_EVENT_FILTER)
-        try:
-            observer.start()
-        except BaseException:
-            observer.stop()
-            raise
-        return observer
-
     def _stop_observer(self, timeout: float) -> None:
         observer, self._observer = self._observer, None
         if observer is None:
@@ -441,21 +278,6 @@ class ScanWatcher:
             observer.join(timeout)
         except Exception:  # a half-dead observer must not stop us replacing it
             log.debug("Stopping the old observer on %s failed", self.watch, exc_info=True)
-
-    def _observer_alive(self) -> bool:
-        observer = self._observer
-        if observer is None or not observer.is_alive():
-            return False
-        for emitter in list(observer.emitters):
-            if not emitter.is_alive():
-                return False
-            # The inotify emitter reads from a buffer thread (watchdog internal) that ends on
-            # its own when the watched folder is deleted or unmounted, leaving the emitter
-            # waiting forever; look at it too.
-            buffer = getattr(emitter, "_inotify", None)
-            if isinstance(buffer, threading.Thread) and not buffer.is_alive():
-                return False
-        return True
 
     # ---- events, listings and reports ------------------------------------------------------------
 
@@ -469,7 +291,7 @@ class ScanWatcher:
             hints, self._hints = self._hints, {}
         units: dict[ScanUnit, bool] = {}
         for path, closed in hints.items():
-            unit = unit_for_path(self.watch, Path(path), self._patterns)
+            unit = unit_for_path(self.watch, Path(path), self._patterns, links=self._links)
             if unit is not None:
                 units[unit] = units.get(unit, False) or closed
         for unit, closed in units.items():
@@ -491,7 +313,7 @@ class ScanWatcher:
 
     def _full_listing(self) -> None:
         try:
-            units = discover_units(self.watch, self._patterns)
+            units = discover_units(self.watch, self._patterns, links=self._links)
         except OSError as exc:
             self._folder_lost(exc)
             return
