@@ -17,10 +17,10 @@ import pytest
 from scanner_agent import storage
 from scanner_agent.cli import main as cli_main
 from scanner_agent.config import AgentConfig, load_config
-from scanner_agent.core.sheet_table import CsvSource
 from scanner_agent.journal import Journal
 from scanner_agent.reports.reconcile import CATEGORIES, reconcile, render_reconcile
 from scanner_agent.scanunit import ScanUnit
+from scanner_agent.sheets import CsvSource
 
 SHEET = """\
 Include in Name?,REQUIRED,REQUIRED,REQUIRED,REQUIRED,,,
@@ -57,6 +57,8 @@ EXPECTED: dict[str, list[str]] = {
 
 @dataclass
 class Lab:
+    """The scenario's folders, configuration and journal, with helpers that act as the flow does."""
+
     root: Path
     cfg: AgentConfig
     config_file: Path
@@ -66,6 +68,7 @@ class Lab:
 
     @property
     def storage(self) -> Path:
+        """The storage root."""
         return self.cfg.storage.root
 
     def scan_file(self, barcode: str, data: bytes | None = None) -> ScanUnit:
@@ -83,6 +86,7 @@ class Lab:
         supersede: Path | None = None,
         prefix: str = "Prec01_Run2_P1",
     ) -> tuple[ScanUnit, storage.TransferResult]:
+        """Place a new scan in storage as ``place_scan`` does, without recording it in the journal."""
         unit = self.scan_file(barcode)
         result = storage.place_scan(
             unit,
@@ -96,6 +100,7 @@ class Lab:
         return unit, result
 
     def record(self, unit: ScanUnit) -> int:
+        """Record the scan ready in the journal; its row id."""
         st = unit.primary.stat()
         rec, _ = self.journal.record_ready(str(unit.primary), st.st_size, st.st_mtime_ns)
         return rec.id
@@ -124,6 +129,7 @@ class Lab:
         return sid, result
 
     def fail(self, barcode: str, state: str, kind: str, reason: str, *, unit: ScanUnit | None = None) -> int:
+        """Record a scan that ended ``state`` (held, failed) with ``kind`` and ``reason``."""
         sid = self.record(unit or self.scan_file(barcode))
         self.journal.transition(sid, "processing")
         self.journal.transition(
@@ -138,6 +144,7 @@ class Lab:
 
 
 def write_config(tmp: Path, *, journal: Path | None = None, storage: Path | None = None) -> Path:
+    """A scanner configuration file under ``tmp``; ``journal`` and ``storage`` may point elsewhere."""
     sheet = tmp / "sheet.csv"
     toml = tmp / "cardinal.toml"
     toml.write_text(
@@ -230,6 +237,7 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
 
 
 def barcodes(entries: list[dict[str, Any]] | None) -> list[str | None]:
+    """The barcodes of a known category, in report order."""
     assert entries is not None
     return [e["barcode"] for e in entries]
 
@@ -379,6 +387,7 @@ def test_clean_storage_has_nothing_twice(tmp_path: Path) -> None:
 
 @pytest.fixture
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Prefect variables the CLI sets, restored after the test."""
     # The CLI sets these for Prefect; pinning them here gives them back afterwards.
     monkeypatch.setenv("PREFECT_LOGGING_EXTRA_LOGGERS", "scanner_agent")
     monkeypatch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

@@ -508,8 +508,9 @@ def test_process_refuses_root_unless_allowed(
     scan.write_bytes(b"x")
 
     capsys.readouterr()
-    # `run` is checked as a real process by tests/test_cli.py::test_run_refuses_root_without_allow_root: it exits
-    # 78 (EX_CONFIG, so systemd does not restart it), not 2. `process` is the other command that moves scans.
+    # `run` is checked as a real process by tests/test_cli.py::test_run_refuses_root_without_allow_root:
+    # it exits 78 (EX_CONFIG, so systemd does not restart it), not 2. `process` is the other command
+    # that moves scans.
     assert main(["process", "--config", str(cfg), str(scan)]) == 2
     err = capsys.readouterr().err
     assert "refusing to run as root" in err and "allow_root" in err and "SCANNER_AGENT_ALLOW_ROOT" in err

@@ -1,4 +1,4 @@
-"""The systemd unit: it parses cleanly, its sandbox scores <= 2.0, and a real systemd runs the agent inside it.
+"""The systemd unit: it parses, its sandbox scores <= 2.0, and a real systemd runs the agent inside it.
 
 The fast tests use ``systemd-analyze`` offline. The slow ones boot a real systemd as PID 1 in
 private mount/PID/cgroup namespaces (root only) and start ``scanner-agent@t.service`` with every
@@ -234,7 +234,8 @@ def _check_proc_and_writers(watch: Path) -> str:
         [
             sys.executable,
             "-c",
-            "import sys, time; f = open(sys.argv[1], 'ab'); f.write(b'x'); f.flush(); print('open', flush=True); time.sleep(120)",
+            "import sys, time; f = open(sys.argv[1], 'ab'); f.write(b'x'); f.flush(); "
+            "print('open', flush=True); time.sleep(120)",
             str(target),
         ],
         stdout=subprocess.PIPE,
@@ -702,9 +703,11 @@ class SystemdInNamespaces:
                 raise RuntimeError(f"cannot list unshare's children: {exc}") from exc
             for child in children:
                 with contextlib.suppress(OSError):
-                    if Path(f"/proc/{child}/comm").read_text().strip() == "systemd":
-                        if self.systemctl("show", "--property=Version", pid1=int(child)).returncode == 0:
-                            return int(child)
+                    if (
+                        Path(f"/proc/{child}/comm").read_text().strip() == "systemd"
+                        and self.systemctl("show", "--property=Version", pid1=int(child)).returncode == 0
+                    ):
+                        return int(child)
             time.sleep(0.2)
         raise RuntimeError(f"systemd did not come up:\n{self.boot_log.read_text()}{self.console.read_text()}")
 

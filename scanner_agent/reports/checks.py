@@ -1,7 +1,7 @@
 """``scanner-agent check``: every check a lab admin needs before starting the service, each one line.
 
-Sends nothing: Slack is checked with ``auth.test``, SMTP with a login, the sheet with one read,
-Prefect with its health and version endpoints.
+Each check is a ``(passed, line)`` pair. Sends nothing: Slack is checked with ``auth.test``, SMTP
+with a login, the sheet by reading it, Prefect with its health and version endpoints.
 """
 
 from __future__ import annotations
@@ -12,10 +12,12 @@ from pathlib import Path
 
 from scanner_agent.config import AgentConfig, secret_file_problems
 
+#: One check: whether it passed, and the line that says what was found.
 Result = tuple[bool, str]
 
 
 def _writable_dir(path: Path, what: str, *, create: bool = False) -> Result:
+    """Whether ``path`` is a folder this user can create a file in; ``create``: make it first if missing."""
     if not path.exists():
         if create:
             try:
@@ -35,6 +37,10 @@ def _writable_dir(path: Path, what: str, *, create: bool = False) -> Result:
 
 
 def run_checks(cfg: AgentConfig, *, network: bool = True) -> list[Result]:
+    """Every check for ``cfg``, in the order a person fixes them: configuration, folders, secrets, sheet.
+
+    Without ``network`` (``--offline``) a Google Sheet, the alert channels and Prefect are not asked.
+    """
     out: list[Result] = [(True, f"configuration {cfg.source_file} is valid (scanner {cfg.scanner.name})")]
     out.append(_writable_dir(cfg.scanner.watch, "scanner.watch"))
     out.append(_writable_dir(cfg.storage.root, "storage.root"))
@@ -74,6 +80,7 @@ def run_checks(cfg: AgentConfig, *, network: bool = True) -> list[Result]:
 
 
 def _sheet_checks(cfg: AgentConfig, network: bool) -> list[Result]:
+    """The sheet's problems, size and name columns, and layout columns it lacks; Google not asked offline."""
     from scanner_agent.core.errors import ScanError
     from scanner_agent.core.naming import layout_columns
     from scanner_agent.service.bootstrap import build_sheet
@@ -107,6 +114,7 @@ def _sheet_checks(cfg: AgentConfig, network: bool) -> list[Result]:
 
 
 def _alert_checks(cfg: AgentConfig) -> list[Result]:
+    """Each configured alert channel's own check (Slack ``auth.test``, SMTP login); nothing sent."""
     from scanner_agent.service.bootstrap import build_channels
 
     try:
@@ -125,6 +133,7 @@ def _alert_checks(cfg: AgentConfig) -> list[Result]:
 
 
 def _prefect_check(cfg: AgentConfig) -> Result:
+    """The Prefect server (``$PREFECT_API_URL``, else the configured one) answers, with our major version."""
     url = os.environ.get("PREFECT_API_URL") or cfg.prefect.api_url
     if not url:
         return True, "prefect: no server configured; runs use Prefect's embedded API on this host"
@@ -136,12 +145,14 @@ def _prefect_check(cfg: AgentConfig) -> Result:
     # PREFECT_API_AUTH_STRING or PREFECT_API_KEY, and Prefect's TLS settings. No retries: a
     # server that is down should be reported now, not after a minute of backoff.
     try:
-        with temporary_settings(updates={PREFECT_API_URL: url, PREFECT_CLIENT_MAX_RETRIES: 0}):
-            with get_client(sync_client=True) as client:
-                failed = client.api_healthcheck()
-                if failed is not None:
-                    raise failed
-                v = client.api_version()
+        with (
+            temporary_settings(updates={PREFECT_API_URL: url, PREFECT_CLIENT_MAX_RETRIES: 0}),
+            get_client(sync_client=True) as client,
+        ):
+            failed = client.api_healthcheck()
+            if failed is not None:
+                raise failed
+            v = client.api_version()
     except Exception as exc:
         return False, f"prefect: server {url} does not answer: {exc}"
     ours = prefect.__version__

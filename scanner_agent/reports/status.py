@@ -1,4 +1,9 @@
-"""``scanner-agent status``: what the journal and the daemon's last health report say, for a person."""
+"""``scanner-agent status``: what the journal and the daemon's last health report say, for a person.
+
+``gather_status`` reads the journal (counts, today's stores, held, failed and quarantined scans,
+open rescans, the daemon's last health report) and the alert outbox into JSON-able data;
+``render_status`` turns that into a few lines for a terminal.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +14,14 @@ from typing import Any
 
 from scanner_agent.config import AgentConfig
 from scanner_agent.core.humanize import age_text
-from scanner_agent.journal import Journal
+from scanner_agent.journal import AlertOutbox, Journal, ScanRecord
 
 
 def _pid_alive(pid: Any) -> bool:
+    """Whether this user may signal process ``pid`` (signal 0 only asks), so whether it runs.
+
+    A process of another user reads as not running (EPERM), as does a pid that is not a number.
+    """
     try:
         os.kill(int(pid), 0)
         return True
@@ -20,29 +29,36 @@ def _pid_alive(pid: Any) -> bool:
         return False
 
 
+def _brief(r: ScanRecord) -> dict[str, Any]:
+    """One held, failed or quarantined scan as ``status`` lists it."""
+    return {
+        "file": Path(r.path).name,
+        "path": r.path,
+        "barcode": r.barcode,
+        "kind": r.kind,
+        "reason": r.reason,
+        "since": r.held_since or r.updated,
+        "next_check": r.next_check,
+        "flow_run_id": r.flow_run_id,
+        "quarantined_to": r.details.get("quarantined_to"),
+    }
+
+
 def gather_status(cfg: AgentConfig) -> dict[str, Any]:
+    """What ``status`` shows, as JSON-able data, read from the journal named by ``cfg``.
+
+    The daemon counts as running only if its last health report names a live pid and no stop;
+    its queue and in-flight scans are reported only then (a stopped daemon's would be stale).
+    Times are Unix seconds.
+    """
     j = Journal(cfg.journal.path)
     try:
         health = j.health()
         running = bool(health.get("pid")) and not health.get("stopped_at") and _pid_alive(health.get("pid"))
+        # Local midnight; isdst -1 lets mktime work out whether it fell in summer time.
         midnight = time.mktime(time.localtime()[:3] + (0, 0, 0, 0, 0, -1))
         today_n, today_bytes = j.stored_since(midnight)
         last = j.last_stored()
-
-        def brief(r: Any) -> dict[str, Any]:
-            return {
-                "file": Path(r.path).name,
-                "path": r.path,
-                "barcode": r.barcode,
-                "kind": r.kind,
-                "reason": r.reason,
-                "since": r.held_since or r.updated,
-                "next_check": r.next_check,
-                "flow_run_id": r.flow_run_id,
-                "quarantined_to": r.details.get("quarantined_to"),
-            }
-
-        from scanner_agent.journal import AlertOutbox
 
         return {
             "scanner": cfg.scanner.name,
@@ -70,9 +86,9 @@ def gather_status(cfg: AgentConfig) -> dict[str, Any]:
                 "dest": last.dest,
                 "at": last.stored_at,
             },
-            "held": [brief(r) for r in j.in_state("held")],
-            "failed": [brief(r) for r in j.in_state("failed")],
-            "quarantined": [brief(r) for r in j.in_state("quarantined")],
+            "held": [_brief(r) for r in j.in_state("held")],
+            "failed": [_brief(r) for r in j.in_state("failed")],
+            "quarantined": [_brief(r) for r in j.in_state("quarantined")],
             "open_rescans": j.open_rescans(),
             "alerts_pending": AlertOutbox(cfg.journal.path).pending_count(),
         }
@@ -81,6 +97,7 @@ def gather_status(cfg: AgentConfig) -> dict[str, Any]:
 
 
 def _ago(t: float | None) -> str:
+    """How long ago ``t`` was (``12 min ago``), its date and time after two days, ``never`` if unset."""
     if not t:
         return "never"
     d = time.time() - t
@@ -90,6 +107,7 @@ def _ago(t: float | None) -> str:
 
 
 def render_status(st: dict[str, Any]) -> str:
+    """``gather_status``'s data as lines for a terminal: daemon, counts, then each list that has entries."""
     d = st["daemon"]
     c = st["counts"]
     out = [f"scanner-agent for {st['scanner']} (journal {st['journal']})"]
@@ -100,7 +118,8 @@ def render_status(st: dict[str, Any]) -> str:
             + (f" ({d['watcher_error']})" if d["watcher_error"] and not d["watcher_alive"] else "")
         )
         out.append(
-            f"  queue: {d['queue']} waiting, {len(d['in_flight'])} in flight; last report {_ago(d['last_report'])}"
+            f"  queue: {d['queue']} waiting, {len(d['in_flight'])} in flight; "
+            f"last report {_ago(d['last_report'])}"
         )
     else:
         out.append(

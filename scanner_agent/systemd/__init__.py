@@ -1,1 +1,11 @@
-"""The systemd adapter: the sd_notify protocol."""
+"""The systemd adapter: the sd_notify protocol.
+
+Its public surface is the ``notify`` module, used as a namespace
+(``from scanner_agent.systemd import notify as sdnotify``; ``sdnotify.ready(...)``).
+"""
+
+from __future__ import annotations
+
+from scanner_agent.systemd import notify
+
+__all__ = ["notify"]

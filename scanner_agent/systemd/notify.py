@@ -63,6 +63,7 @@ def notify(state: str) -> bool:
 
 
 def _one_line(text: str) -> str:
+    """``text`` as one line with no control characters, so it cannot add an assignment."""
     return _CONTROL.sub(" ", text).strip()
 
 
@@ -113,6 +114,7 @@ def watchdog_interval() -> float | None:
 
 
 def _positive_int(text: str | None) -> int | None:
+    """``text`` as a positive decimal integer, or None when it is not one."""
     # isascii() too: str.isdigit() accepts digits such as "²" that int() rejects.
     if not text or not (text.isascii() and text.isdigit()) or int(text) == 0:
         return None

@@ -14,8 +14,15 @@ import shutil
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-DEMO_SCANS = [
+from scanner_agent.testing.simulator import SimKind
+
+if TYPE_CHECKING:
+    from scanner_agent.config import AgentConfig
+    from scanner_agent.service.bootstrap import Services
+
+DEMO_SCANS: list[tuple[str, SimKind, str, str]] = [
     # (file stem, kind, barcode, what the demo shows)
     ("620995_Prec01", "svs", "620995", "stored, named from the sheet"),
     ("645750", "mrxs", "645750", "a MIRAX scan (file + folder) stored as one unit"),
@@ -27,6 +34,11 @@ DEMO_SCANS = [
 
 
 def run_demo(config_path: Path, *, keep: bool = False) -> int:
+    """Run the daemon on ``config_path`` while a simulated scanner writes ``DEMO_SCANS``; its exit status.
+
+    Stops once every scan is decided and nothing is queued (or after 5 minutes), then prints where
+    to look. Without ``keep`` a ``demo-run`` folder left by an earlier demo is removed first.
+    """
     from scanner_agent.config import load_config
 
     cfg0 = load_config(config_path)
@@ -41,20 +53,21 @@ def run_demo(config_path: Path, *, keep: bool = False) -> int:
     else:
         print(f"Prefect: reporting to {os.environ['PREFECT_API_URL']}")
 
-    from scanner_agent.service.bootstrap import Agent
+    from scanner_agent.service.bootstrap import bootstrap
     from scanner_agent.service.daemon import Daemon
     from scanner_agent.testing.simulator import SimScan, simulate
 
     cfg = load_config(config_path)
-    agent = Agent.from_config(cfg)
+    services = bootstrap(cfg)
     watching = threading.Event()
 
     def on_event(msg: str) -> None:
+        """Print the daemon's event; the scanner starts once the daemon is watching."""
         print(f"  agent: {msg}", flush=True)
         if msg.startswith("watching"):
             watching.set()
 
-    daemon = Daemon(agent, on_event=on_event)
+    daemon = Daemon(services, on_event=on_event)
     scans = [
         SimScan(name=stem, kind=kind, barcode=bc, corrupt_kind="truncated")
         for stem, kind, bc, _ in DEMO_SCANS
@@ -65,6 +78,7 @@ def run_demo(config_path: Path, *, keep: bool = False) -> int:
     done = threading.Event()
 
     def scanner() -> None:
+        """Write the demo scans slowly into the watch folder."""
         watching.wait()
         try:
             simulate(
@@ -79,12 +93,13 @@ def run_demo(config_path: Path, *, keep: bool = False) -> int:
             done.set()
 
     def supervisor() -> None:
+        """Print progress; stop the daemon once every scan is decided and nothing is in flight."""
         done.wait()
         expected = len(DEMO_SCANS)
         deadline = time.monotonic() + 300
         last = ""
         while time.monotonic() < deadline:
-            c = agent.journal.counts()
+            c = services.journal.counts()
             decided = c["stored"] + c["held"] + c["quarantined"] + c["failed"]
             now = (
                 f"  progress: {c['stored']} stored, {c['held']} held, {c['quarantined']} quarantined, "
@@ -104,18 +119,15 @@ def run_demo(config_path: Path, *, keep: bool = False) -> int:
     try:
         rc = daemon.run()
     finally:
-        summary = _summary(agent, cfg, time.monotonic() - t0)
-        agent.close()
+        summary = _summary(services, cfg, time.monotonic() - t0)
+        services.close()
     print(summary)
     return rc
 
 
-def _summary(agent: object, cfg: object, seconds: float) -> str:
-    from scanner_agent.config import AgentConfig
-    from scanner_agent.service.bootstrap import Agent
-
-    assert isinstance(agent, Agent) and isinstance(cfg, AgentConfig)
-    rows = agent.journal.all()
+def _summary(services: Services, cfg: AgentConfig, seconds: float) -> str:
+    """What happened to each scan, how long it took, and where to look next."""
+    rows = services.journal.all()
     out = ["", f"Demo finished in {seconds:.0f} s. What happened to each scan:"]
     for r in rows:
         name = Path(r.path).name
@@ -124,7 +136,7 @@ def _summary(agent: object, cfg: object, seconds: float) -> str:
         else:
             where = r.details.get("quarantined_to")
             out.append(f"  ! {name:<24} {r.state:<7} {r.reason}" + (f" (moved to {where})" if where else ""))
-    rescans = agent.journal.open_rescans()
+    rescans = services.journal.open_rescans()
     if rescans:
         out.append("  Rescans still awaited: " + ", ".join(r["barcode"] for r in rescans))
     cfg_file = cfg.source_file
@@ -136,13 +148,14 @@ def _summary(agent: object, cfg: object, seconds: float) -> str:
         f"  sheet report:   .venv/bin/scanner-agent reconcile --config {cfg_file}",
     ]
     if os.environ.get("PREFECT_API_URL"):
+        ui = os.environ.get("PREFECT_UI_URL") or os.environ["PREFECT_API_URL"].removesuffix("/api")
         out.append(
-            f"  Prefect UI:     {os.environ.get('PREFECT_UI_URL') or os.environ['PREFECT_API_URL'].removesuffix('/api')}"
-            f" (flow 'Scan Image Flow: {cfg.scanner.name}', one run per barcode)"
+            f"  Prefect UI:     {ui} (flow 'Scan Image Flow: {cfg.scanner.name}', one run per barcode)"
         )
     else:
         out.append(
-            f"  Prefect UI:     PREFECT_HOME={os.environ.get('PREFECT_HOME')} .venv/bin/prefect server start, "
+            f"  Prefect UI:     PREFECT_HOME={os.environ.get('PREFECT_HOME')} "
+            ".venv/bin/prefect server start, "
             f"then open http://127.0.0.1:4200/runs (flow 'Scan Image Flow: {cfg.scanner.name}')"
         )
     return "\n".join(out)

@@ -87,6 +87,7 @@ def simulate(
 
 
 def _check_scan(scan: SimScan) -> None:
+    """Refuse an unknown kind, or a name that is not a relative path inside the watch folder."""
     if scan.kind not in SIM_KINDS:
         raise ValueError(
             f"scan {scan.name!r}: unknown kind {scan.kind!r}; choose one of {', '.join(SIM_KINDS)}"
@@ -97,6 +98,7 @@ def _check_scan(scan: SimScan) -> None:
 
 
 def _staging_dir(watch: Path) -> Path:
+    """A new temporary folder where whole slides are built before they are written slowly."""
     # Next to the watch folder (same filesystem, like a scanner's own temp space) but never in it.
     try:
         return Path(tempfile.mkdtemp(prefix=f".{watch.name}-sim-", dir=watch.parent))
@@ -127,6 +129,7 @@ def _build(scan: SimScan, staging: Path) -> Path:
 
 
 def _write_slowly(src: Path, dst: Path, chunk_bytes: int, chunk_interval: float) -> None:
+    """Copy ``src`` to ``dst`` in chunks, pausing ``chunk_interval`` seconds between them."""
     # One handle for the whole file, like a scanner: the watcher sees it open for writing.
     with open(src, "rb") as fin, open(dst, "wb") as fout:
         first = True
@@ -139,6 +142,8 @@ def _write_slowly(src: Path, dst: Path, chunk_bytes: int, chunk_interval: float)
 
 
 def _deliver_mrxs(built: Path, target: Path, chunk_bytes: int, chunk_interval: float) -> None:
+    """Write a MIRAX slide as its scanner does: the .mrxs, Slidedat.ini marked unfinished, the data
+    files with Index.dat last, then Slidedat.ini marked finished in place."""
     src_folder = built.with_suffix("")
     dst_folder = target.with_suffix("")
     _write_slowly(built, target, chunk_bytes, chunk_interval)
@@ -165,6 +170,7 @@ def _deliver_mrxs(built: Path, target: Path, chunk_bytes: int, chunk_interval: f
 
 
 def _find_slidedat(folder: Path) -> Path:
+    """The data folder's Slidedat.ini, whatever its case."""
     for p in folder.iterdir():
         if p.name.lower() == "slidedat.ini":
             return p

@@ -2,7 +2,7 @@
 
 A case writes one input into a scanner's folder (a file, a MIRAX pair, a link) and, if it needs
 one, contributes a row to that scanner's metadata sheet. ``run_cases`` makes every input of a
-table first, then pushes them all through ``harness.process`` in one go (one Agent, one batch of
+table first, then pushes them all through ``harness.process`` in one go (one Services, one batch of
 real Prefect flow runs), so a whole table costs one agent start. ``check_outcome`` then holds each
 case to what the lab relies on:
 
@@ -67,7 +67,7 @@ def sheet_csv(
 
 @dataclass
 class Site(Folders):
-    """One scanner: folders, sheet, a real Agent, and a valid slide to copy from."""
+    """One scanner: folders, sheet, a real Services, and a valid slide to copy from."""
 
     agent: Any
     template: Path
@@ -92,17 +92,21 @@ class Site(Folders):
         return write_svs(self.watch / name, barcode=barcode, width=W, height=H)
 
     def corrupt(self, name: str, kind: str) -> Path:
+        """A broken slide of ``kind`` (see ``write_corrupt``) under ``name`` in the watch folder."""
         return write_corrupt(self.watch / name, kind)
 
     def raw(self, name: str, data: bytes) -> Path:
+        """A file holding exactly ``data`` under ``name`` in the watch folder."""
         p = self.watch / name
         p.write_bytes(data)
         return p
 
     def mrxs(self, stem: str, folder: Path | None = None) -> Path:
+        """A small valid MIRAX slide ``stem.mrxs`` with its data folder."""
         return write_mrxs(folder or self.watch, stem, images_x=4, images_y=3, image_size=256)
 
     def write_sheet(self, text: str | bytes) -> None:
+        """Replace the sheet's content (bytes as they are, text as UTF-8)."""
         if isinstance(text, bytes):
             self.sheet.write_bytes(text)
         else:
@@ -112,6 +116,7 @@ class Site(Folders):
 def make_site(
     base: Path, *, rows: Iterable[Sequence[str]] = (), name: str = "Cardinal", **sections: dict[str, Any]
 ) -> Site:
+    """A scanner site under ``base`` whose sheet holds ``rows``, with a real Services and a template slide."""
     cfg = write_config(base, name=name, sheet=sheet_csv(rows), **sections)
     template = write_svs(base / "template.svs", width=W, height=H)
     return Site(base, make_agent(cfg), template)
@@ -139,10 +144,15 @@ class Case:
     stored_as: str | None = None
     #: Extra check of the outcome, for what only this case has to say.
     extra: Callable[[Outcome, Site], None] | None = None
+    #: Whether the scan must have a Prefect run that agrees with the journal. Every scan handed
+    #: to the dispatcher gets one; a case that is refused before that sets this to False.
+    needs_run: bool = True
 
 
 @dataclass
 class Outcome:
+    """What one case produced: its source, the source's digests before, its journal row and Prefect run."""
+
     case: Case
     src: Path
     before: dict[str, str]  # relpath -> sha256 of every file of the unit before processing
@@ -151,6 +161,7 @@ class Outcome:
     run: dict[str, str] = field(default_factory=dict)  # Prefect state type, name, message
 
     def fill(self, text: str, site: Site) -> str:
+        """``text`` with ``{src}``, ``{name}``, ``{sheet}`` and ``{row}`` filled in for this case."""
         return text.format(
             src=self.src,
             name=self.src.name,
@@ -160,14 +171,17 @@ class Outcome:
 
 
 def sheet_rows(cases: Iterable[Case], extra: Iterable[Sequence[str]] = ()) -> list[tuple[str, ...]]:
+    """The sheet rows of ``extra`` then of every case that has one."""
     return [tuple(r) for r in extra] + [c.row for c in cases if c.row is not None]
 
 
 def digests(unit: ScanUnit) -> dict[str, str]:
+    """sha256 of every file of ``unit``, by its path relative to the unit."""
     return {rel: sha256(p) for p, rel in unit.files()}
 
 
 def sha256(path: Path) -> str:
+    """The sha256 hex digest of the file at ``path``."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -216,7 +230,8 @@ def run_cases(
         made.append((c, src, digests(ScanUnit.from_path(src))))
     recs = process_together(site.agent, [src for _, src, _ in made], workers)
     out = {
-        c.id: Outcome(c, src, before, rec, row_numbers.get(c.id)) for (c, src, before), rec in zip(made, recs)
+        c.id: Outcome(c, src, before, rec, row_numbers.get(c.id))
+        for (c, src, before), rec in zip(made, recs, strict=True)
     }
     runs = read_runs([o.rec.flow_run_id for o in out.values() if o.rec.flow_run_id])
     for o in out.values():
@@ -239,6 +254,8 @@ def run_corpus(
 
 
 def read_runs(run_ids: Sequence[str | None]) -> dict[str, dict[str, str]]:
+    """Prefect's state type, name and message for each run id (runs Prefect does not know are absent)."""
+
     async def go() -> dict[str, dict[str, str]]:
         from prefect.client.orchestration import get_client
         from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
@@ -274,6 +291,7 @@ def files_under(root: Path) -> set[Path]:
 
 
 def leftovers(*roots: Path) -> list[Path]:
+    """Every file left in an ``.incoming`` folder under ``roots``: partial copies."""
     out: list[Path] = []
     for root in roots:
         for d, _dirs, _fs in os.walk(root):
@@ -291,6 +309,7 @@ _RUN_NAMES = {
 
 
 def check_outcome(o: Outcome, site: Site) -> None:
+    """Hold one case to its expected state and kind, its reason's mentions, its bytes and its run."""
     c, rec = o.case, o.rec
     reason = rec.reason or ""
     assert (rec.state, rec.kind) == (c.state, c.kind), f"{c.id}: {rec.state}/{rec.kind}: {reason}"
@@ -304,16 +323,27 @@ def check_outcome(o: Outcome, site: Site) -> None:
     else:
         now = digests(ScanUnit.from_path(o.src))
         assert now == o.before, f"{c.id}: the source changed although the scan was {c.state}"
-    want_type, want_name = _RUN_NAMES[c.state]
-    if rec.flow_run_id and o.run:
-        assert o.run["type"] == want_type, f"{c.id}: Prefect run {o.run}"
-        if want_name and want_name != "Failed":
-            assert o.run["name"] == want_name, f"{c.id}: Prefect run {o.run}"
+    _check_run(o)
     if c.extra is not None:
         c.extra(o, site)
 
 
+def _check_run(o: Outcome) -> None:
+    """The Prefect run says what the journal says; a case that needs a run and has none fails."""
+    c, rec = o.case, o.rec
+    if c.needs_run:
+        assert rec.flow_run_id, f"{c.id}: no Prefect run was recorded for the scan"
+        assert o.run, f"{c.id}: Prefect has no run {rec.flow_run_id}"
+    elif not o.run:
+        return
+    want_type, want_name = _RUN_NAMES[c.state]
+    assert o.run["type"] == want_type, f"{c.id}: Prefect run {o.run}"
+    if want_name and want_name != "Failed":
+        assert o.run["name"] == want_name, f"{c.id}: Prefect run {o.run}"
+
+
 def _check_stored(o: Outcome, site: Site) -> None:
+    """Stored inside the root (as ``stored_as`` if given), same bytes, source gone, sidecar there."""
     c, rec = o.case, o.rec
     assert rec.dest, f"{c.id}: stored without a destination"
     dest = Path(rec.dest)
@@ -338,6 +368,7 @@ def _stored_rels(o: Outcome, dest: Path) -> list[str]:
 
 
 def _check_quarantined(o: Outcome, site: Site) -> None:
+    """Moved to quarantine with the same bytes and a reason file naming kind and source."""
     c, rec = o.case, o.rec
     where = rec.details.get("quarantined_to")
     assert where, f"{c.id}: quarantined without a place: {rec.details}"

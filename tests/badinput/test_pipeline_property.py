@@ -112,7 +112,7 @@ def _safe_component(part: str) -> bool:
 )
 def test_any_sheet_values_store_inside_the_root_or_hold(site: Site, rows: list[tuple[str, ...]]) -> None:
     barcodes = [str(next(_barcodes)) for _ in rows]
-    site.write_sheet(sheet_csv([(b, *values, "", "", "") for b, values in zip(barcodes, rows)]))
+    site.write_sheet(sheet_csv([(b, *values, "", "", "") for b, values in zip(barcodes, rows, strict=True)]))
     sources = [site.svs(f"{b}_p.svs") for b in barcodes]
     before = {s: digests(ScanUnit.from_path(s)) for s in sources}
     outside_before = sorted(os.listdir(site.base))
@@ -120,7 +120,7 @@ def test_any_sheet_values_store_inside_the_root_or_hold(site: Site, rows: list[t
     recs = process_together(site.agent, sources, workers=2)
 
     root = site.storage.resolve()
-    for src, rec in zip(sources, recs):
+    for src, rec in zip(sources, recs, strict=True):
         assert rec.state in ("stored", "held"), (rec.state, rec.kind, rec.reason)
         if rec.state == "held":
             assert rec.kind in ("sheet_malformed", "incomplete_row"), rec.reason
