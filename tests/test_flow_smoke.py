@@ -79,7 +79,7 @@ def test_a_busy_server_is_asked_again_within_tenths_of_a_second_then_as_prefect_
     """The run-creating client's hook: short Retry-After on the first 503s of a request, then none."""
     import httpx
 
-    from scanner_agent.service.dispatcher import BUSY_RETRY_AFTER, _busy_server_hook
+    from scanner_agent.orchestration.runs import BUSY_RETRY_AFTER, _busy_server_hook
 
     request = httpx.Request("POST", "http://127.0.0.1/api/deployments/x/create_flow_run")
     waits = []

@@ -286,7 +286,7 @@ def test_each_scanner_has_its_own_flow_with_runs_named_by_barcode(lab: Lab) -> N
         )
         # The journal says "stored" a moment before the run proposes its final state.
         run = wait_for(
-            lambda: (r := flow_run(rec.flow_run_id)) and r.state.is_final() and r,
+            lambda rec=rec: (r := flow_run(rec.flow_run_id)) and r.state.is_final() and r,
             30,
             f"run {barcode} to finish",
         )
@@ -482,13 +482,14 @@ def test_a_dead_host_s_run_is_crashed_by_the_server(lab: Lab) -> None:
         assert s.daemon is not None
         s.daemon.kill()
         d = DaemonProcess(cfg, cfg.with_suffix(".log"))
-        d.proc = subprocess.Popen(
-            [str(SCANNER_AGENT), "run", "--config", str(cfg)],
-            env=env,
-            stdout=open(d.log_path, "ab"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        with open(d.log_path, "ab") as log:  # the agent writes to its own copy of the descriptor
+            d.proc = subprocess.Popen(
+                [str(SCANNER_AGENT), "run", "--config", str(cfg)],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         s.old_daemons.append(d)
         d.wait_watching(180)
         name = "620997_big.svs"
@@ -530,7 +531,7 @@ def test_each_agent_publishes_its_daily_table(lab: Lab) -> None:
     from scanner_agent.orchestration.daily_report import artifact_key
 
     for s in (lab.cardinal, lab.raven):
-        art = wait_for(lambda: _latest_artifact(artifact_key(s.name)), 60, f"{s.name}'s daily artifact")
+        art = wait_for(lambda s=s: _latest_artifact(artifact_key(s.name)), 60, f"{s.name}'s daily artifact")
         assert art.type == "table" and s.name in (art.description or "")
 
 

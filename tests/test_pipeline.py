@@ -30,7 +30,10 @@ from tests.harness import SAMPLE_SHEET, Folders, make_agent, process, write_conf
 
 W, H = 1024, 768
 STORED_NAME = "Prec01_Run-2_P1_Cardinal_620995"
-HEAD = "Include in Name?,REQUIRED,REQUIRED,REQUIRED,REQUIRED,,,\nBarcode,Study,Experiment,Panel,Scanner,Scan Date,Rescan Requested,Notes\n"
+HEAD = (
+    "Include in Name?,REQUIRED,REQUIRED,REQUIRED,REQUIRED,,,\n"
+    "Barcode,Study,Experiment,Panel,Scanner,Scan Date,Rescan Requested,Notes\n"
+)
 
 
 # --------------------------------------------------------------------------- reading Prefect back
@@ -68,7 +71,13 @@ def read_run(flow_run_id: str | None) -> RunView:
         async with get_client() as c:
             run = await c.read_flow_run(flow_run_id)
             flow = await c.read_flow(run.flow_id)
-            trs = await c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
+            # Task run states reach the server through Prefect's event stream, after the flow run's
+            # own final state: read them again until every task run has a final state.
+            for _ in range(300):
+                trs = await c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
+                if all(t.state is not None and t.state.is_final() for t in trs):
+                    break
+                await asyncio.sleep(0.1)
             arts = await c.read_artifacts(
                 artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))
             )
@@ -79,7 +88,7 @@ def read_run(flow_run_id: str | None) -> RunView:
         )
         for t in sorted(trs, key=lambda t: t.expected_start_time or t.created):
             assert t.state is not None
-            # Task runs are named "<task name>-<suffix>"; a retried task keeps its run, so the last state wins.
+            # Task runs are named "<task name>-<suffix>"; a retried task keeps its run: its last state wins.
             view.tasks[t.name.rsplit("-", 1)[0]] = (t.state.type.value, t.state.message or "")
         view.artifacts = [str(a.data) for a in arts if a.type == "markdown"]
         return view
@@ -94,7 +103,7 @@ def leftovers(*roots: Path) -> list[Path]:
     """Anything in an ``.incoming`` folder under ``roots``: partials a failed transfer left behind."""
     out: list[Path] = []
     for root in roots:
-        for dirpath, dirnames, _files in os.walk(root):
+        for dirpath, _dirnames, _files in os.walk(root):
             if Path(dirpath).name == ".incoming":
                 out += [Path(dirpath, n) for n in os.listdir(dirpath)]
     return out
@@ -115,7 +124,7 @@ def sheet_with(*rows: str) -> str:
 
 @dataclass
 class Scanner(Folders):
-    """One scanner's folders, config and a real Agent built from it."""
+    """One scanner's folders, config and a real Services built from it."""
 
     cfg: Path
     agent: Any
@@ -155,7 +164,7 @@ def assert_failed_run(rec: Any, *, task: str, error: type[errors.ScanError], sta
     run = read_run(rec.flow_run_id)
     assert run.state_type == "FAILED", run
     assert run.state_name == state_name
-    assert error.action in run.message, run.message
+    assert error.default_action in run.message, run.message
     assert run.failed_tasks() == [task], run.tasks
     order = [
         "Identify Barcode",
@@ -169,7 +178,7 @@ def assert_failed_run(rec: Any, *, task: str, error: type[errors.ScanError], sta
     ]
     later = order[order.index(task) + 1 :]
     assert not [t for t in run.tasks if t in later], f"tasks ran after {task} failed: {run.tasks}"
-    assert run.artifacts and error.action in run.artifacts[-1]
+    assert run.artifacts and error.default_action in run.artifacts[-1]
     return run
 
 
@@ -220,8 +229,8 @@ def test_duplicate_barcode_rows_are_held_naming_the_rows(make_scanner: Any) -> N
 
 
 def test_held_scan_is_released_once_the_row_is_filled(make_scanner: Any) -> None:
-    from scanner_agent.service.daemon import recheck_due
     from scanner_agent.service.dispatcher import Dispatcher
+    from scanner_agent.service.maintenance import recheck_due
 
     s = make_scanner(sheet=sheet_with("645750,Prec01,Run 2,P1,Cardinal,,,"))
     src = s.svs("620995_a.svs", barcode="620995")
@@ -258,7 +267,7 @@ def test_held_scan_is_released_once_the_row_is_filled(make_scanner: Any) -> None
     s.assert_clean()
 
 
-# --------------------------------------------------------------------------- quarantined: the scan itself is bad
+# ----------------------------------------------------------------------- quarantined: the scan itself is bad
 
 
 def test_no_barcode_in_name_or_metadata_is_quarantined_with_a_reason_file(scanner: Scanner) -> None:
@@ -393,7 +402,8 @@ def _assert_transient_storage_failure(s: Scanner, rec: Any, src: Path, digest: s
     assert (rec.state, rec.kind) == ("failed", kind)
     assert rec.next_check is not None and rec.next_check > rec.updated - 1
     assert sha256(src) == digest
-    assert_failed_run(rec, task="Move Image", error=errors.StorageUnavailable, state_name="Failed")
+    error = errors.StorageFull if kind == "storage_full" else errors.StorageUnavailable
+    assert_failed_run(rec, task="Move Image", error=error, state_name="Failed")
 
 
 @pytest.mark.slow  # the Move Image task retries a storage error twice (5 s, then 30 s) before giving up

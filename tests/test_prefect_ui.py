@@ -57,22 +57,22 @@ def ui_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     }
     env.pop("PREFECT_API_URL", None)
-    log = open(home / "server.log", "wb")
-    proc = subprocess.Popen(
-        [
-            str(Path(sys.executable).with_name("prefect")),
-            "server",
-            "start",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    with open(home / "server.log", "wb") as log:  # the server writes to its own copy of the descriptor
+        proc = subprocess.Popen(
+            [
+                str(Path(sys.executable).with_name("prefect")),
+                "server",
+                "start",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         end = time.monotonic() + 180
         while True:
@@ -92,7 +92,6 @@ def ui_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             proc.wait(20)
         except subprocess.TimeoutExpired:
             proc.kill()
-        log.close()
 
 
 def _chromium(url: str, profile: Path, *extra: str) -> subprocess.CompletedProcess[bytes]:

@@ -8,7 +8,7 @@ can be run again after every upgrade or config change:
   ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY`` seconds (180 by default, from a thread, so a long copy
   keeps beating). When a heartbeat is followed by neither another heartbeat nor a final state
   within ``crash_after_seconds``, the host is gone, and the server sets the run Crashed. An agent
-  that restarts does this itself (``daemon.mark_stale_runs_crashed``); this covers the host that
+  that restarts does this itself (``service.recovery.mark_stale_runs_crashed``); this covers the host that
   does not come back.
 * **"scanner-agent: notify failed scan runs (<scanner>)"** (one per scanner, with ``notify``):
   posts to a Slack incoming webhook through a Prefect "Custom Webhook" block when the scanner's

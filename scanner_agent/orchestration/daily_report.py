@@ -5,9 +5,10 @@ the UI's Artifacts page shows one card per scanner and each card's history shows
 grew. Counted from the journal's events (the agent's record), read on a read-only connection of
 its own; a day's row counts each scan once per outcome, whatever the number of re-checks.
 
-``maybe_publish`` is what the daemon calls from its slow timers: it publishes at most every
-``every_seconds`` per scanner, only when the table changed, and in a background thread so a slow
-or absent Prefect server never delays the main loop (or systemd's watchdog).
+``DailyReporter.maybe_publish`` is what the daemon calls from its slow timers (``service.bootstrap``
+builds one reporter per agent): it publishes at most every ``every_seconds``, only when the table
+changed, and in a background thread so a slow or absent Prefect server never delays the main
+loop (or systemd's watchdog).
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ COLUMNS = ("Day", "New scans", "Stored", "Stored (GB)", "Held", "Failed", "Quara
 _DAILY_SQL = """
 SELECT day, state, COUNT(*) AS scans, COALESCE(SUM(size), 0) AS bytes
 FROM (
-    SELECT DISTINCT date(e.at, 'unixepoch', 'localtime') AS day, e.state AS state, e.scan_id AS scan_id, s.size AS size
+    SELECT DISTINCT date(e.at, 'unixepoch', 'localtime') AS day, e.state AS state, e.scan_id AS scan_id,
+        s.size AS size
     FROM events e JOIN scans s ON s.id = e.scan_id
     WHERE e.at >= ? AND e.state IN ('ready', 'stored', 'held', 'failed', 'quarantined')
 )
@@ -110,9 +112,9 @@ def describe(scanner: str, rows: list[dict[str, Any]], now_open: dict[str, int])
     return (
         f"**{scanner}**: scans per day over the last {len(rows)} days, from the agent's journal "
         f"({total} stored, {gb:.2f} GB). Now waiting: {now_open['held']} held (no complete sheet row), "
-        f"{now_open['failed']} failed, {now_open['quarantined']} in quarantine; `scanner-agent status` on the "
-        f"scanner's host lists them. A day counts each scan once per outcome; *New scans* are those found "
-        f"complete that day. Updated {datetime.now().astimezone().isoformat(timespec='minutes')}."
+        f"{now_open['failed']} failed, {now_open['quarantined']} in quarantine; `scanner-agent status` on "
+        f"the scanner's host lists them. A day counts each scan once per outcome; *New scans* are those "
+        f"found complete that day. Updated {datetime.now().astimezone().isoformat(timespec='minutes')}."
     )
 
 
@@ -190,17 +192,3 @@ class DailyReporter:
             self.published += 1
         except Exception as exc:
             log.warning("could not publish the daily report for %s: %s", self.scanner, exc)
-
-
-_REPORTERS: dict[tuple[str, str], DailyReporter] = {}
-_REPORTERS_LOCK = threading.Lock()
-
-
-def maybe_publish(scanner: str, journal_path: Path, *, every_seconds: float = DEFAULT_EVERY_SECONDS) -> bool:
-    """The daemon's hook: one reporter per (scanner, journal), kept for the process's life."""
-    key = (scanner, str(journal_path))
-    with _REPORTERS_LOCK:
-        rep = _REPORTERS.get(key)
-        if rep is None:
-            rep = _REPORTERS[key] = DailyReporter(scanner, Path(journal_path), every_seconds=every_seconds)
-    return rep.maybe_publish()

@@ -12,35 +12,36 @@ puts the scan back in the queue, and the same run is executed again with its par
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
+from pathlib import Path
 from typing import Any
 from uuid import UUID
-
-from scanner_agent.service.bootstrap import Agent
 
 log = logging.getLogger(__name__)
 
 
-def deployment_name(agent: Agent) -> str:
-    return agent.name.lower().replace(" ", "-")
+def deployment_name(scanner: str) -> str:
+    return scanner.lower().replace(" ", "-")
 
 
-async def ensure_deployment(agent: Agent) -> UUID:
+async def ensure_deployment(scanner: str, watch: Path) -> UUID:
     """Create or update this scanner's deployment; returns its id."""
     from prefect.client.orchestration import get_client
     from prefect.utilities.callables import parameter_schema
 
     from scanner_agent.orchestration.flows import scan_flow_for
 
-    flow = scan_flow_for(agent.name)
+    flow = scan_flow_for(scanner)
     async with get_client() as client:
         flow_id = await client.create_flow(flow)
         dep_id = await client.create_deployment(
             flow_id=flow_id,
-            name=deployment_name(agent),
-            tags=[f"scanner:{agent.name}"],
+            name=deployment_name(scanner),
+            tags=[f"scanner:{scanner}"],
             description=(
-                f"Scans from {agent.name}'s folder {agent.cfg.scanner.watch}, run by the scanner-agent "
+                f"Scans from {scanner}'s folder {watch}, run by the scanner-agent "
                 "on that host. Press Retry on a failed run once its cause is fixed; the agent that holds "
                 "the scan reprocesses it."
             ),
@@ -51,21 +52,47 @@ async def ensure_deployment(agent: Agent) -> UUID:
     return dep_id
 
 
-def ensure_deployment_sync(agent: Agent) -> UUID | None:
-    import asyncio
+class Deployment:
+    """This scanner's deployment, registered once, on the first run that needs it.
 
-    try:
-        return asyncio.run(ensure_deployment(agent))
-    except Exception as exc:
-        log.warning(
-            "could not register the Prefect deployment for %s (runs will not offer Retry): %s",
-            agent.name,
-            exc,
-        )
-        return None
+    Dispatcher workers each run their own event loop in their own thread, so the first ones may
+    ask at the same moment: one registers (in a thread of its own, on a loop of its own), the
+    others wait for its answer instead of creating runs without a deployment meanwhile. A failed
+    registration is not tried again: runs then simply offer no Retry in the UI.
+    ``register=False`` never registers (runs without a deployment, as ``bench.overhead`` compares).
+    """
+
+    def __init__(self, scanner: str, watch: Path, *, register: bool = True) -> None:
+        self.scanner = scanner
+        self.watch = watch
+        self._lock = threading.Lock()
+        self._settled = not register
+        self._id: UUID | None = None
+
+    @property
+    def id(self) -> UUID | None:
+        """The deployment's id once registered; None before, or if it could not be."""
+        return self._id
+
+    async def ensure(self) -> UUID | None:
+        if self._settled:
+            return self._id
+        return await asyncio.to_thread(self._ensure_blocking)
+
+    def _ensure_blocking(self) -> UUID | None:
+        with self._lock:
+            if not self._settled:
+                try:
+                    self._id = asyncio.run(ensure_deployment(self.scanner, self.watch))
+                except Exception as exc:
+                    log.warning(
+                        "could not register the Prefect deployment (runs will not offer Retry): %s", exc
+                    )
+                self._settled = True
+        return self._id
 
 
-async def retry_requests(agent: Agent, deployment_id: UUID) -> list[Any]:
+async def retry_requests(deployment_id: UUID) -> list[Any]:
     """Runs of this agent's deployment that a person set to AwaitingRetry."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (

@@ -1,83 +1,77 @@
-"""The composition root: builds the real adapters (journal, sheet, alerts) from a configuration.
+"""The composition root: ``bootstrap(cfg)`` builds every service of one agent, once, explicitly.
 
-Everything the flow and the daemon need hangs off one ``Agent``. Tests build an Agent from a
-real configuration pointing at local servers; nothing here is patched.
+``Services`` holds the real adapters (journal, sheet, alerts, slide reader, storage), the
+pipeline's ``ScanServices`` made of them, this scanner's Prefect deployment and its daily
+report. The daemon, the CLI and the dispatcher are handed it; nothing looks it up. Tests build
+it from a real configuration pointing at local servers; nothing here is patched.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import ssl
-import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 from scanner_agent.alerts import Alert, Alerter, Channel, EmailChannel, SlackChannel
 from scanner_agent.config import AgentConfig
-from scanner_agent.core.barcode import compile_barcode_regex
 from scanner_agent.core.errors import ConfigError
-from scanner_agent.core.sheet_table import CsvSource, MetadataSource
 from scanner_agent.journal import AlertOutbox, Journal
+from scanner_agent.orchestration.daily_report import DailyReporter
+from scanner_agent.orchestration.deployment import Deployment
+from scanner_agent.orchestration.runs import run_url
+from scanner_agent.pipeline import FileStorage, OpenSlideReader, ScanServices, Settings
+from scanner_agent.sheets import CsvSource, MetadataSource
 
 log = logging.getLogger(__name__)
 
-# Flows look their agent up by scanner name: an Agent is not a flow parameter (it is not
-# JSON, and parameters are shown in the UI), and one process may serve several scanners in tests.
-_REGISTRY: dict[str, Agent] = {}
-_REGISTRY_LOCK = threading.Lock()
 
+class Services:
+    """Everything one agent (one scanner) runs on, built once by ``bootstrap``."""
 
-def get_agent(scanner: str) -> Agent:
-    with _REGISTRY_LOCK:
-        try:
-            return _REGISTRY[scanner]
-        except KeyError:
-            raise RuntimeError(f"no agent is running for scanner {scanner!r} in this process") from None
-
-
-@dataclass
-class Agent:
-    cfg: AgentConfig
-    journal: Journal
-    sheet: MetadataSource
-    alerter: Alerter
-    barcode_regex: re.Pattern[str]
-    started_at: float = field(default_factory=time.time)
-    #: This scanner's Prefect deployment (registered on first use), so runs offer Retry in the UI.
-    deployment_id: Any = None
-    deployment_checked: bool = False
-
-    @classmethod
-    def from_config(cls, cfg: AgentConfig) -> Agent:
-        journal = Journal(cfg.journal.path)
-        agent = cls(
-            cfg=cfg,
+    def __init__(
+        self,
+        cfg: AgentConfig,
+        journal: Journal,
+        sheet: MetadataSource,
+        alerter: Alerter,
+        *,
+        register_deployment: bool = True,
+    ) -> None:
+        self.cfg = cfg
+        self.journal = journal
+        self.sheet = sheet
+        self.alerter = alerter
+        self.started_at = time.time()
+        settings = Settings.from_config(cfg)
+        self.barcode_regex = settings.barcode_regex
+        #: What one scan's run is given (``pipeline.process_scan``).
+        self.scan = ScanServices(
+            settings=settings,
             journal=journal,
-            sheet=build_sheet(cfg),
-            alerter=build_alerter(cfg, journal.path),
-            barcode_regex=compile_barcode_regex(cfg.scanner.barcode_regex),
+            sheet=sheet,
+            slides=OpenSlideReader(),
+            storage=FileStorage(),
+            notifier=self,
         )
-        with _REGISTRY_LOCK:
-            _REGISTRY[cfg.scanner.name] = agent
-        return agent
+        #: This scanner's Prefect deployment (registered on first use), so runs offer Retry in the UI.
+        self.deployment = Deployment(cfg.scanner.name, cfg.scanner.watch, register=register_deployment)
+        #: The scanner's daily table in Prefect's Artifacts page (the daemon's slow timers publish it).
+        self.daily_report = DailyReporter(cfg.scanner.name, cfg.journal.path)
 
     @property
     def name(self) -> str:
         return self.cfg.scanner.name
 
+    @property
+    def deployment_id(self) -> UUID | None:
+        return self.deployment.id
+
     def run_url(self, flow_run_id: str | None) -> str | None:
         """A link a person can click: the flow run's page in the Prefect UI."""
-        if not flow_run_id:
-            return None
-        base = self.cfg.ui_url()
-        if not base:
-            from prefect.settings import PREFECT_UI_URL
-
-            base = (PREFECT_UI_URL.value() or "").rstrip("/")
-        return f"{base}/runs/flow-run/{flow_run_id}" if base else None
+        return run_url(self.scan.settings.ui_url, flow_run_id)
 
     def alert(self, kind: str, message: str, **kw: Any) -> dict[str, str]:
         """Send an alert to every configured channel; never raises (a dead channel never stops a transfer)."""
@@ -88,10 +82,19 @@ class Agent:
             return {}
 
     def close(self) -> None:
-        with _REGISTRY_LOCK:
-            if _REGISTRY.get(self.name) is self:
-                del _REGISTRY[self.name]
         self.journal.close()
+
+
+def bootstrap(cfg: AgentConfig, *, register_deployment: bool = True) -> Services:
+    """Build every service of one agent from its configuration."""
+    journal = Journal(cfg.journal.path)
+    return Services(
+        cfg,
+        journal,
+        build_sheet(cfg),
+        build_alerter(cfg, journal.path),
+        register_deployment=register_deployment,
+    )
 
 
 def build_sheet(cfg: AgentConfig) -> MetadataSource:
