@@ -9,6 +9,7 @@ SQLite was busy (the client then sleeps ~2 s and retries), so a benchmark can co
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -69,14 +70,14 @@ def prefect_api(timeout: float = 180, *, database: str = "sqlite") -> Iterator[s
         pg = Postgres(home / "pg")
         env["PREFECT_API_DATABASE_CONNECTION_URL"] = pg.url
     exe = Path(sys.executable).with_name("prefect")
-    log = open(home / "server.log", "wb")
-    proc = subprocess.Popen(
-        [str(exe), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    with open(home / "server.log", "wb") as log:  # the server keeps its own copy of the descriptor
+        proc = subprocess.Popen(
+            [str(exe), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         print(
             f"starting a Prefect server for this run on {url} (set PREFECT_API_URL to use yours) ...",
@@ -154,7 +155,5 @@ class Postgres:
         subprocess.run(run, check=True, capture_output=True, cwd="/")
 
     def stop(self) -> None:
-        try:
+        with contextlib.suppress(subprocess.CalledProcessError):
             self._as_pg(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "stop")
-        except subprocess.CalledProcessError:
-            pass

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from bench._prefect import RETRYABLE, Postgres, free_port
+from scanner_agent.core.states import ScanState
 from scanner_agent.journal import Journal
 from scanner_agent.testing.synthetic import write_svs
 from tests.daemon_helpers import DaemonProcess, records, wait_for
@@ -84,21 +85,22 @@ class Server:
         if db_url:
             env["PREFECT_API_DATABASE_CONNECTION_URL"] = db_url
         home.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
-            [
-                str(Path(sys.executable).with_name("prefect")),
-                "server",
-                "start",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-            ],
-            env=env,
-            stdout=open(self.log, "wb"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        with open(self.log, "wb") as log:  # the server keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(
+                [
+                    str(Path(sys.executable).with_name("prefect")),
+                    "server",
+                    "start",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                ],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         wait_http(self.url + "/health", 240, self.proc, self.log)
 
     def locked_503s(self) -> int:
@@ -163,7 +165,7 @@ def processing_latencies(journal: Path, barcodes: set[str]) -> list[float]:
         out = []
         for rec in j.all():
             if rec.barcode in barcodes or Path(rec.path).name.split("_")[0] in barcodes:
-                starts = [e["at"] for e in j.events(rec.id) if e["state"] == "processing"]
+                starts = [e["at"] for e in j.events(rec.id) if e["state"] == ScanState.PROCESSING]
                 if starts and rec.ready_at:
                     out.append(starts[0] - rec.ready_at)
         return out
@@ -232,14 +234,14 @@ def run_mode(mode: str, root: Path, n: int, trickle: int, template: bytes) -> di
             for nm in names:
                 code = codes[nm][n + k]
                 drop(cfgs[nm].parent / "scanner", template, code)
-            for nm, d in zip(names, agents):
+            for nm, d in zip(names, agents, strict=True):
                 code = codes[nm][n + k]
                 rec = wait_for(
-                    lambda: next(
+                    lambda nm=nm, code=code: next(
                         (
                             r
                             for r in records(journal_path(cfgs[nm]))
-                            if r.barcode == code and r.state == "stored"
+                            if r.barcode == code and r.state == ScanState.STORED
                         ),
                         None,
                     ),
@@ -259,10 +261,11 @@ def run_mode(mode: str, root: Path, n: int, trickle: int, template: bytes) -> di
         for k in range(n):
             for nm in names:
                 drop(cfgs[nm].parent / "scanner", template, codes[nm][k])
-        for nm, d in zip(names, agents):
+        for nm, d in zip(names, agents, strict=True):
             wait_for(
-                lambda: (
-                    sum(1 for r in records(journal_path(cfgs[nm])) if r.state == "stored") >= n + trickle + 1
+                lambda nm=nm: (
+                    sum(1 for r in records(journal_path(cfgs[nm])) if r.state == ScanState.STORED)
+                    >= n + trickle + 1
                 ),
                 60 + 6 * n,
                 f"{nm}: all scans stored",
@@ -273,7 +276,7 @@ def run_mode(mode: str, root: Path, n: int, trickle: int, template: bytes) -> di
         for nm in names:
             want = set(codes[nm][:n])
             burst += [r for r in records(journal_path(cfgs[nm])) if r.barcode in want]
-        bad = [r for r in burst if r.state != "stored"]
+        bad = [r for r in burst if r.state != ScanState.STORED]
         t0 = min(r.ready_at for r in burst)
         t1 = max(r.stored_at for r in burst)
         burst_lat = []
@@ -347,7 +350,8 @@ def main() -> int:
     for r in results:
         print(
             f"{r['mode']:<10} {r['scans_per_s']:>8.2f} {r['scans_per_s'] / ref['scans_per_s']:>6.2f} "
-            f"{r['burst_median']:>9.2f} / {r['burst_p95']:<8.2f} {r['trickle_median']:>8.2f} / {r['trickle_p95']:<8.2f} "
+            f"{r['burst_median']:>9.2f} / {r['burst_p95']:<8.2f} "
+            f"{r['trickle_median']:>8.2f} / {r['trickle_p95']:<8.2f} "
             f"{r['trickle_prefect_median']:>21.2f} {r['locked_503']:>7}"
         )
     return 0

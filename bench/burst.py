@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from bench._prefect import prefect_api, server_log_count
+from scanner_agent.core.states import ScanState
 
 
 def baseline_rate(template: Path, base: Path, n: int) -> float:
@@ -88,20 +89,21 @@ def run(args: argparse.Namespace) -> None:
                         os.rename(staging / f"{bc}.svs", watch / f"{bc}.svs")
                     want = (b + 1) * args.burst
                     wait_for(
-                        lambda: journal.counts()["stored"] >= want,
+                        lambda want=want: journal.counts()[ScanState.STORED] >= want,
                         3600,
                         f"{want} scans stored",
                         interval=0.5,
                         alive=d,
                     )
-                    rows = [r for r in journal.in_state("stored") if Path(r.path).stem in set(chunk)]
+                    rows = [r for r in journal.in_state(ScanState.STORED) if Path(r.path).stem in set(chunk)]
                     first_ready = min(r.ready_at or t0 for r in rows)
                     last_stored = max(r.stored_at or t0 for r in rows)
                     rate = len(rows) / (last_stored - first_ready)
                     per_burst.append((want, rate, rss_now_kib(d.pid), rss_peak_kib(d.pid)))
                     print(
                         f"  burst {b + 1}/{bursts}: {len(rows)} stored at {rate:5.2f} scans/s; "
-                        f"daemon RSS {per_burst[-1][2] / 1024:6.1f} MiB (peak {per_burst[-1][3] / 1024:6.1f} MiB)",
+                        f"daemon RSS {per_burst[-1][2] / 1024:6.1f} MiB "
+                        f"(peak {per_burst[-1][3] / 1024:6.1f} MiB)",
                         flush=True,
                     )
                 counts = journal.counts()
@@ -120,7 +122,8 @@ def run(args: argparse.Namespace) -> None:
         f"journal at the end: {counts}"
     )
     print(
-        f"  throughput, first burst:      {first[1]:6.2f} scans/s  (bare place_scan: {base_rate:6.1f} scans/s, "
+        f"  throughput, first burst:      {first[1]:6.2f} scans/s  "
+        f"(bare place_scan: {base_rate:6.1f} scans/s, "
         f"{base_rate / first[1]:.0f}x)"
     )
     print(f"  throughput, median of bursts: {statistics.median(r for _, r, _, _ in per_burst):6.2f} scans/s")

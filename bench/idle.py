@@ -107,7 +107,8 @@ def run(args: argparse.Namespace) -> None:
         ratio = cpu / base_cpu if base_cpu > 0 else float("inf")
         print(f"  {label:44s} {cpu:10.3f} {cpu / 60 * 100:11.2f}% {rss:8.1f} {ratio:10.1f}x")
     print(
-        f"  one full listing of the cluttered folder (start-up, then every rescan_seconds): {listing * 1000:.0f} ms"
+        "  one full listing of the cluttered folder (start-up, then every rescan_seconds): "
+        f"{listing * 1000:.0f} ms"
     )
 
 

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from bench._prefect import prefect_api
+from scanner_agent.core.states import ScanState
 
 SIZE = 1 << 20
 #: Fixed waits before peers act on a new file (their documented defaults).
@@ -94,11 +95,13 @@ def run(args: argparse.Namespace) -> None:
             journal = Journal(d.cfg.journal.path)
             rows: list[tuple[float, float, float]] = []
             try:
-                for i, (bc, blob) in enumerate(zip(barcodes, blobs)):
+                for i, (bc, blob) in enumerate(zip(barcodes, blobs, strict=True)):
                     target = watch / f"{bc}.svs"
                     last = write_slowly(blob, target, chunk=256 << 10, interval=0.1)
                     rec = wait_for(
-                        lambda: next((r for r in journal.in_state("stored") if r.path == str(target)), None),
+                        lambda target=target: next(
+                            (r for r in journal.in_state(ScanState.STORED) if r.path == str(target)), None
+                        ),
                         120,
                         f"{target.name} to be stored",
                         interval=0.01,
@@ -123,10 +126,12 @@ def run(args: argparse.Namespace) -> None:
     # polling never sees closes, so the whole window applies there.
     window = args.settle if args.observer == "polling" else args.settle / 4
     beyond_window = [t - window for t in total]
+    fs = (
+        ", watch on /dev/shm -> storage on disk" if args.cross_fs else ", watch and storage on one filesystem"
+    )
     print(
-        f"\n{args.scans} scans of 1 MiB, one at a time, settle_seconds = {args.settle:g}, observer {args.observer}"
-        f"{', watch on /dev/shm -> storage on disk' if args.cross_fs else ', watch and storage on one filesystem'}"
-        f" ({args.warmup} warm-up scan(s) not counted)"
+        f"\n{args.scans} scans of 1 MiB, one at a time, settle_seconds = {args.settle:g}, "
+        f"observer {args.observer}{fs} ({args.warmup} warm-up scan(s) not counted)"
     )
     print(f"  {'':50s} {'median':>8s} {'p90':>8s} {'max':>8s}")
     for label, vals in (

@@ -37,22 +37,25 @@ from typing import Any
 
 from bench._prefect import RETRYABLE, prefect_api, server_log_count
 from bench.latency import one_mb_slide, pct
+from scanner_agent.core.states import ScanState
 
 
-def _bare_work(agent: Any, path: Path) -> float:
-    """The flow's steps as plain calls (``Task.fn``): no runs, no states, no API."""
+def _bare_work(services: Any, path: Path) -> float:
+    """The flow's steps as plain calls (``pipeline.STEPS``): no runs, no states, no API."""
     from scanner_agent import storage
-    from scanner_agent.orchestration import flows
+    from scanner_agent.pipeline import STEPS
     from scanner_agent.scanunit import ScanUnit
 
+    step = {s.name: s.fn for s in STEPS}
+    svc = services.scan
     t = time.perf_counter()
     unit = ScanUnit.from_path(path)
-    bc = flows.identify_barcode.fn(agent, unit)
-    row, table = flows.read_sheet_metadata.fn(agent, bc.barcode)
-    info = flows.validate.fn(agent, unit)
-    if agent.cfg.qc.enabled:
-        flows.check_quality.fn(agent, info)
-    dest = flows.build_destination.fn(agent, unit, bc.barcode, row, table)
+    bc = step["Identify Barcode"](svc, unit)
+    row, table = step["Read Sheet Metadata"](svc, bc.barcode)
+    info = step["Validate Slide"](svc, unit)
+    if svc.settings.qc_enabled:
+        step["Check Quality"](svc, info)
+    dest = step["Build Name"](svc, unit, bc.barcode, row, table)
     dest = dest.with_name("work_" + dest.name)
     result = storage.place_scan(unit, dest.parent, dest.name, sidecar={"bench": True})
     storage.remove_source(unit, result)
@@ -79,7 +82,7 @@ def _through_dispatcher(agent: Any, disp: Any, src: Path, blob: bytes, pause: fl
     disp.wait_idle()
     wall = time.perf_counter() - t
     rec = agent.journal.get(rec.id)
-    assert rec is not None and rec.state == "stored", (rec.state, rec.reason) if rec else None
+    assert rec is not None and rec.state == ScanState.STORED, (rec.state, rec.reason) if rec else None
     return wall, rec
 
 
@@ -95,7 +98,7 @@ def _breakdown(run_ids: list[str], walls: list[float]) -> dict[str, list[float]]
     async def go() -> dict[str, list[float]]:
         out: dict[str, list[float]] = {}
         async with get_client() as c:
-            for rid, wall in zip(run_ids, walls):
+            for rid, wall in zip(run_ids, walls, strict=True):
                 run = await c.read_flow_run(UUID(rid))
                 trs = await c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
                 done = sorted(
@@ -122,6 +125,8 @@ def _breakdown(run_ids: list[str], walls: list[float]) -> dict[str, list[float]]
 
 
 def run(args: argparse.Namespace) -> None:
+    from scanner_agent.config import load_config
+    from scanner_agent.service.bootstrap import bootstrap
     from scanner_agent.service.dispatcher import Dispatcher
     from tests.daemon_helpers import sheet_csv, unique_scanner_name
     from tests.harness import make_agent, write_config
@@ -136,10 +141,10 @@ def run(args: argparse.Namespace) -> None:
         agent = make_agent(write_config(base, name=unique_scanner_name("Overhead"), sheet=sheet))
         # The same pipeline without a deployment: Prefect 3.8 starts a suspension observer (a thread,
         # its own event loop and a websocket to the server) for every run that has a deployment.
-        plain = make_agent(
-            write_config(base / "plain", name=unique_scanner_name("OverheadPlain"), sheet=sheet)
+        plain = bootstrap(
+            load_config(write_config(base / "plain", name=unique_scanner_name("OverheadPlain"), sheet=sheet)),
+            register_deployment=False,
         )
-        plain.deployment_checked, plain.deployment_id = True, None
         agents += [agent, plain]
         watch = base / "scanner"
         blobs = {bc: one_mb_slide(base / "tmp.svs", bc) for bc in barcodes}
@@ -185,8 +190,8 @@ def run(args: argparse.Namespace) -> None:
             a.close()
         shutil.rmtree(base, ignore_errors=True)
 
-    over = [w - p for w, p in zip(walls, places)]
-    prefect_share = [w - k for w, k in zip(walls, works)]
+    over = [w - p for w, p in zip(walls, places, strict=True)]
+    prefect_share = [w - k for w, k in zip(walls, works, strict=True)]
     spacing = f"{args.pause:g} s quiet before each run" if args.pause else "runs back to back"
     print(
         f"\n{args.scans} scans of 1 MiB through Dispatcher -> run_scan -> flow run, sheet of "
@@ -203,14 +208,18 @@ def run(args: argparse.Namespace) -> None:
     row("OVERHEAD = pipeline - place_scan", over)
     row("  Prefect's own share = pipeline - work", prefect_share)
     row("pipeline without a deployment (plain flow run, no UI Retry)", plains)
-    row("  cost of the deployment path = pipeline - plain", [w - p for w, p in zip(walls, plains)])
+    row(
+        "  cost of the deployment path = pipeline - plain",
+        [w - p for w, p in zip(walls, plains, strict=True)],
+    )
     print("  breakdown from the Prefect API:")
     for label, vals in parts.items():
         row("  " + label, vals)
     med = statistics.median(over)
     print(
         f"\n  overhead median {med:.3f} s (target <= 0.4 s: {'met' if med <= 0.4 else 'NOT met'}), "
-        f"p90 {pct(over, 0.9):.3f} s; pipeline is {statistics.median(walls) / statistics.median(places):.0f}x "
+        f"p90 {pct(over, 0.9):.3f} s; "
+        f"pipeline is {statistics.median(walls) / statistics.median(places):.0f}x "
         f"the bare place_scan"
     )
     if busy is not None and busy_before is not None:

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench._prefect import prefect_api
+from scanner_agent.core.states import ScanState
 
 W, H = 1024, 768
 WARMUP_SECONDS = 30
@@ -106,12 +107,6 @@ def _remount(storage: Path, mode: str) -> None:
     subprocess.run(["mount", "-o", f"remount,{mode}", str(storage)], check=True, capture_output=True)
 
 
-def _rss_kib(pid: int) -> int:
-    from tests.daemon_helpers import rss_now_kib
-
-    return rss_now_kib(pid)
-
-
 def _rows(journal: Path) -> list[sqlite3.Row]:
     db = sqlite3.connect(f"file:{journal}?mode=ro", uri=True, timeout=10)
     db.row_factory = sqlite3.Row
@@ -139,7 +134,7 @@ def _outbox(journal: Path) -> tuple[Counter[str], int]:
 
 def run(args: argparse.Namespace) -> int:
     from scanner_agent.testing.synthetic import write_corrupt, write_svs
-    from tests.daemon_helpers import DaemonProcess, sheet_csv, unique_scanner_name
+    from tests.daemon_helpers import DaemonProcess, rss_now_kib, rss_peak_kib, sheet_csv, unique_scanner_name
     from tests.faults.tools import TOKEN, alerts_section
     from tests.harness import write_config
     from tests.servers.slack_api import SlackApiServer
@@ -206,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
                 daemon = start_daemon()
                 warm_at = time.monotonic() + WARMUP_SECONDS
             if rss_start[1] == 0 and time.monotonic() >= warm_at:
-                rss_start = (daemon.pid, _rss_kib(daemon.pid))
+                rss_start = (daemon.pid, rss_now_kib(daemon.pid))
             if time.monotonic() >= kill_at:
                 kill_at = float("inf")
                 fault = "sigkill"
@@ -248,17 +243,17 @@ def run(args: argparse.Namespace) -> int:
 
         def settled() -> bool:
             rows = _rows(journal)
-            stored = {r["barcode"] for r in rows if r["state"] == "stored" and r["source_removed"]}
-            busy = [r for r in rows if r["state"] in ("ready", "processing", "seen")]
+            stored = {r["barcode"] for r in rows if r["state"] == ScanState.STORED and r["source_removed"]}
+            busy = [r for r in rows if r["state"] in (ScanState.READY, ScanState.PROCESSING, ScanState.SEEN)]
             return set(written.valid) <= stored and not busy
 
         drain_end = time.monotonic() + 180
         while not settled() and time.monotonic() < drain_end:
             time.sleep(1)
         if rss_start[1] == 0:
-            rss_start = (daemon.pid, _rss_kib(daemon.pid))
-        rss_end = _rss_kib(daemon.pid)
-        peak = _status_kib(daemon.pid, "VmHWM")
+            rss_start = (daemon.pid, rss_now_kib(daemon.pid))
+        rss_end = rss_now_kib(daemon.pid)
+        peak = rss_peak_kib(daemon.pid)
         code = daemon.terminate(300)
         ran = time.monotonic() - t0
         return _report(
@@ -294,13 +289,6 @@ def _next_fault(bag: list[str], faults: list[str], rng: random.Random) -> str:
     return bag.pop()
 
 
-def _status_kib(pid: int, key: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    return 0
-
-
 def _report(
     args: argparse.Namespace,
     base: Path,
@@ -323,7 +311,7 @@ def _report(
 
     rows = _rows(journal)
     by_state = Counter(r["state"] for r in rows)
-    stored = [r for r in rows if r["state"] == "stored"]
+    stored = [r for r in rows if r["state"] == ScanState.STORED]
     per_barcode = Counter(r["barcode"] for r in stored)
     duplicates = sum(n - 1 for n in per_barcode.values() if n > 1)
     files = stored_files(storage)
@@ -340,8 +328,8 @@ def _report(
         elif sha256_file(Path(rec["dest"])) != sha:
             wrong.append(barcode)
     not_stored_yet = [b for b in written.valid if b not in stored_by_barcode and b not in lost]
-    quarantined = [r for r in rows if r["state"] == "quarantined"]
-    held = [r for r in rows if r["state"] == "held"]
+    quarantined = [r for r in rows if r["state"] == ScanState.QUARANTINED]
+    held = [r for r in rows if r["state"] == ScanState.HELD]
     left = leftovers(storage)
     latencies = [r["stored_at"] - written.at[r["barcode"]] for r in stored if r["barcode"] in written.at]
     posts = Counter(

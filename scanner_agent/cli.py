@@ -1,4 +1,5 @@
-"""The ``scanner-agent`` command: run, process, status, check, retry, reconcile, setup-prefect, simulate, demo.
+"""The ``scanner-agent`` command: run, process, status, check, retry, reconcile, setup-prefect,
+simulate, demo.
 
 Exit codes: 0 success; 1 something needs a person (a scan held or failed, a check failed);
 2 the command itself was wrong (bad config, bad arguments); ``run`` exits 78 (EX_CONFIG) on a
@@ -12,7 +13,6 @@ import json
 import logging
 import os
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -78,7 +78,7 @@ def _refuse_root(cfg: Any) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     import faulthandler
 
-    from scanner_agent.service.bootstrap import Agent
+    from scanner_agent.service.bootstrap import bootstrap
     from scanner_agent.service.daemon import Daemon
 
     faulthandler.enable()  # a watchdog kill then leaves every thread's stack in the journal
@@ -89,67 +89,47 @@ def cmd_run(args: argparse.Namespace) -> int:
         # EX_CONFIG: the systemd unit does not restart on it (RestartPreventExitStatus=78).
         print(f"scanner-agent: {exc}", file=sys.stderr)
         return 78
-    agent = Agent.from_config(cfg)
+    services = bootstrap(cfg)
     try:
-        return Daemon(agent).run()
+        return Daemon(services).run()
     finally:
-        agent.close()
+        services.close()
 
 
 def cmd_process(args: argparse.Namespace) -> int:
-    """Process the given scans now (backfill), with the same flow the daemon uses."""
-    from scanner_agent.scanunit import ScanUnit
-    from scanner_agent.service.bootstrap import Agent
-    from scanner_agent.service.daemon import JournalLock, undecodable_name
-    from scanner_agent.service.dispatcher import Dispatcher
+    """Process the given scans now (backfill), through the same intake and flow the daemon uses.
+
+    A held or failed scan is re-checked at once; a quarantined scan is submitted again by giving
+    its path in the quarantine folder (renamed, if its name lacked the barcode)."""
+    from scanner_agent.core.states import ScanState
+    from scanner_agent.service.backfill import backfill
 
     cfg = _load(args)
     _refuse_root(cfg)
-    lock = JournalLock(cfg.journal.path)
-    lock.acquire()
-    agent = Agent.from_config(cfg)
-    try:
-        disp = Dispatcher(agent, cfg.scanner.max_parallel)
-        disp.start()
-        ids: list[tuple[str, int]] = []
+    with backfill(cfg) as bf:
+        taken: list[tuple[str, int]] = []
         missing = unnamed = 0  # a path that is not there is a bad argument: never exit 0 over it
         for raw in args.paths:
-            unit = ScanUnit.from_path(Path(raw).absolute())
-            if not unit.exists():
-                print(f"{raw}: no such file or folder", file=sys.stderr)
-                missing += 1
-                continue
-            shown = undecodable_name(unit.primary)
-            if shown is not None:
+            got = bf.offer(Path(raw))
+            if got.bad_name is not None:
                 print(
-                    f"{shown}: the name is not valid UTF-8; rename it, then process it again", file=sys.stderr
+                    f"{got.bad_name}: the name is not valid UTF-8; rename it, then process it again",
+                    file=sys.stderr,
                 )
                 unnamed += 1
-                continue
-            fp = unit.fingerprint()
-            rec, new = agent.journal.record_ready(
-                str(unit.primary), fp.total_size, fp.newest_mtime_ns, details={"via": "process"}
-            )
-            if not new and rec.state in ("held", "failed"):
-                rec = agent.journal.transition(
-                    rec.id, "ready", reason="scanner-agent process", expect=(rec.state,)
-                )
-            if rec.state == "ready":
-                disp.submit(rec.id, rec.ready_at)
-            ids.append((raw, rec.id))
-        disp.wait_idle()
-        disp.stop(5)
+            elif got.record is None:
+                print(f"{raw}: no such file or folder", file=sys.stderr)
+                missing += 1
+            else:
+                taken.append((raw, got.record.id))
+        rows = bf.finish()
         bad = 0
-        for raw, sid in ids:
-            rec = agent.journal.get(sid)
-            assert rec is not None
-            where = rec.dest if rec.state == "stored" else rec.reason
+        for raw, sid in taken:
+            rec = rows[sid]
+            where = rec.dest if rec.state == ScanState.STORED else rec.reason
             print(f"{rec.state:<11} {raw} -> {where}")
-            bad += rec.state != "stored"
-        return 2 if missing else 1 if bad or unnamed else 0
-    finally:
-        agent.close()
-        lock.release()
+            bad += rec.state != ScanState.STORED
+    return 2 if missing else 1 if bad or unnamed else 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -181,21 +161,17 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    """Put held/failed/quarantined scans back in the queue (the running daemon picks them up)."""
+    """Re-check held and failed scans now: the running daemon re-reads each held scan's sheet row and
+    queues each failed scan again on its next pass. Quarantined scans are not retried: submit one
+    again with ``scanner-agent process``."""
     from scanner_agent.journal import Journal
+    from scanner_agent.service.maintenance import recheck_now
 
     cfg = _load(args)
-    j = Journal(cfg.journal.path)
-    n = 0
-    for rec in j.in_state("held", "failed"):
-        if args.barcode and rec.barcode not in args.barcode:
-            continue
-        j.transition(
-            rec.id, rec.state, reason=rec.reason, kind=rec.kind, next_check=time.time(), expect=(rec.state,)
-        )
+    due = recheck_now(Journal(cfg.journal.path), args.barcode or ())
+    for rec in due:
         print(f"retry queued: {Path(rec.path).name} ({rec.state}: {rec.reason})")
-        n += 1
-    if not n:
+    if not due:
         print("nothing to retry")
     return 0
 
@@ -252,7 +228,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="scanner-agent", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="scanner-agent", description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -318,7 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"scanner-agent: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # the daemon logs details; the operator gets one clear line
-        from scanner_agent.service.daemon import AlreadyRunning
+        from scanner_agent.service.lock import AlreadyRunning
 
         if isinstance(exc, AlreadyRunning):
             print(f"scanner-agent: {exc}", file=sys.stderr)

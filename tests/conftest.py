@@ -45,7 +45,6 @@ def pytest_configure(config: pytest.Config) -> None:
 def _start_server() -> None:
     port = _STATE["port"]
     home = Path(str(_STATE["home"]))
-    log = open(home / "server.log", "wb")
     env = {
         **os.environ,
         "PREFECT_HOME": str(home),
@@ -54,13 +53,15 @@ def _start_server() -> None:
     }
     env.pop("PREFECT_API_URL", None)
     exe = Path(sys.executable).with_name("prefect")
-    _STATE["proc"] = subprocess.Popen(
-        [str(exe), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    # The server writes to its own copy of the descriptor; ours is closed once it has started.
+    with open(home / "server.log", "wb") as log:
+        _STATE["proc"] = subprocess.Popen(
+            [str(exe), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def wait_for_prefect(timeout: float = 180) -> str:

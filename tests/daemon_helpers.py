@@ -1,13 +1,15 @@
 """Run ``scanner-agent run`` as a real process and watch what it does through its journal.
 
-Shared by ``tests/test_daemon.py`` and the ``bench/`` scripts: start and signal the daemon,
-wait on its journal (SQLite in WAL mode, so a second reader never blocks it), write scans the
-way a scanner does, and read its flow runs back from the Prefect API.
+Shared by the daemon tests (``test_daemon*.py``, ``faults/``) and the ``bench/`` scripts: start
+and signal the daemon, wait on its journal (SQLite in WAL mode, so a second reader never blocks
+it), write scans the way a scanner does, and read its flow runs back from the Prefect API.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -19,13 +21,16 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from scanner_agent.config import AgentConfig, load_config
+from scanner_agent.core.states import ScanState
 from scanner_agent.journal import Journal, ScanRecord
+from tests.harness import write_config
 
 T = TypeVar("T")
 
 SCANNER_AGENT = Path(sys.executable).with_name("scanner-agent")
 FLAGS_ROW = "Include in Name?,REQUIRED,REQUIRED,REQUIRED,REQUIRED,,,"
 HEADER_ROW = "Barcode,Study,Experiment,Panel,Scanner,Scan Date,Rescan Requested,Notes"
+SHEET_BARCODES = ["620995", "645750", "317335", "407871", "465551", "754788"]
 
 
 def sheet_csv(barcodes: Iterable[str], *, study: str = "Prec01", experiment: str = "Run 2") -> str:
@@ -73,18 +78,26 @@ def wait_for(
 class DaemonProcess:
     """``scanner-agent run --config <toml>`` as a child process in its own session, logging to a file.
 
-    Inherits the environment (``PREFECT_API_URL`` from the test session or the benchmark).
+    Inherits the environment (``PREFECT_API_URL`` from the test session or the benchmark), with
+    ``env`` on top.
     Used as a context manager it is killed on exit if still running, so a failing test leaves
     no daemon behind.
     """
 
-    def __init__(self, config: Path, log_path: Path | None = None, *, extra_args: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        config: Path,
+        log_path: Path | None = None,
+        *,
+        extra_args: Iterable[str] = (),
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.config = Path(config)
         self.cfg: AgentConfig = load_config(self.config)
         self.log_path = log_path or self.config.with_suffix(f".{uuid.uuid4().hex[:6]}.log")
         self.extra_args = list(extra_args)
+        self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
-        self._log: Any = None
 
     def __enter__(self) -> DaemonProcess:
         return self.start()
@@ -93,8 +106,6 @@ class DaemonProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(30)
-        if self._log is not None:
-            self._log.close()
 
     @property
     def pid(self) -> int:
@@ -102,14 +113,15 @@ class DaemonProcess:
         return self.proc.pid
 
     def start(self) -> DaemonProcess:
-        self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [str(SCANNER_AGENT), *self.extra_args, "run", "--config", str(self.config)],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env=dict(os.environ),
-        )
+        # The child writes to its own copy of the descriptor; the parent's is closed at once.
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [str(SCANNER_AGENT), *self.extra_args, "run", "--config", str(self.config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env=self.env,
+            )
         return self
 
     def returncode(self) -> int | None:
@@ -158,6 +170,51 @@ class DaemonProcess:
         return "--- daemon log (tail) ---\n" + "\n".join(self.log_text().splitlines()[-lines:])
 
 
+def scanner_config(base: Path, *, barcodes: list[str] = SHEET_BARCODES, **sections: dict[str, Any]) -> Path:
+    """A scanner under ``base`` with its own name (so its flow has only its runs) and a sheet with
+    a complete row per barcode; ``sections`` override the config's defaults as in ``write_config``."""
+    scanner = {"name": unique_scanner_name(), **sections.pop("scanner", {})}
+    return write_config(
+        base, name=scanner.pop("name"), sheet=sheet_csv(barcodes), scanner=scanner, **sections
+    )
+
+
+def sha256(path: Path) -> str:
+    """The file's SHA-256, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def stored_slides(storage: Path, suffix: str = ".svs") -> list[Path]:
+    """Slides visible at their final names (not in ``.incoming``, not superseded)."""
+    return [
+        p
+        for p in storage.rglob(f"*{suffix}")
+        if ".incoming" not in p.parts and "superseded" not in p.parts and p.is_file()
+    ]
+
+
+def drop(staging: Path, watch: Path) -> None:
+    """Move finished files into the watch folder at once (rename: same filesystem)."""
+    for p in sorted(staging.iterdir()):
+        os.rename(p, watch / p.name)
+
+
+def status_json(cfg: Path) -> dict[str, Any]:
+    """``scanner-agent status --json`` as an operator runs it."""
+    out = subprocess.run(
+        [str(SCANNER_AGENT), "status", "--json", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=True,
+    )
+    return json.loads(out.stdout)
+
+
 def read_health(journal_path: Path) -> dict[str, Any]:
     j = Journal(journal_path)
     try:
@@ -180,7 +237,7 @@ def rows_for(journal_path: Path, path: Path) -> list[ScanRecord]:
 
 
 def stored(journal_path: Path) -> list[ScanRecord]:
-    return [r for r in records(journal_path) if r.state == "stored"]
+    return [r for r in records(journal_path) if r.state == ScanState.STORED]
 
 
 def write_slowly(

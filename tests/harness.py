@@ -1,4 +1,4 @@
-"""Builders shared by the integration tests: a scanner's folders, its TOML config, a real Agent."""
+"""Builders shared by the integration tests: a scanner's folders, its TOML config, real Services."""
 
 from __future__ import annotations
 
@@ -70,7 +70,8 @@ def write_config(
     base: Path, *, name: str = "Cardinal", sheet: str = SAMPLE_SHEET, **sections: dict[str, Any]
 ) -> Path:
     """Folders under ``base`` (scanner/, storage/, state/) and a TOML config; returns its path.
-    Keyword arguments are sections whose keys override the defaults, e.g. ``scanner={"settle_seconds": 1}``."""
+    Keyword arguments are sections whose keys override the defaults,
+    e.g. ``scanner={"settle_seconds": 1}``."""
     at = Folders(base)
     base.mkdir(parents=True, exist_ok=True)
     at.watch.mkdir(exist_ok=True)
@@ -98,24 +99,26 @@ def write_config(
 
 
 def make_agent(config_path: Path) -> Any:
+    """The agent's ``Services``, built by ``bootstrap`` from the config at ``config_path``."""
     from scanner_agent.config import load_config
-    from scanner_agent.service.bootstrap import Agent
+    from scanner_agent.service.bootstrap import bootstrap
 
-    return Agent.from_config(load_config(config_path))
+    return bootstrap(load_config(config_path))
 
 
 def process(agent: Any, *paths: Path) -> list[Any]:
-    """Record each scan as ready and run its flow (the same path the daemon takes); returns the journal rows."""
+    """Record each scan as ready and run its flow (the same path the daemon takes); returns the rows."""
+    from scanner_agent.core.states import ScanState
+    from scanner_agent.orchestration.runs import run_scan
     from scanner_agent.scanunit import ScanUnit
-    from scanner_agent.service.dispatcher import run_scan
 
     ids = []
     for p in paths:
         unit = ScanUnit.from_path(p)
         fp = unit.fingerprint()
         rec, _new = agent.journal.record_ready(str(unit.primary), fp.total_size, fp.newest_mtime_ns)
-        if rec.state in ("held", "failed"):
-            rec = agent.journal.transition(rec.id, "ready", reason="test", expect=(rec.state,))
+        if rec.state in (ScanState.HELD, ScanState.FAILED):
+            rec = agent.journal.transition(rec.id, ScanState.READY, reason="test", expect=(rec.state,))
         ids.append(rec.id)
 
     async def go() -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from scanner_agent.core.states import ScanState
 from scanner_agent.journal import Journal
 from scanner_agent.testing.synthetic import write_svs
 from tests.harness import SAMPLE_SHEET, dump_toml, write_config
@@ -35,7 +36,7 @@ def cli(*args: str | os.PathLike[str], timeout: float = 300) -> subprocess.Compl
 
 
 def patch_config(cfg: Path, section: str, **values: Any) -> Path:
-    """Change keys of one section of a config written by ``write_config`` (whose ``sheet=`` is the CSV text)."""
+    """Change keys of one section of a config written by ``write_config`` (its ``sheet=`` is CSV text)."""
     import tomllib
 
     data = tomllib.loads(cfg.read_text(encoding="utf-8"))
@@ -260,7 +261,7 @@ def test_retry_requeues_held_scans_now(tmp_path: Path, prefect_api: str) -> None
     assert cli("process", "--config", cfg, src).returncode == 1
     j = Journal(tmp_path / "state" / "cardinal.sqlite")
     try:
-        [rec] = j.in_state("held")
+        [rec] = j.in_state(ScanState.HELD)
         assert rec.next_check > time.time() + 3000  # held for an hour
 
         r = cli("retry", "--config", cfg, "--barcode", "123456")
@@ -272,7 +273,7 @@ def test_retry_requeues_held_scans_now(tmp_path: Path, prefect_api: str) -> None
         assert r.returncode == 0, r.stderr
         assert r.stdout.startswith("retry queued: 999999_a.svs (held: No row for barcode 999999")
         after = j.get(rec.id)
-        assert after.state == "held" and after.reason == rec.reason and after.kind == rec.kind
+        assert after.state == ScanState.HELD and after.reason == rec.reason and after.kind == rec.kind
         assert before - 1 <= after.next_check <= time.time()  # due now: the daemon's next tick takes it
         assert [r.id for r in j.due()] == [rec.id]
         assert src.exists()

@@ -21,7 +21,8 @@ def slack() -> Iterator[SlackApiServer]:
 
 @pytest.fixture
 def fault_seed() -> int:
-    """The seed of a test's random faults: ``SCANNER_AGENT_FAULT_SEED`` to replay one, else fresh (and printed)."""
+    """The seed of a test's random faults: ``SCANNER_AGENT_FAULT_SEED`` to replay one, else a fresh
+    one (printed)."""
     given = os.environ.get("SCANNER_AGENT_FAULT_SEED")
     seed = int(given) if given else random.SystemRandom().randrange(1, 2**31)
     print(f"fault seed: SCANNER_AGENT_FAULT_SEED={seed} (set it to replay this schedule)")

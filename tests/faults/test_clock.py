@@ -13,6 +13,7 @@ import time
 import uuid
 from pathlib import Path
 
+from scanner_agent.core.states import ScanState
 from scanner_agent.testing.synthetic import write_svs
 from tests.daemon_helpers import DaemonProcess, flow_runs, records, sheet_csv, wait_for
 from tests.faults.tools import leftovers, scans_left, sha256_bytes, sha256_file, stored_files
@@ -62,9 +63,9 @@ def test_scans_with_future_past_and_jumping_mtimes_are_each_stored_once(
         wanted_mtime_ns[JUMPS] = jumping.stat().st_mtime_ns
 
         def all_stored() -> bool:
-            return len([r for r in records(journal) if r.state == "stored" and r.source_removed]) == len(
-                barcodes
-            )
+            return len(
+                [r for r in records(journal) if r.state == ScanState.STORED and r.source_removed]
+            ) == len(barcodes)
 
         wait_for(all_stored, 120, "every scan stored", alive=daemon)
         time.sleep(3)  # a full listing later, nothing is picked up again
@@ -72,7 +73,7 @@ def test_scans_with_future_past_and_jumping_mtimes_are_each_stored_once(
 
     rows = records(journal)
     assert sorted(r.barcode or "" for r in rows) == sorted(barcodes), [(r.path, r.state) for r in rows]
-    assert {r.state for r in rows} == {"stored"}, [(r.path, r.state, r.reason) for r in rows]
+    assert {r.state for r in rows} == {ScanState.STORED}, [(r.path, r.state, r.reason) for r in rows]
     for r in rows:
         barcode = r.barcode or ""
         dest = Path(r.dest or "")

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from scanner_agent.core.states import ScanState
 from scanner_agent.testing.synthetic import write_svs
 from tests.daemon_helpers import DaemonProcess, records, sheet_csv, wait_for
 from tests.faults.tools import (
@@ -78,7 +79,7 @@ def test_journal_disk_full_loses_nothing_stores_nothing_twice_and_resumes(
         journal = daemon.cfg.journal.path
         (watch / f"{A}.svs").write_bytes(slides[A])
         wait_for(
-            lambda: [r for r in records(journal) if r.state == "stored" and r.source_removed],
+            lambda: [r for r in records(journal) if r.state == ScanState.STORED and r.source_removed],
             120,
             "scan A stored",
             alive=daemon,
@@ -110,15 +111,17 @@ def test_journal_disk_full_loses_nothing_stores_nothing_twice_and_resumes(
     with DaemonProcess(cfg) as daemon:
         daemon.wait_watching()
         wait_for(
-            lambda: len([r for r in records(journal) if r.state == "stored" and r.source_removed]) == 3,
+            lambda: (
+                len([r for r in records(journal) if r.state == ScanState.STORED and r.source_removed]) == 3
+            ),
             180,
             "B and C stored after the restart",
             alive=daemon,
         )
         assert daemon.terminate(60) == 0
     rows = records(journal)
-    stored = {r.barcode: r for r in rows if r.state == "stored"}
-    assert sorted(stored) == sorted([A, B, C]) and len([r for r in rows if r.state == "stored"]) == 3
+    stored = {r.barcode: r for r in rows if r.state == ScanState.STORED}
+    assert sorted(stored) == sorted([A, B, C]) and len([r for r in rows if r.state == ScanState.STORED]) == 3
     for barcode, rec in stored.items():
         assert sha256_file(Path(rec.dest or "")) == sha256_bytes(slides[barcode]) == rec.sha256
     assert len(stored_files(storage)) == 6, stored_files(storage)  # three scans, three sidecars

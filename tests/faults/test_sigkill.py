@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from scanner_agent.config import load_config
+from scanner_agent.core.states import ScanState
 from scanner_agent.testing.synthetic import write_svs
 from tests.daemon_helpers import DaemonProcess, flow_runs, records, sheet_csv, wait_for
 from tests.faults.tools import (
@@ -113,13 +114,13 @@ def _kill_at(
     daemon.wait_watching()
 
     def over() -> bool:
-        return _count(journal, "stored") >= total or daemon.returncode() is not None
+        return _count(journal, ScanState.STORED) >= total or daemon.returncode() is not None
 
     # Let it store a few scans first, so the kills fall on different scans, not always the first.
-    target = _count(journal, "stored") + rng.randint(0, progress)
-    _until(lambda: _count(journal, "stored") >= target or over(), 60)
+    target = _count(journal, ScanState.STORED) + rng.randint(0, progress)
+    _until(lambda: _count(journal, ScanState.STORED) >= target or over(), 60)
     if moment == "processing":  # somewhere in a flow run: sheet, validation, Prefect calls, the move
-        if _until(lambda: _count(journal, "processing") > 0 or over(), 30) and not over():
+        if _until(lambda: _count(journal, ScanState.PROCESSING) > 0 or over(), 30) and not over():
             time.sleep(rng.uniform(0.0, max_delay))
     else:  # "copying": the instant a partial copy appears in storage, or a few ms later
         delay = rng.uniform(0.0, 0.03)
@@ -180,16 +181,16 @@ def kill_and_restart_until_stored(
             )
         run.moments[moment] += 1
         run.kills += 1
-    run.stored_before_last_start = len([r for r in records(journal) if r.state == "stored"])
+    run.stored_before_last_start = len([r for r in records(journal) if r.state == ScanState.STORED])
 
     with DaemonProcess(cfg, tmp_path / "daemon-final.log") as daemon:
         daemon.wait_watching()
 
         def all_done() -> bool:
             rows = records(journal)
-            return len([r for r in rows if r.state == "stored" and r.source_removed]) >= count and not [
-                r for r in rows if r.state in ("ready", "processing")
-            ]
+            return len(
+                [r for r in rows if r.state == ScanState.STORED and r.source_removed]
+            ) >= count and not [r for r in rows if r.state in (ScanState.READY, ScanState.PROCESSING)]
 
         wait_for(
             all_done,
@@ -207,9 +208,11 @@ def kill_and_restart_until_stored(
 
     # --- every scan stored exactly once, byte-identical, with its sidecar -----------------------
     rows = records(journal)
-    problems = [f"{r.path}: {r.state} ({r.kind}: {r.reason})" for r in rows if r.state not in ("stored",)]
+    problems = [
+        f"{r.path}: {r.state} ({r.kind}: {r.reason})" for r in rows if r.state not in (ScanState.STORED,)
+    ]
     assert not problems, "scans not stored:\n" + "\n".join(problems)
-    per_barcode = Counter(r.barcode for r in rows if r.state == "stored")
+    per_barcode = Counter(r.barcode for r in rows if r.state == ScanState.STORED)
     assert sorted(per_barcode) == sorted(scans) and set(per_barcode.values()) == {1}, per_barcode
     files = stored_files(storage)
     images = [p for p in files if p.suffix == ".svs"]

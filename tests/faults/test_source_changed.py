@@ -19,8 +19,9 @@ from typing import Any
 
 import pytest
 
+from scanner_agent.core.states import ScanState
+from scanner_agent.orchestration.runs import run_scan
 from scanner_agent.scanunit import ScanUnit
-from scanner_agent.service.dispatcher import run_scan
 from scanner_agent.testing.synthetic import write_svs
 from tests.daemon_helpers import sheet_csv
 from tests.faults.tools import OnCreate, leftovers, sha256_bytes, sha256_file, stored_files
@@ -80,7 +81,7 @@ def test_scan_written_to_again_after_it_was_judged_complete_is_not_stored_half_w
         half_written = src.read_bytes()
         asyncio.run(run_scan(scanner.agent, scan_id))
         rec = scanner.agent.journal.get(scan_id)
-        assert rec is not None and (rec.state, rec.kind) == ("failed", "source_changed"), (
+        assert rec is not None and (rec.state, rec.kind) == (ScanState.FAILED, "source_changed"), (
             rec.state,
             rec.reason,
         )
@@ -91,12 +92,12 @@ def test_scan_written_to_again_after_it_was_judged_complete_is_not_stored_half_w
     final = first + EXTRA
     # Settled again: the watcher reports the new version, which is stored whole, once.
     [rec2] = process(scanner.agent, src)
-    assert rec2.id != scan_id and rec2.state == "stored", rec2.reason
+    assert rec2.id != scan_id and rec2.state == ScanState.STORED, rec2.reason
     dest = Path(rec2.dest or "")
     assert stored_files(scanner.storage) == sorted([dest, dest.with_suffix(".json")])
     assert sha256_file(dest) == sha256_bytes(final) == rec2.sha256
     old = scanner.agent.journal.get(scan_id)
-    assert old is not None and old.state == "failed" and old.next_check is None, (
+    assert old is not None and old.state == ScanState.FAILED and old.next_check is None, (
         "the old version must not be retried"
     )
     assert not src.exists()
@@ -123,13 +124,13 @@ def test_scan_appended_to_during_the_copy_is_caught_and_stored_whole_once_it_set
     if trigger.error is not None:
         raise trigger.error
     assert seen.get("copied", size) < size, "the append did not land while the copy was under way"
-    assert (rec.state, rec.kind) == ("failed", "source_changed"), (rec.state, rec.reason)
+    assert (rec.state, rec.kind) == (ScanState.FAILED, "source_changed"), (rec.state, rec.reason)
     assert "changed" in (rec.reason or "") and str(src) in (rec.reason or "")
     assert stored_files(scanner.storage) == [] and leftovers(scanner.storage) == []
     assert src.stat().st_size == size + len(EXTRA)
     whole = sha256_file(src)
     [rec2] = process(scanner.agent, src)
-    assert rec2.state == "stored", rec2.reason
+    assert rec2.state == ScanState.STORED, rec2.reason
     dest = Path(rec2.dest or "")
     assert sha256_file(dest) == whole == rec2.sha256
     assert stored_files(scanner.storage) == sorted([dest, dest.with_suffix(".json")])
