@@ -7,14 +7,14 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-slow test-all bench check-unit clean
+.PHONY: demo test test-unit lint format test-slow test-all bench clean
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "scanner-agent needs Python 3.11 or newer (python3.12, python3.11 or python3)"; exit 1; }
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "scanner-agent needs Python 3.11 or newer")'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,lint]'
 	@touch $@
 
 ## The daemon's main job on embedded defaults (local folders, CSV sheet, Prefect's embedded API).
@@ -24,6 +24,21 @@ demo: $(STAMP)
 ## The test suite CI runs (heavier suites: make test-slow).
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" --timeout=600
+
+## The fast layer: core/ and the pipeline with in-memory fakes; no Prefect server, subprocess or network.
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest -q tests/unit -p no:cacheprovider
+
+## ruff (lint and format) over the whole tree, mypy over the package (strict on core/).
+lint: $(STAMP)
+	$(BIN)/ruff check scanner_agent tests bench
+	$(BIN)/ruff format --check scanner_agent tests bench
+	$(BIN)/mypy scanner_agent
+
+## Rewrite the tree in the project's format and apply ruff's safe fixes.
+format: $(STAMP)
+	$(BIN)/ruff format scanner_agent tests bench
+	$(BIN)/ruff check --fix scanner_agent tests bench
 
 ## Heavier tests: fault injection with many kills, long soaks.
 test-slow: $(STAMP)

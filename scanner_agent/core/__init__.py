@@ -1,1 +1,2 @@
-"""Pure decisions with no I/O: states, naming, barcode parsing, the sheet table, settle, failure policy, errors."""
+"""Pure decisions with no I/O: scan states, the error tree, naming, barcode parsing, the sheet table,
+the settle decision, the failure policy, rescans, the alert model, QC scores and the reconcile report."""

@@ -89,8 +89,8 @@ class UnknownBarcode(HeldScan):
     kind = "unknown_barcode"
     title = "Unknown barcode {subject}"
     default_action = (
-        "Add a row for this barcode to the metadata sheet; the scan is held and moves on its own once the row "
-        "is there."
+        "Add a row for this barcode to the metadata sheet; the scan is held and moves on its own once the "
+        "row is there."
     )
 
 
@@ -98,8 +98,8 @@ class IncompleteRow(HeldScan):
     kind = "incomplete_row"
     title = "Incomplete sheet row for {subject}"
     default_action = (
-        "Fill in the named REQUIRED columns of this barcode's row; the scan is held and moves on its own once "
-        "they are filled."
+        "Fill in the named REQUIRED columns of this barcode's row; the scan is held and moves on its own "
+        "once they are filled."
     )
 
     def __init__(
@@ -147,8 +147,8 @@ class NoBarcode(Quarantine):
     title = "No barcode found in {subject}"
     # Not `retry`: that re-queues held and failed scans only; a quarantined scan is re-submitted by path.
     default_action = (
-        "Rename the file in the quarantine folder so it contains the barcode (or fix the slide label), then run "
-        "`scanner-agent process --config <config> <renamed file>`; the scan is kept in quarantine."
+        "Rename the file in the quarantine folder so it contains the barcode (or fix the slide label), then "
+        "run `scanner-agent process --config <config> <renamed file>`; the scan is kept in quarantine."
     )
 
 
@@ -188,8 +188,8 @@ class StorageUnavailable(ScanError):
     transient = True
     title = "Storage unavailable for {subject}"
     default_action = (
-        "Check that the storage share is mounted, writable and has space; the scan stays on the scanner and is "
-        "retried."
+        "Check that the storage share is mounted, writable and has space; the scan stays on the scanner and "
+        "is retried."
     )
 
 
