@@ -55,6 +55,14 @@ def tree(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+def sums_check(folder: Path) -> None:
+    """The folder's SHA256SUMS is what the standard tool says it is: ``sha256sum -c`` passes there."""
+    done = subprocess.run(
+        ["sha256sum", "--check", "--strict", "SHA256SUMS"], cwd=folder, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 def incoming_empty(dest: Path) -> bool:
     inc = dest / ".incoming"
     return not inc.exists() or not any(inc.iterdir())
@@ -166,6 +174,8 @@ def test_mirax_moves_as_one_and_is_renamed_consistently(cross: bool, shm: Path, 
     assert r.dest_roots == [dest / "Study_P1_42.mrxs", dest / "Study_P1_42"]
     stored = tree(dest)
     assert stored.pop("Study_P1_42.json")
+    sums = stored.pop("SHA256SUMS")
+    sums_check(dest)
     expected = {k.replace("slide", "Study_P1_42"): v for k, v in before.items()}
     assert stored == expected
     rels = [f.rel for f in r.files]
@@ -177,7 +187,7 @@ def test_mirax_moves_as_one_and_is_renamed_consistently(cross: bool, shm: Path, 
 
     remove_source(unit, r)
     assert not unit.primary.exists() and not unit.companion.exists()  # type: ignore[union-attr]
-    assert tree(dest) == {**expected, "Study_P1_42.json": r.sidecar.read_bytes()}
+    assert tree(dest) == {**expected, "Study_P1_42.json": r.sidecar.read_bytes(), "SHA256SUMS": sums}
 
 
 def test_dicom_folder(shm: Path, tmp_path: Path) -> None:
@@ -290,7 +300,15 @@ def test_rescan_of_a_dicom_folder_with_a_dot_in_its_name_moves_its_sidecar(shm: 
     assert r.sidecar == dest / f"{name}.json" and json.loads(r.sidecar.read_text())["n"] == 1
     [old_sidecar] = (dest / "superseded").glob("*.json")
     assert json.loads(old_sidecar.read_text())["n"] == 0  # the record moved with its scan
-    assert sorted(p.name for p in dest.iterdir()) == [".incoming", name, f"{name}.json", "superseded"]
+    assert sorted(p.name for p in dest.iterdir()) == [
+        ".incoming",
+        "SHA256SUMS",
+        name,
+        f"{name}.json",
+        "superseded",
+    ]
+    sums_check(dest)
+    sums_check(dest / "superseded")
 
 
 def test_rescan_with_same_label_never_overwrites(shm: Path, tmp_path: Path) -> None:
@@ -310,7 +328,9 @@ def test_rescan_with_same_label_never_overwrites(shm: Path, tmp_path: Path) -> N
         "N__rescan-2.svs",
         "N__rescan.json",
         "N__rescan.svs",
+        "SHA256SUMS",
     ]
+    sums_check(dest / "superseded")
 
 
 def test_rescan_of_mirax_renames_the_superseded_pair(shm: Path, tmp_path: Path) -> None:
@@ -343,7 +363,12 @@ def test_rescan_stored_under_an_earlier_name(shm: Path, tmp_path: Path) -> None:
         superseded_label="r1",
     )
     assert r.superseded == [dest / "superseded" / "S_P1_7__r1.svs"]
-    assert sorted(p.name for p in dest.iterdir() if p.is_file()) == ["S_P2_7.json", "S_P2_7.svs"]
+    assert sorted(p.name for p in dest.iterdir() if p.is_file()) == [
+        "SHA256SUMS",
+        "S_P2_7.json",
+        "S_P2_7.svs",
+    ]
+    sums_check(dest)
     assert json.loads(r.sidecar.read_text())["supersedes"] == "superseded/S_P1_7__r1.svs"
 
 
@@ -361,7 +386,11 @@ def test_rerun_after_a_crash_before_the_sidecar_restores_the_rescan_link(shm: Pa
     assert again.already_present and again.superseded == []
     meta = json.loads(again.sidecar.read_text())
     assert meta["supersedes"] == "superseded/N__r1.svs" and meta["k"] == 1
-    assert sorted(p.name for p in (dest / "superseded").iterdir()) == ["N__r1.json", "N__r1.svs"]
+    assert sorted(p.name for p in (dest / "superseded").iterdir()) == [
+        "N__r1.json",
+        "N__r1.svs",
+        "SHA256SUMS",
+    ]
 
 
 def test_rerun_after_a_linked_store_is_already_present(tmp_path: Path) -> None:
