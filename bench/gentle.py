@@ -1,0 +1,287 @@
+"""Benchmark: the scanner's view. Does a scan being written slow down while the agent works a backlog?
+
+    .venv/bin/python -m bench.gentle [--scan-gb 2] [--backlog 4] [--backlog-gb 1] [--settle 2]
+                                    [--scanning-mb-per-second 50] [--dir /tmp] [--storage-dir /dev/shm]
+
+A simulated scanner writes one scan of ``--scan-gb`` at full speed into the watch folder (8 MiB
+writes through one handle, ``fdatasync`` every 64 MiB and at the end, so its rate is the disk's
+and not the page cache's) while a real daemon (``scanner-agent run``, the whole pipeline against a
+local Prefect server) works through a backlog of ``--backlog`` scans of ``--backlog-gb`` each
+(real SVS files, padded) found in the same watch folder at start. The scanner starts writing when
+the agent's first copy has started. Storage is on another filesystem (``--storage-dir``, tmpfs by
+default, standing in for a fast share), so every scan is a verified copy that reads the scanner's
+disk, never a hard link.
+
+Measured in the same run, interleaved so drift on a shared machine hits both alike:
+
+* the scanner's write alone (no agent running; median of ``--alone-runs``): the baseline;
+* the same write with the agent working, ``[transfer] yield_while_scanning = true`` (the default);
+* again alone, then with ``yield_while_scanning = false``.
+
+Per agent run it prints the scanner's throughput against its baseline (target >= 0.9), the
+backlog's completion time (first copy started -> last scan stored), and the agent's CPU-seconds
+per GB of backlog (the daemon and its slide-reader processes, from /proc; the Prefect server is
+not counted; per-scan costs such as the flow run and OpenSlide are included). The daemon runs at
+``--nice`` (10, the unit's ``Nice=``); the unit's ``CPUWeight=`` needs a cgroup and is not applied.
+On a machine with few cores the scanner's writer competes with the agent for CPU, not only for
+the disk: run it with ``uptime`` in view. The disk's I/O scheduler is printed too: ``ioprio``
+classes only matter to schedulers that honour them (bfq; mq-deadline for the idle class).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench._prefect import prefect_api
+from scanner_agent.core.states import ScanState
+
+GB = 1_000_000_000
+CHUNK = 8 << 20
+SYNC_EVERY = 64 << 20
+#: A barcode with no row in the sheet: the scanner's own scan is held once written (no copy), so
+#: the backlog is all the agent moves.
+SCANNER_BARCODE = "999001"
+
+
+def _block() -> bytearray:
+    return bytearray(os.urandom(CHUNK))
+
+
+def scanner_write(path: Path, size: int, block: bytearray) -> float:
+    """Write ``size`` bytes at full speed as a scanner does; seconds until they are on the device."""
+    view = memoryview(block)
+    t = time.perf_counter()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        done = since_sync = 0
+        while done < size:
+            block[:8] = done.to_bytes(8, "little")  # no two chunks alike: nothing can deduplicate them
+            n = os.write(fd, view[: min(CHUNK, size - done)])
+            done += n
+            since_sync += n
+            if since_sync >= SYNC_EVERY:
+                os.fdatasync(fd)
+                since_sync = 0
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+    return time.perf_counter() - t
+
+
+def make_backlog(folder: Path, barcodes: list[str], size: int) -> list[Path]:
+    """Real SVS slides padded to ``size``, an hour old (a backlog, not scans being written)."""
+    from bench.latency import one_mb_slide
+
+    folder.mkdir(parents=True, exist_ok=True)
+    block = bytearray(os.urandom(CHUNK))
+    out = []
+    for bc in barcodes:
+        p = folder / f"{bc}.svs"
+        head = one_mb_slide(folder / "tmp.svs", bc)
+        with open(p, "wb") as f:
+            f.write(head)
+            left = size - len(head)
+            while left > 0:
+                block[:8] = left.to_bytes(8, "little")
+                left -= f.write(memoryview(block)[: min(CHUNK, left)])
+            os.fsync(f.fileno())
+        old = time.time() - 3600
+        os.utime(p, (old, old))
+        out.append(p)
+    return out
+
+
+def evict(paths: list[Path]) -> None:
+    """Drop the files' pages, so the agent reads the backlog from the device."""
+    os.sync()
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of ``pid`` and every live descendant (plus the children they have reaped)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    stats: dict[int, tuple[int, float]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            text = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = text[text.rindex(")") + 2 :].split()
+        # after the name: state ppid ... utime(11) stime(12) cutime(13) cstime(14), 0-based from state
+        stats[int(entry)] = (int(fields[1]), sum(int(x) for x in fields[11:15]) / tick)
+    family, grew = {pid}, True
+    while grew:
+        more = {p for p, (ppid, _) in stats.items() if ppid in family} - family
+        family |= more
+        grew = bool(more)
+    return sum(stats[p][1] for p in family if p in stats)
+
+
+def agent_run(
+    args: argparse.Namespace, base: Path, masters: list[Path], barcodes: list[str], yield_: bool
+) -> dict[str, Any]:
+    """One daemon against a fresh watch folder holding the backlog; the scanner writes meanwhile."""
+    from scanner_agent.journal import Journal
+    from tests.daemon_helpers import DaemonProcess, sheet_csv, unique_scanner_name, wait_for
+    from tests.harness import write_config
+
+    run_dir = base / f"agent-{'yield' if yield_ else 'noyield'}"
+    storage = Path(tempfile.mkdtemp(prefix="bench-gentle-store-", dir=args.storage_dir))
+    try:
+        cfg = write_config(
+            run_dir,
+            name=unique_scanner_name("Gentle"),
+            sheet=sheet_csv(barcodes),
+            scanner={"watch": str(base / "watch"), "settle_seconds": args.settle},
+            storage={"root": str(storage)},
+            transfer={
+                "yield_while_scanning": yield_,
+                "scanning_mb_per_second": args.scanning_mb_per_second,
+            },
+        )
+        watch = base / "watch"
+        for m in masters:  # a second name for each slide: the next run finds the same backlog
+            os.link(m, watch / m.name)
+        evict(masters)
+        scan = watch / f"{SCANNER_BARCODE}.svs"
+        with DaemonProcess(cfg, run_dir / "daemon.log") as d:
+            if args.nice:
+                # As the unit's Nice=: set on the daemon's process group (every thread of it, linux)
+                # before its first thread is made, so every thread and child inherits it.
+                os.setpriority(os.PRIO_PGRP, d.pid, args.nice)
+            journal = Journal(d.cfg.journal.path)
+            try:
+                wait_for(
+                    lambda: any(storage.rglob("*.partial")),
+                    300,
+                    "the first copy to start",
+                    interval=0.02,
+                    alive=d,
+                )
+                t0, cpu0 = time.perf_counter(), tree_cpu(d.pid)
+                seconds = scanner_write(scan, int(args.scan_gb * GB), _block())
+                stored = wait_for(
+                    lambda: len(journal.in_state(ScanState.STORED)) >= len(barcodes) or None,
+                    3600,
+                    "the backlog to be stored",
+                    interval=0.1,
+                    alive=d,
+                )
+                backlog_s, cpu = time.perf_counter() - t0, tree_cpu(d.pid) - cpu0
+                assert stored
+            finally:
+                journal.close()
+            assert d.terminate() == 0, d.log_tail()
+    finally:
+        shutil.rmtree(storage, ignore_errors=True)
+        for p in watch.iterdir():
+            if p.is_file():
+                p.unlink()
+            else:
+                shutil.rmtree(p, ignore_errors=True)
+    return {"scan_s": seconds, "backlog_s": backlog_s, "cpu": cpu}
+
+
+def alone(args: argparse.Namespace, base: Path) -> float:
+    """The scanner's write with no agent running: median seconds of ``--alone-runs`` writes."""
+    scan = base / "watch" / f"{SCANNER_BARCODE}.svs"
+    block, times = _block(), []
+    for _ in range(args.alone_runs):
+        try:
+            times.append(scanner_write(scan, int(args.scan_gb * GB), block))
+        finally:
+            scan.unlink(missing_ok=True)
+    return statistics.median(times)
+
+
+def scheduler_of(path: Path) -> str:
+    """The I/O scheduler of the disk holding ``path`` (``[mq-deadline]``), as far as /sys tells."""
+    dev = os.stat(path).st_dev
+    sysdir = Path(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}")
+    for q in (sysdir / "queue" / "scheduler", sysdir.resolve().parent / "queue" / "scheduler"):
+        try:
+            return q.read_text().strip()
+        except OSError:
+            continue
+    return "unknown"
+
+
+def run(args: argparse.Namespace) -> None:
+    base = Path(tempfile.mkdtemp(prefix="bench-gentle-", dir=args.dir))
+    try:
+        (base / "watch").mkdir()
+        barcodes = [f"{610000 + i}" for i in range(args.backlog)]
+        masters = make_backlog(base / "masters", barcodes, int(args.backlog_gb * GB))
+        backlog_gb = args.backlog * args.backlog_gb
+        alone(args, base)  # warm-up: the first write of a fresh file pays for allocation
+        rows = []
+        for yield_ in (True, False):
+            base_s = alone(args, base)
+            got = agent_run(args, base, masters, barcodes, yield_)
+            rows.append((yield_, base_s, got))
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+    scan_mb = args.scan_gb * GB / 1e6
+    print(
+        f"\nscanner writes {args.scan_gb:g} GB at full speed while the agent moves a backlog of "
+        f"{args.backlog} x {args.backlog_gb:g} GB ({args.dir} -> {args.storage_dir}); "
+        f"settle_seconds {args.settle:g}, scanning_mb_per_second {args.scanning_mb_per_second:g}, "
+        f"agent at nice {args.nice}; "
+        f"disk scheduler {scheduler_of(args.dir)}; load {os.getloadavg()[0]:.2f}"
+    )
+    print(
+        f"  {'yield_while_scanning':22s} {'alone MB/s':>11s} {'with agent':>11s} {'ratio':>7s} "
+        f"{'backlog s':>10s} {'agent CPU s/GB':>15s}"
+    )
+    for yield_, base_s, got in rows:
+        ratio = base_s / got["scan_s"]
+        print(
+            f"  {str(yield_).lower():22s} {scan_mb / base_s:11.0f} {scan_mb / got['scan_s']:11.0f} "
+            f"{ratio:7.2f} {got['backlog_s']:10.1f} {got['cpu'] / backlog_gb:15.2f}"
+        )
+    y = rows[0][1] / rows[0][2]["scan_s"]
+    print(
+        f"\n  with yield_while_scanning = true the scanner keeps {y:.2f} of its own speed "
+        f"(target >= 0.9: {'met' if y >= 0.9 else 'NOT met'}); "
+        f"without it {rows[1][1] / rows[1][2]['scan_s']:.2f}"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scan-gb", type=float, default=2.0, help="size of the scan the scanner writes")
+    ap.add_argument("--backlog", type=int, default=4, help="scans waiting when the agent starts")
+    ap.add_argument("--backlog-gb", type=float, default=1.0, help="size of each backlog scan")
+    ap.add_argument("--settle", type=float, default=2.0, help="scanner.settle_seconds for the daemon")
+    ap.add_argument("--scanning-mb-per-second", type=float, default=50.0)
+    ap.add_argument("--nice", type=int, default=10, help="the daemon's nice value, as the unit's Nice=")
+    ap.add_argument(
+        "--alone-runs", type=int, default=3, help="baseline writes before each agent run (median)"
+    )
+    ap.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()), help="the scanner's disk")
+    ap.add_argument(
+        "--storage-dir", type=Path, default=Path("/dev/shm"), help="storage, on another filesystem"
+    )
+    args = ap.parse_args()
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    with prefect_api():
+        run(args)
+
+
+if __name__ == "__main__":
+    main()
