@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-unit lint format test-slow test-all bench clean
+.PHONY: demo test test-unit lint format test-slow test-all bench clean constraints constraints-check wheel
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "scanner-agent needs Python 3.11 or newer (python3.12, python3.11 or python3)"; exit 1; }
@@ -54,6 +54,20 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.latency
 	$(BIN)/python -m bench.burst
 	$(BIN)/python -m bench.idle
+
+## Pin every distribution (agent, Prefect server, test and lint tools) in constraints.txt, resolved
+## from pyproject.toml by pip (scripts/make_constraints.py). Run after changing a range; commit the result.
+constraints: $(STAMP)
+	$(BIN)/python scripts/make_constraints.py
+	$(BIN)/python scripts/make_constraints.py --check
+
+## Fail when constraints.txt pins a version outside pyproject.toml's ranges (CI runs it).
+constraints-check: $(STAMP)
+	$(BIN)/python scripts/make_constraints.py --check
+
+## The wheel (with the systemd unit and example config as package data) in dist/.
+wheel: $(STAMP)
+	$(BIN)/python -m pip wheel --no-deps --wheel-dir dist .
 
 clean:
 	rm -rf demo-run .pytest_cache

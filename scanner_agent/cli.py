@@ -3,7 +3,8 @@ simulate, demo.
 
 Exit codes: 0 success; 1 something needs a person (a scan held or failed, a check failed);
 2 the command itself was wrong (bad config, bad arguments); ``run`` exits 78 (EX_CONFIG) on a
-bad configuration, which its systemd unit does not restart.
+bad configuration, which its systemd unit does not restart; ``status`` exits 3 when the daemon
+is not running (LSB). Each command's own are in ``EXIT_CODES`` and its ``--help``.
 """
 
 from __future__ import annotations
@@ -34,10 +35,15 @@ def _prefect_env() -> None:
 
 
 def _setup_logging(verbose: bool, *, quiet_prefect: bool = False) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-    )
+    from scanner_agent.systemd import journald
+
+    level = logging.DEBUG if verbose else logging.INFO
+    # Under systemd: priorities journalctl -p can filter on, and the scan's fields; else as ever.
+    handler = journald.journal_handler()
+    if handler is not None:
+        logging.basicConfig(level=level, handlers=[handler])
+    else:
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     if quiet_prefect:
         # The demo prints its own story; Prefect's per-task lines (kept in the UI) would drown it.
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
@@ -52,6 +58,9 @@ def _load(args: argparse.Namespace) -> Any:
     from scanner_agent.config import load_config
 
     cfg = load_config(args.config)
+    from scanner_agent.systemd import journald
+
+    journald.set_process_fields(scanner=cfg.scanner.name)
     if cfg.prefect.api_url and not os.environ.get("PREFECT_API_URL"):
         os.environ["PREFECT_API_URL"] = cfg.prefect.api_url
     if cfg.ui_url() and not os.environ.get("PREFECT_UI_URL"):
@@ -85,13 +94,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         cfg = _load(args)
         _refuse_root(cfg)
+        from scanner_agent.orchestration.auth import require_prefect_auth
+
+        require_prefect_auth(os.environ.get("PREFECT_API_URL"))  # a refused credential is a config error
     except ConfigError as exc:
         # EX_CONFIG: the systemd unit does not restart on it (RestartPreventExitStatus=78).
         print(f"scanner-agent: {exc}", file=sys.stderr)
         return 78
-    services = bootstrap(cfg)
+    try:
+        services = bootstrap(cfg)  # a journal from a newer release is refused here
+    except ConfigError as exc:
+        print(f"scanner-agent: {exc}", file=sys.stderr)
+        return 78
     try:
         return Daemon(services).run()
+    except ConfigError as exc:  # e.g. [metrics] listen: the address is in use
+        print(f"scanner-agent: {exc}", file=sys.stderr)
+        return 78
     finally:
         services.close()
 
@@ -102,6 +121,7 @@ def cmd_process(args: argparse.Namespace) -> int:
     A held or failed scan is re-checked at once; a quarantined scan is submitted again by giving
     its path in the quarantine folder (renamed, if its name lacked the barcode)."""
     from scanner_agent.core.states import ScanState
+    from scanner_agent.reports.progress import backfill_progress
     from scanner_agent.service.backfill import backfill
 
     cfg = _load(args)
@@ -122,13 +142,30 @@ def cmd_process(args: argparse.Namespace) -> int:
                 missing += 1
             else:
                 taken.append((raw, got.record.id))
-        rows = bf.finish()
-        bad = 0
-        for raw, sid in taken:
-            rec = rows[sid]
-            where = rec.dest if rec.state == ScanState.STORED else rec.reason
-            print(f"{rec.state:<11} {raw} -> {where}")
-            bad += rec.state != ScanState.STORED
+        labels = {sid: raw for raw, sid in reversed(taken)}  # the first path given names a scan
+        if args.json:
+            rows = bf.finish()
+        else:
+            records = bf.taken
+            live = sys.stdout.isatty()
+            with backfill_progress(
+                sys.stdout, len(records), sum(r.size for r in records), live=live
+            ) as shown:
+                rows = bf.finish(lambda rec: shown.done(rec, labels.get(rec.id, rec.path)))
+        bad = sum(rows[sid].state != ScanState.STORED for _, sid in taken)
+    if args.json:
+        scans = [
+            {
+                "path": raw,
+                "id": sid,
+                "state": rows[sid].state,
+                "barcode": rows[sid].barcode,
+                "dest": rows[sid].dest,
+                "reason": rows[sid].reason,
+            }
+            for raw, sid in taken
+        ]
+        print(json.dumps({"scans": scans, "missing": missing, "bad_names": unnamed}, indent=2, default=str))
     return 2 if missing else 1 if bad or unnamed else 0
 
 
@@ -138,7 +175,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     cfg = _load(args)
     st = gather_status(cfg)
     print(json.dumps(st, indent=2, default=str) if args.json else render_status(st))
-    return 0
+    return int(st["exit_code"])  # LSB: 0 running and healthy, 1 needs a person, 3 not running
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -147,16 +184,32 @@ def cmd_check(args: argparse.Namespace) -> int:
     try:
         cfg = _load(args)
     except ConfigError as exc:
+        if args.json:
+            checks = [{"ok": False, "warning": False, "text": p} for p in exc.problems]
+            print(json.dumps({"config": str(args.config), "ok": False, "checks": checks}, indent=2))
+            return 1
         print(f"{args.config}: configuration problems:")
         for p in exc.problems:
             print(f"  ✗ {p}")
         return 1
     results = run_checks(cfg, network=not args.offline)
-    bad = 0
-    for ok, text in results:
-        print(f"  {'✓' if ok else '✗'} {text}")
-        bad += not ok
-    print(f"{args.config}: {'OK' if not bad else f'{bad} problem(s)'}")
+    bad = sum(not r.ok and not r.warning for r in results)
+    warned = sum(not r.ok and r.warning for r in results)
+    if args.json:
+        checks = [r._asdict() for r in results]
+        doc = {
+            "config": str(args.config),
+            "ok": not bad,
+            "problems": bad,
+            "warnings": warned,
+            "checks": checks,
+        }
+        print(json.dumps(doc, indent=2, default=str))
+        return 1 if bad else 0
+    for r in results:
+        print(f"  {'✓' if r.ok else '!' if r.warning else '✗'} {r.text}")
+    verdict = f"{bad} problem(s)" if bad else "OK"
+    print(f"{args.config}: {verdict}" + (f", {warned} warning(s)" if warned else ""))
     return 1 if bad else 0
 
 
@@ -169,6 +222,20 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
     cfg = _load(args)
     due = recheck_now(Journal(cfg.journal.path), args.barcode or ())
+    if args.json:
+        queued = [
+            {
+                "id": r.id,
+                "file": Path(r.path).name,
+                "path": r.path,
+                "barcode": r.barcode,
+                "state": r.state,
+                "reason": r.reason,
+            }
+            for r in due
+        ]
+        print(json.dumps({"queued": queued}, indent=2, default=str))
+        return 0
     for rec in due:
         print(f"retry queued: {Path(rec.path).name} ({rec.state}: {rec.reason})")
     if not due:
@@ -183,6 +250,16 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     report = reconcile(cfg)
     print(json.dumps(report, indent=2, default=str) if args.json else render_reconcile(report))
     return 1 if report.get("summary", {}).get("stored_twice") else 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Re-hash stored files against their sidecars; exit 0 all verified, 1 a problem, 3 the share is gone."""
+    from scanner_agent.reports.verify import as_json, exit_code, render, run_verify
+
+    cfg = _load(args)
+    result = run_verify(cfg, since_days=args.since)
+    print(json.dumps(as_json(result), indent=2, default=str) if args.json else render(result))
+    return exit_code(result)
 
 
 def cmd_setup_prefect(args: argparse.Namespace) -> int:
@@ -207,6 +284,13 @@ def cmd_setup_prefect(args: argparse.Namespace) -> int:
         )
     except SetupError as exc:
         raise ConfigError(str(exc)) from None
+    except Exception as exc:
+        from scanner_agent.orchestration.auth import auth_problem
+
+        refused = auth_problem(exc, os.environ["PREFECT_API_URL"])
+        if refused is None:
+            raise
+        raise ConfigError(refused) from None
     for outcome in done:
         print(f"  ✓ {outcome}")
     print(f"Prefect server {os.environ['PREFECT_API_URL']}: automations for {cfg.scanner.name} are in place")
@@ -227,9 +311,71 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(Path(args.config), keep=args.keep)
 
 
+def _packaged(name: str) -> str:
+    """A file the wheel carries in ``scanner_agent/data`` (the unit, an example config)."""
+    from importlib import resources
+
+    return resources.files("scanner_agent").joinpath("data", name).read_text(encoding="utf-8")
+
+
+def cmd_print_unit(args: argparse.Namespace) -> int:
+    print(_packaged("scanner-agent.sysusers.conf" if args.sysusers else "scanner-agent@.service"), end="")
+    return 0
+
+
+def cmd_init_config(args: argparse.Namespace) -> int:
+    """The example config (config/cardinal.toml) for scanner NAME, instance ``name.lower()``."""
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", args.name):
+        raise ConfigError(f"{args.name!r}: a scanner name is letters, digits, '_', '.', '-' (names the unit)")
+    text = _packaged("example.toml").replace("Cardinal", args.name).replace("cardinal", args.name.lower())
+    if not args.output or args.output == "-":
+        print(text, end="")
+        return 0
+    out = Path(args.output)
+    try:  # never over an existing config: it is someone's edited file
+        with open(out, "x", encoding="utf-8") as f:
+            f.write(text)
+    except FileExistsError:
+        raise ConfigError(f"{out} exists; remove it first or choose another path") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot write {out}: {exc.strerror}") from None
+    print(f"wrote {out}: edit [scanner] watch, [storage] root and [sheet], then `scanner-agent check`")
+    return 0
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("scanner-agent")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+#: Each command's exit codes, shown in its ``--help`` (and the README's command table).
+EXIT_CODES = {
+    "run": "exit codes: 0 stopped cleanly; 2 another agent holds the journal; 78 (EX_CONFIG) bad "
+    "configuration or run as root (systemd does not restart it); other non-zero: a crash (restarted)",
+    "process": "exit codes: 0 every scan stored; 1 a scan held, failed or quarantined, or a name that is "
+    "not UTF-8; 2 a path that does not exist, bad configuration, or the daemon holds the journal",
+    "status": "exit codes: 0 the daemon runs and nothing needs a person; 1 it runs but "
+    "something does (failed or quarantined scans, a hold past its alert, undelivered alerts, an "
+    "unhealthy watcher); 3 the daemon is not running (as LSB status); 2 bad configuration",
+    "check": "exit codes: 0 every check passed (warnings, marked !, do not fail it); 1 a problem",
+    "retry": "exit codes: 0 done (also when nothing needed a retry); 2 bad configuration",
+    "reconcile": "exit codes: 0 consistent; 1 a barcode stored twice; 2 bad configuration",
+    "setup-prefect": "exit codes: 0 automations in place; 2 no Prefect server or bad configuration",
+    "simulate": "exit codes: 0 done",
+    "demo": "exit codes: 0 the demo ended as expected; non-zero otherwise",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="scanner-agent", description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     def with_config(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -243,9 +389,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp = with_config(sub.add_parser("process", help="process the given scans now (backfill)"))
     sp.add_argument("paths", nargs="+")
+    sp.add_argument("--json", action="store_true", help="each scan's outcome as JSON (no progress bar)")
     sp.set_defaults(func=cmd_process)
     sp = with_config(sub.add_parser("status", help="journal summary, daemon health, held and failed scans"))
-    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--json", action="store_true", help="the same as JSON (with exit_code and attention)")
     sp.set_defaults(func=cmd_status)
     sp = with_config(
         sub.add_parser("check", help="validate configuration, folders, sheet, alert channels, Prefect")
@@ -253,13 +400,30 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--offline", action="store_true", help="skip network checks (sheet, Slack, SMTP, Prefect)"
     )
+    sp.add_argument("--json", action="store_true", help="each check as JSON: ok, text, warning")
     sp.set_defaults(func=cmd_check)
     sp = with_config(sub.add_parser("retry", help="re-check held and failed scans now"))
     sp.add_argument("--barcode", action="append", help="only this barcode (repeatable)")
+    sp.add_argument("--json", action="store_true", help="the scans queued, as JSON")
     sp.set_defaults(func=cmd_retry)
     sp = with_config(sub.add_parser("reconcile", help="sheet vs storage vs journal, per barcode"))
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_reconcile)
+    sp = with_config(
+        sub.add_parser(
+            "verify",
+            help="re-hash stored files against their sidecars' sha256 (fixity)",
+            description="Re-hash every stored file (each file of a MIRAX or DICOM scan on its own) and "
+            "compare it with its sidecar's sha256; report verified, missing, mismatched, unreadable or "
+            "unrecorded per file, and SHA256SUMS lines that disagree with the sidecars.",
+            epilog="exit codes: 0 every file verified; 1 a file missing, mismatched, unreadable or "
+            "unrecorded, or a sidecar/SHA256SUMS problem; 2 bad configuration; 3 the storage share is "
+            "gone (root or marker_file missing): nothing was judged",
+        )
+    )
+    sp.add_argument("--since", type=float, metavar="DAYS", help="only scans stored in the last DAYS days")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_verify)
     sp = with_config(
         sub.add_parser(
             "setup-prefect",
@@ -281,6 +445,23 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--config", "-c", default="config/demo.toml")
     sp.add_argument("--keep", action="store_true", help="keep the previous demo's folders")
     sp.set_defaults(func=cmd_demo)
+    sp = sub.add_parser(
+        "print-unit",
+        help="print the systemd unit scanner-agent@.service (for /etc/systemd/system)",
+        epilog="exit codes: 0 printed",
+    )
+    sp.add_argument("--sysusers", action="store_true", help="print the sysusers.d file instead")
+    sp.set_defaults(func=cmd_print_unit)
+    sp = sub.add_parser(
+        "init-config",
+        help="write an example config for scanner NAME (to stdout, or --output PATH)",
+        epilog="exit codes: 0 written; 2 a bad name, or PATH exists or cannot be written",
+    )
+    sp.add_argument("name", metavar="NAME", help="the scanner's name, e.g. Raven (instance: raven)")
+    sp.add_argument("--output", "-o", help="a file to create (never overwritten); default: stdout")
+    sp.set_defaults(func=cmd_init_config)
+    for name, command in sub.choices.items():  # a command that states its own keeps it
+        command.epilog = command.epilog or EXIT_CODES.get(name, "exit codes: 0 done; 2 bad arguments")
     return p
 
 

@@ -48,12 +48,51 @@ class ScannerConfig(_Section):
     #: Retry a transient failure (storage down, source still changing) after this long, doubling to 1 h.
     retry_seconds: float = Field(default=60, gt=0)
     allow_root: bool = False
+    #: Formats OpenSlide cannot read (``["*.isyntax", "*.czi", "*.vsi"]``): stored with the same verified
+    #: copy, naming and journal, recorded as "not validated". Default: none.
+    passthrough_patterns: list[str] = Field(default_factory=list)
+    #: A flag file the lab's workflow writes when a scan is done (``"{stem}.done"``): a scan counts as
+    #: complete only once it exists and the scan has settled; it is stored and removed with the scan.
+    completion_marker: str = ""
+    #: Free the scanner's disk once the scan is stored (false: never; some vendors' software keeps its own
+    #: database of what is on the scanner).
+    remove_source: bool = True
+    #: With ``remove_source``: free it this many days after storing, once the stored copy is re-verified
+    #: against its sha256.
+    remove_source_after_days: float | None = Field(default=None, ge=0)
+    #: Where the barcode is looked for, in this order: the file name (``barcode_regex``), the slide's
+    #: metadata (vendor barcode fields, NDPI tag 65468), the codes printed on its label picture.
+    barcode_sources: list[str] = Field(default_factory=lambda: ["name", "metadata", "label"])
+    #: Slides are parsed in a worker process (OpenSlide, libtiff, Pillow are C parsers of untrusted
+    #: files): its address-space cap (RLIMIT_AS) in MB, and how long one slide may take to read.
+    slide_memory_mb: int = Field(default=2048, gt=0)
+    slide_timeout_seconds: float = Field(default=120, gt=0)
+
+    @field_validator("barcode_sources")
+    @classmethod
+    def _known_sources(cls, v: list[str]) -> list[str]:
+        from scanner_agent.core.barcode import check_barcode_sources
+
+        return list(check_barcode_sources(v))
 
     @field_validator("name")
     @classmethod
     def _name_is_plain(cls, v: str) -> str:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9 _.-]*", v):
             raise ValueError("use letters, digits, space, '_', '.', '-' (it names the Prefect flow)")
+        return v
+
+    @field_validator("completion_marker")
+    @classmethod
+    def _marker_names_its_scan(cls, v: str) -> str:
+        # One file beside the scan, named after it: a fixed name would mark every scan done at once.
+        if v and (not re.search(r"\{(stem|name)\}", v) or "/" in v or "\\" in v):
+            raise ValueError('name the marker after its scan with {stem} or {name}, e.g. "{stem}.done"')
+        if v:
+            try:
+                v.format(stem="x", name="x.svs")
+            except (KeyError, IndexError, ValueError) as exc:
+                raise ValueError(f"only {{stem}} and {{name}} may appear in braces ({exc})") from None
         return v
 
 
@@ -66,6 +105,10 @@ class StorageConfig(_Section):
     #: created once on the share). Guards against writing into the empty mount point of an
     #: unmounted share. Empty: no check.
     marker_file: str = ""
+    #: The daemon re-hashes each stored file this often (fixity); 0 turns background verification off.
+    verify_every_days: float = Field(default=30, ge=0)
+    #: Background verification reads at most this many MB a second, so it never competes with transfers.
+    verify_mb_per_second: float = Field(default=50, gt=0)
 
 
 class SheetConfig(_Section):
@@ -105,6 +148,9 @@ class AlertsConfig(_Section):
     smtp_ca_file: Path | None = None
     prefect_ui_url: str = ""
     repeat_after_minutes: float = Field(default=60, ge=0)
+    #: Attach the slide's label picture to a "no barcode" alert, so a person can read it by eye.
+    #: Off by default: labels can carry patient identifiers.
+    attach_label: bool = False
 
 
 class RescansConfig(_Section):
@@ -132,6 +178,35 @@ class PrefectConfig(_Section):
     notify_webhook_url: SecretStr | None = None
 
 
+class MetricsConfig(_Section):
+    #: ``host:port`` to serve Prometheus metrics on (``/metrics``), e.g. ``"127.0.0.1:9464"``. Empty: off.
+    listen: str = ""
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, v: str) -> str:
+        from scanner_agent.core.hostport import parse_host_port
+
+        if v:
+            parse_host_port(v)  # ValueError (shown as "metrics.listen: ...") on a malformed address
+        return v
+
+
+class TransferConfig(_Section):
+    """How gently copies run on the scanner PC (``storage/throttle.py``, ``storage/ioprio.py``)."""
+
+    #: Cap on the agent's read rate (MB/s, 10^6 bytes); unset: no cap. Labs throttle shared links by day.
+    max_mb_per_second: float | None = Field(default=None, gt=0, le=100_000)
+    #: While a scan in the watch folder is still growing, transfers slow to scanning_mb_per_second.
+    yield_while_scanning: bool = True
+    scanning_mb_per_second: float = Field(default=50, gt=0, le=100_000)
+    #: I/O scheduling class of the transfer threads (ioprio_set); "best-effort" uses io_priority_level.
+    io_class: Literal["best-effort", "idle"] = "best-effort"
+    io_priority_level: int = Field(default=7, ge=0, le=7)
+    #: A scan still growing after this long: an alert says it never finished (transfers stay throttled).
+    stall_hours: float = Field(default=6, gt=0)
+
+
 class AgentConfig(BaseSettings):
     """The whole configuration of one agent (one scanner)."""
 
@@ -145,6 +220,8 @@ class AgentConfig(BaseSettings):
     rescans: RescansConfig = Field(default_factory=RescansConfig)
     qc: QcConfig = Field(default_factory=QcConfig)
     prefect: PrefectConfig = Field(default_factory=PrefectConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    transfer: TransferConfig = Field(default_factory=TransferConfig)
 
     #: Where this configuration was read from (not a key).
     source_file: Path | None = Field(default=None, exclude=True)

@@ -1,7 +1,11 @@
-"""What one scan is on disk: a single file, a file plus its same-named folder (MIRAX), or a folder (DICOM).
+"""What one scan is on disk: a single file, a file plus its data folder (MIRAX ``x/``, Olympus VSI
+``_x_/``), or a folder (DICOM).
 
 A ``ScanUnit`` is the thing that is watched, judged complete, copied and removed as one.
 It knows its files and a cheap fingerprint (sizes and mtimes) used to see it settle or change.
+A lab's completion marker (``[scanner] completion_marker``, e.g. ``x.done``) is not part of the
+unit's files or fingerprint (it is a flag, not data): ``marker_path`` names it, so the watcher can
+wait for it and the removal can take it away with the scan.
 """
 
 from __future__ import annotations
@@ -10,8 +14,14 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-#: Formats where the scan is ``x.<ext>`` plus a folder ``x/`` holding its data files.
-FOLDER_COMPANION_EXTS = frozenset({".mrxs"})
+#: Formats where the scan is ``x.<ext>`` plus a folder holding its data files: MIRAX ``x/``,
+#: Olympus VSI ``_x_/`` (its ``.ets`` stacks; the ``.vsi`` finds them by that folder's name).
+FOLDER_COMPANION_EXTS = frozenset({".mrxs", ".vsi"})
+
+
+def companion_dirname(ext: str, stem: str) -> str:
+    """The data folder's name for a scan ``<stem><ext>``: ``_stem_`` for VSI, ``stem`` for MIRAX."""
+    return f"_{stem}_" if ext.lower() == ".vsi" else stem
 
 
 @dataclass(frozen=True)
@@ -35,9 +45,15 @@ class ScanUnit:
     def from_path(cls, path: str | os.PathLike[str]) -> ScanUnit:
         p = Path(path)
         if p.suffix.lower() in FOLDER_COMPANION_EXTS:
-            folder = p.with_suffix("")
-            return cls(primary=p, companion=folder)
+            return cls(primary=p, companion=p.parent / companion_dirname(p.suffix, p.stem))
         return cls(primary=p)
+
+    def marker_path(self, template: str) -> Path | None:
+        """The completion marker ``template`` (``"{stem}.done"``; ``{name}`` is the full name) names
+        for this scan, beside it; None when no marker is configured."""
+        if not template:
+            return None
+        return self.primary.parent / template.format(stem=self.stem, name=self.name)
 
     @property
     def name(self) -> str:

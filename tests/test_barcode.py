@@ -80,6 +80,7 @@ def test_neither_name_nor_metadata_is_no_barcode(tmp_path: Path) -> None:
     message = info.value.message
     assert message.startswith(f"No barcode for {p}: file name 'scan_d' does not match scanner.barcode_regex")
     assert "slide metadata has none of openslide.barcode, aperio.Barcode" in message
+    assert message.endswith("; label image: no barcode symbol could be decoded")  # a text-only label
     assert info.value.path == str(p)
     assert info.value.state == "quarantined"
 
@@ -88,7 +89,10 @@ def test_unopenable_slide_without_barcode_in_name(tmp_path: Path) -> None:
     p = synthetic.write_corrupt(tmp_path / "scan_e.svs", "garbage")
     with pytest.raises(errors.NoBarcode) as info:
         find_barcode(unit(p), SIX)
-    assert info.value.message.endswith("; slide metadata: OpenSlide could not open the slide")
+    assert info.value.message.endswith(
+        "; slide metadata: OpenSlide could not open the slide; "
+        "label image: OpenSlide could not open the slide (Unsupported or missing image file)"
+    )
 
 
 # --- properties handed in by the caller (no slide is opened) ------------------------------------
@@ -104,5 +108,10 @@ def test_given_properties_are_used_instead_of_opening_the_slide(tmp_path: Path) 
 def test_unusable_given_properties_are_named_in_the_error(tmp_path: Path) -> None:
     anchored = compile_barcode_regex(r"^(?P<barcode>\d{6})$")
     with pytest.raises(errors.NoBarcode) as info:
-        find_barcode(unit(tmp_path / "scan.svs"), anchored, properties={"aperio.Barcode": "../620995"})
+        find_barcode(
+            unit(tmp_path / "scan.svs"),
+            anchored,
+            properties={"aperio.Barcode": "../620995"},
+            sources=("name", "metadata"),
+        )
     assert info.value.message.endswith("; slide metadata aperio.Barcode: it contains the path separator '/'")

@@ -6,12 +6,17 @@ starts that server), so its flow runs land on the same server the tests read.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,7 +93,8 @@ def test_process_stores_and_exits_0(tmp_path: Path, prefect_api: str) -> None:
 def test_process_exits_1_when_a_scan_is_held_and_says_why(site: Site) -> None:
     r = site.process
     assert r.returncode == 1, r.stdout + r.stderr
-    lines = r.stdout.splitlines()
+    # One line per scan as its run ends (the workers run in parallel: in the order they end).
+    lines = sorted(r.stdout.splitlines(), key=lambda line: not line.startswith("stored"))
     dest = site.base / "storage" / "Prec01" / "Run-2" / STORED_NAME
     assert lines[0] == f"stored      {site.stored_src} -> {dest}"
     assert lines[1].startswith(
@@ -111,7 +117,7 @@ def test_process_names_a_path_that_does_not_exist(tmp_path: Path, prefect_api: s
 
 def test_status_lists_counts_and_held_scans_with_their_reason(site: Site) -> None:
     r = cli("status", "--config", site.cfg)
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 3, r.stderr  # LSB: the daemon is not running (only `process` ran)
     out = r.stdout
     assert "scanner-agent for Cardinal" in out and "daemon: not running" in out
     assert "scans: stored 1, held 1, failed 0" in out
@@ -123,7 +129,7 @@ def test_status_lists_counts_and_held_scans_with_their_reason(site: Site) -> Non
 
 def test_status_json_has_counts_and_the_held_list(site: Site) -> None:
     r = cli("status", "--config", site.cfg, "--json")
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 3, r.stderr  # LSB: the daemon is not running (only `process` ran)
     st = json.loads(r.stdout)
     assert st["scanner"] == "Cardinal"
     assert st["counts"]["stored"] == 1 and st["counts"]["held"] == 1 and st["counts"]["failed"] == 0
@@ -147,8 +153,121 @@ def test_check_passes_on_a_good_config(tmp_path: Path, prefect_api: str) -> None
     r = cli("check", "--config", cfg)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "✗" not in r.stdout
-    assert r.stdout.rstrip().endswith(f"{cfg}: OK")
+    # The test's scanner and storage folders share one filesystem: a warning, not a problem.
+    assert r.stdout.splitlines()[-1] == f"{cfg}: OK, 1 warning(s)"
     assert f"prefect: server {prefect_api} answers" in r.stdout
+    assert "clock: this host and the Prefect server agree within" in r.stdout
+
+
+def test_check_json_lists_each_check_and_warns_of_one_filesystem(tmp_path: Path, prefect_api: str) -> None:
+    cfg = write_config(tmp_path)
+    r = cli("check", "--config", cfg, "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    doc = json.loads(r.stdout)
+    assert (doc["ok"], doc["problems"], doc["warnings"]) == (True, 0, 1)
+    [warned] = [c for c in doc["checks"] if not c["ok"]]
+    assert warned["warning"] and "are on one filesystem" in warned["text"]
+    assert all(set(c) == {"ok", "text", "warning"} for c in doc["checks"])
+
+
+def test_check_json_exits_1_on_a_problem(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, scanner={"watch": str(tmp_path / "no-such-scanner")})
+    r = cli("check", "--config", cfg, "--json", "--offline")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert json.loads(r.stdout)["ok"] is False
+
+
+@contextlib.contextmanager
+def skewed_prefect_server(skew_seconds: float) -> Iterator[str]:
+    """A stand-in Prefect API whose clock is ``skew_seconds`` off: health and version, with a Date header."""
+    import email.utils
+    import http.server
+    import threading
+
+    import prefect
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps(prefect.__version__ if self.path.endswith("/version") else True).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def date_time_string(self, timestamp: float | None = None) -> str:
+            return email.utils.formatdate(time.time() + skew_seconds, usegmt=True)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/api"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_check_warns_of_a_clock_minutes_off_the_prefect_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with skewed_prefect_server(-300) as url:
+        monkeypatch.setenv("PREFECT_API_URL", url)
+        r = cli("check", "--config", write_config(tmp_path, alerts={}), timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr  # a warning: the agent still runs
+    [line] = [x for x in r.stdout.splitlines() if "clock:" in x]
+    # The Date header has whole seconds, so the measured offset is 300 s give or take one.
+    m = re.match(r"! clock: this host is (\d+) s ahead of the Prefect server", line.lstrip())
+    assert m and 299 <= int(m.group(1)) <= 301, line
+    assert "more than 60 s" in line
+
+
+def test_check_warns_when_the_service_user_cannot_read_the_credentials(tmp_path: Path) -> None:
+    """Judged from the file's modes for the unit's user (here an existing unprivileged one)."""
+    import pwd
+
+    from scanner_agent.reports.host_checks import credentials_readable
+
+    user = next((u for u in ("nobody", "daemon") if u in {p.pw_name for p in pwd.getpwall()}), None)
+    if user is None:
+        pytest.skip("no unprivileged user on this host")
+    folder = Path(tempfile.mkdtemp(prefix="scanner-agent-secret-"))  # pytest's tmp_path is 0700
+    try:
+        folder.chmod(0o755)
+        secret = folder / "google.json"
+        secret.write_text("{}")
+        secret.chmod(0o600)
+        if pwd.getpwnam(user).pw_uid == secret.stat().st_uid:
+            pytest.skip("the test's files belong to that user")
+        [warning] = credentials_readable(secret, "sheet.credentials_file", user=user)
+        assert f"cannot be read by the service's user {user}" in warning and str(secret) in warning
+        secret.chmod(0o644)
+        assert credentials_readable(secret, "sheet.credentials_file", user=user) == []
+        folder.chmod(0o700)  # readable file, but a folder on the way the user cannot search
+        assert len(credentials_readable(secret, "sheet.credentials_file", user=user)) == 1
+    finally:
+        shutil.rmtree(folder)
+    assert credentials_readable(secret, "sheet.credentials_file", user="no-such-user-here") == []
+
+
+# --------------------------------------------------------------------------- version and help
+
+
+def test_version_and_every_commands_exit_codes_in_its_help() -> None:
+    from importlib.metadata import version
+
+    r = cli("--version")
+    assert (r.returncode, r.stdout.strip()) == (0, f"scanner-agent {version('scanner-agent')}")
+    from scanner_agent.cli import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    for name in commands:
+        h = cli(name, "--help")
+        assert h.returncode == 0 and "exit codes:" in " ".join(h.stdout.split()), name
+    assert "3 the daemon is not running" in " ".join(cli("status", "--help").stdout.split())
 
 
 def test_check_reports_a_prefect_server_that_does_not_answer(
@@ -253,6 +372,20 @@ def test_check_reports_a_rejected_slack_token_without_printing_it(tmp_path: Path
 
 
 # --------------------------------------------------------------------------- retry
+
+
+def test_process_and_retry_json(tmp_path: Path, prefect_api: str) -> None:
+    cfg = patch_config(write_config(tmp_path), "sheet", recheck_seconds=3600)
+    src = svs(tmp_path / "scanner" / "999999_a.svs", "999999")
+    r = cli("process", "--config", cfg, "--json", src, tmp_path / "missing.svs")
+    assert r.returncode == 2, r.stdout + r.stderr  # a path that is not there
+    doc = json.loads(r.stdout)
+    assert doc["missing"] == 1 and [s["state"] for s in doc["scans"]] == ["held"]
+    assert doc["scans"][0]["path"] == str(src) and doc["scans"][0]["barcode"] == "999999"
+    r = cli("retry", "--config", cfg, "--json")
+    assert r.returncode == 0, r.stderr
+    [queued] = json.loads(r.stdout)["queued"]
+    assert (queued["file"], queued["state"], queued["barcode"]) == ("999999_a.svs", "held", "999999")
 
 
 def test_retry_requeues_held_scans_now(tmp_path: Path, prefect_api: str) -> None:

@@ -381,3 +381,51 @@ def test_ready_units_checks_many_at_once(tmp_path: Path) -> None:
         ready = tracker.ready_units()
     assert set(ready) == set(units) - {units[7]}
     assert unfinished not in ready
+
+
+# --------------------------------------------------------------------------- VSI units and completion markers
+
+
+def _vsi(folder: Path, stem: str) -> Path:
+    from scanner_agent.testing.passthrough import write_vsi
+
+    return write_vsi(folder, stem, stack_bytes=1000)
+
+
+def test_vsi_and_its_name_folder_are_one_unit_when_vsi_is_a_pattern(tmp_path: Path) -> None:
+    vsi = _vsi(tmp_path, "620995")
+    patterns = [*DEFAULT_PATTERNS, "*.vsi"]
+    [unit] = discover_units(tmp_path, patterns)
+    assert unit == ScanUnit.from_path(vsi) and unit.companion == tmp_path / "_620995_"
+    assert {rel for _p, rel in unit.files()} == {
+        "620995.vsi",
+        "_620995_/stack1/frame_t.ets",
+        "_620995_/stack10001/frame_t.ets",
+    }
+    # An event deep inside the data folder belongs to the .vsi, as a MIRAX data file does to its .mrxs.
+    assert unit_for_path(tmp_path, tmp_path / "_620995_" / "stack1" / "frame_t.ets", patterns) == unit
+
+
+def test_without_vsi_in_the_patterns_neither_the_vsi_nor_its_folder_is_a_scan(tmp_path: Path) -> None:
+    _vsi(tmp_path, "620995")
+    assert discover_units(tmp_path, DEFAULT_PATTERNS) == []
+
+
+def test_orphan_markers_are_found_and_a_scans_own_marker_is_not(tmp_path: Path) -> None:
+    from scanner_agent.watch.units import orphan_markers, scan_for_marker
+
+    (tmp_path / "620995.svs").write_bytes(b"II*\0" + b"\0" * 100)
+    (tmp_path / "620995.done").touch()
+    (tmp_path / "777777.done").touch()
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "888888.done").touch()
+    units = discover_units(tmp_path)
+    assert orphan_markers(tmp_path, "{stem}.done", units) == [
+        tmp_path / "777777.done",
+        tmp_path / "sub" / "888888.done",
+    ]
+    assert scan_for_marker(tmp_path / "620995.done", "{stem}.done") == ScanUnit.from_path(
+        tmp_path / "620995.svs"
+    )
+    assert scan_for_marker(tmp_path / "777777.done", "{stem}.done") is None
+    assert orphan_markers(tmp_path, "", units) == []

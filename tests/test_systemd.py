@@ -8,7 +8,7 @@ does (sd_notify, copy and delete a slide, OpenSlide, SQLite, loopback TCP, inoti
 the embedded server) and checks the sandbox refuses what it should (writes elsewhere, W+X memory,
 netlink, other users' processes).
 
-Run as a script, this file is that probe: ``python tests/test_systemd.py serve|hang|exit N``.
+Run as a script, this file is that probe: ``python tests/test_systemd.py serve|hang|journal|exit N``.
 """
 
 from __future__ import annotations
@@ -378,16 +378,41 @@ def _hang() -> int:
     return 0
 
 
+def _journal() -> int:
+    """Log through the agent's own set-up under journald, then stay up: tests read ``journalctl``."""
+    import logging
+
+    from scanner_agent import cli
+    from scanner_agent.systemd import journald
+    from scanner_agent.systemd import notify as sdnotify
+
+    cli._setup_logging(False)
+    journald.set_process_fields(scanner="Cardinal")
+    handler = type(logging.getLogger().handlers[0]).__name__
+    (Path(os.environ["PROBE_STORAGE"]) / "handler").write_text(handler)
+    log = logging.getLogger("scanner_agent.probe")
+    with journald.scan_context(scan_id=7, flow_run_id="probe-run"):
+        journald.bind_scan_context(barcode="620995")
+        log.info("probe info line")
+        log.warning("probe warning: storage is slow")
+        log.error("probe error: slide does not open")
+    sdnotify.ready("logged")
+    time.sleep(3600)
+    return 0
+
+
 def _probe_main(argv: list[str]) -> int:
     if argv[:1] == ["serve"]:
         return _serve()
+    if argv[:1] == ["journal"]:
+        return _journal()
     if argv[:1] == ["hang"]:
         return _hang()
     if argv[:1] == ["exit"]:
         with open(Path(os.environ["PROBE_STORAGE"]) / "starts", "a") as starts:
             starts.write(f"{os.getpid()}\n")
         return int(argv[1])
-    print(f"usage: {sys.argv[0]} serve|hang|exit N", file=sys.stderr)
+    print(f"usage: {sys.argv[0]} serve|hang|journal|exit N", file=sys.stderr)
     return 2
 
 
@@ -942,3 +967,53 @@ def test_config_errors_are_not_restarted_but_other_failures_are(
         state = manager.show(unit)
         assert (state["SubState"], state["Result"], state["NRestarts"]) == ("failed", "exit-code", "0"), state
         assert len(starts.read_text().split()) == 1
+
+
+@pytest.mark.slow
+def test_journalctl_priority_filter_shows_the_agents_warnings_with_their_scan_fields(
+    booted: Callable[..., SystemdInNamespaces], tmp_path: Path
+) -> None:
+    """Under a real journald: `journalctl -p warning` shows warnings and errors (not info), and the
+    native fields find a slide's lines (`journalctl SCANNER=Cardinal BARCODE=620995`)."""
+    if not Path("/lib/systemd/systemd-journald").exists() or not shutil.which("journalctl"):
+        pytest.skip("systemd-journald or journalctl is not installed")
+    journal = (
+        "StandardOutput=journal\nStandardError=journal\n"
+        "[Unit]\nWants=systemd-journald.socket\nAfter=systemd-journald.socket\n"
+    )
+    manager = booted("journal", extra=journal, env={"PROBE_STORAGE": "/srv/storage"})
+    unit = "scanner-agent@t.service"
+    manager.wait_for("the probe's READY", lambda: manager.show(unit)["StatusText"] == "logged")
+
+    def journalctl(*args: str) -> list[dict[str, str]]:
+        out = subprocess.run(
+            [
+                "nsenter",
+                f"--target={manager.pid1}",
+                "--mount",
+                "--pid",
+                "journalctl",
+                "--no-pager",
+                "-o",
+                "json",
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+
+    def messages(*args: str) -> list[str]:
+        return [e["MESSAGE"] for e in journalctl(*args) if str(e.get("MESSAGE", "")).startswith("probe")]
+
+    manager.wait_for("the lines in the journal", lambda: len(messages("-u", unit)) >= 3)
+    assert (tmp_path / "srv" / "storage" / "handler").read_text() == "NativeJournalHandler"
+    assert messages("-u", unit, "-p", "warning") == [
+        "probe warning: storage is slow",
+        "probe error: slide does not open",
+    ]
+    [entry] = [e for e in journalctl("-u", unit, "-p", "err") if e["MESSAGE"].startswith("probe")]
+    assert entry["PRIORITY"] == "3" and entry["SYSLOG_IDENTIFIER"] == "scanner-agent"
+    assert (entry["SCAN_ID"], entry["FLOW_RUN_ID"]) == ("7", "probe-run")
+    assert len(messages("SCANNER=Cardinal", "BARCODE=620995")) == 3

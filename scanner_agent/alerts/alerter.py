@@ -42,6 +42,7 @@ class Alerter:
         clock: Callable[[], float] = time.time,
         retry_base_seconds: float = 60,
         retry_max_seconds: float = 1800,
+        attach_label: bool = False,
     ) -> None:
         names = [c.name for c in channels]
         if len(set(names)) != len(names):
@@ -52,6 +53,8 @@ class Alerter:
         self.clock = clock
         self.retry_base_seconds = retry_base_seconds
         self.retry_max_seconds = retry_max_seconds
+        #: ``[alerts] attach_label``: without it no label picture leaves the agent (patient identifiers).
+        self.attach_label = attach_label
         self._lock = threading.Lock()
         self._retry_lock = threading.Lock()
         self._inflight: set[tuple[str, str]] = set()
@@ -61,6 +64,8 @@ class Alerter:
 
     def send(self, alert: Alert) -> dict[str, str]:
         """Send to every channel: name -> "sent" | "suppressed" | "queued" ("failed" without an outbox)."""
+        if alert.label_png is not None and not self.attach_label:
+            alert = dataclasses.replace(alert, label_png=None)  # not sent, not kept in the outbox either
         result: dict[str, str] = {}
         for channel in self.channels:
             try:

@@ -27,13 +27,11 @@ def email_message(alert: Alert, *, sender: str, recipients: list[str]) -> EmailM
     msg["Message-ID"] = make_msgid(domain=sender.rpartition("@")[2] or None)
     msg.set_content(_email_plain(alert))
     msg.add_alternative(_email_html(alert), subtype="html")
-    if alert.thumbnail_png:
-        msg.add_attachment(
-            alert.thumbnail_png,
-            maintype="image",
-            subtype="png",
-            filename=f"{alert.subject or 'slide'}-thumbnail.png",
-        )
+    for png, what in ((alert.thumbnail_png, "thumbnail"), (alert.label_png, "label")):
+        if png:
+            msg.add_attachment(
+                png, maintype="image", subtype="png", filename=f"{alert.subject or 'slide'}-{what}.png"
+            )
     return msg
 
 

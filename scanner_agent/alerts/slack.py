@@ -178,11 +178,12 @@ class SlackChannel:
                 unfurl_media=False,
             ),
         )
-        if alert.thumbnail_png:
-            self._upload_thumbnail(alert, posted)
+        for png, what in ((alert.thumbnail_png, "thumbnail"), (alert.label_png, "label")):
+            if png:
+                self._upload_picture(alert, posted, png, what)
 
-    def _upload_thumbnail(self, alert: Alert, posted: Any) -> None:
-        """Attach the thumbnail in the alert's thread.
+    def _upload_picture(self, alert: Alert, posted: Any, png: bytes, what: str) -> None:
+        """Attach a picture (the slide's ``thumbnail`` or its ``label``) in the alert's thread.
 
         ``files_upload_v2`` needs a channel ID, not a name like ``#slide-scanning``;
         chat.postMessage answers with the ID, so that is used (no channels:read scope needed).
@@ -190,22 +191,22 @@ class SlackChannel:
         retry would post the whole alert twice.
         """
         channel_id = posted.get("channel") or self.channel
-        name = f"{alert.subject or 'slide'}-thumbnail.png"
+        name = f"{alert.subject or 'slide'}-{what}.png"
         try:
             self._call(
                 "files.upload",
                 lambda: self._client.files_upload_v2(
                     channel=channel_id,
                     thread_ts=posted.get("ts"),
-                    file=alert.thumbnail_png,
+                    file=png,
                     filename=name,
-                    title=f"Thumbnail: {alert.subject or alert.scanner}",
-                    alt_txt=f"Slide thumbnail for {alert.subject or 'the scan'}",
+                    title=f"{what.capitalize()}: {alert.subject or alert.scanner}",
+                    alt_txt=f"Slide {what} for {alert.subject or 'the scan'}",
                 ),
             )
         except AlertDeliveryError as exc:
             log.warning(
-                "Alert %s: message posted to Slack but the thumbnail upload failed: %s", alert.key(), exc
+                "Alert %s: message posted to Slack but the %s upload failed: %s", alert.key(), what, exc
             )
 
     def check(self) -> list[str]:

@@ -45,6 +45,11 @@ _OTHER_KINDS: dict[str, AlertKind] = {
         "Check that the scanner's output folder is mounted and readable, then run `scanner-agent check`; "
         "new scans are picked up by the next full folder scan once it is reachable again.",
     ),
+    "scan_never_finished": AlertKind(
+        "Scan never finished for {subject}",
+        "The file has kept growing for longer than [transfer] stall_hours. Check the scanner: a scan "
+        "that hung or a program writing to the folder. Transfers stay slowed while it grows.",
+    ),
     "missing_rescan": AlertKind(
         "Rescan overdue for {subject}",
         "Rescan the slide, or clear 'Rescan Requested' in the metadata sheet if no rescan is needed.",
@@ -61,6 +66,17 @@ _OTHER_KINDS: dict[str, AlertKind] = {
     "rescan_received": AlertKind(
         "Rescan received for {subject}",
         "Nothing to do; the rescan was stored and the previous scan was kept under superseded/.",
+    ),
+    "stored_file_changed": AlertKind(
+        "Stored image changed: {subject}",
+        "The stored file no longer has the sha256 recorded when it was stored (bit rot, or an edit on "
+        "the share). Restore it from backup, or rescan the slide; `scanner-agent verify` lists every "
+        "file it finds changed.",
+    ),
+    "stored_file_missing": AlertKind(
+        "Stored image missing: {subject}",
+        "A file its sidecar records is no longer in storage. Restore it from backup (or find who moved "
+        "it); `scanner-agent verify` lists every missing file.",
     ),
     "recovered": AlertKind("Recovered: {subject}", RECOVERED_ACTION),
 }
@@ -110,6 +126,9 @@ class Alert:
     #: Which scan this is about (the journal's scan id), when it is about one: a rescan under the
     #: same file name is a new scan, and its problems (or its arrival) are news again.
     scan: str | None = None
+    #: The slide's label picture (PNG) for a "no barcode" alert; sent only with ``[alerts]
+    #: attach_label = true`` (labels can carry patient identifiers).
+    label_png: bytes | None = None
 
     def __post_init__(self) -> None:
         if self.kind == "recovered":
@@ -189,9 +208,9 @@ class Alert:
 
     def to_json(self) -> str:
         data = asdict(self)
-        data["thumbnail_png"] = (
-            base64.b64encode(self.thumbnail_png).decode("ascii") if self.thumbnail_png is not None else None
-        )
+        for name in ("thumbnail_png", "label_png"):
+            raw = getattr(self, name)
+            data[name] = base64.b64encode(raw).decode("ascii") if raw is not None else None
         return json.dumps(data, sort_keys=True)
 
     @classmethod
@@ -199,6 +218,7 @@ class Alert:
         data: dict[str, Any] = json.loads(text)
         known = {f.name for f in fields(cls)}
         data = {k: v for k, v in data.items() if k in known}  # tolerate rows written by a newer version
-        if data.get("thumbnail_png") is not None:
-            data["thumbnail_png"] = base64.b64decode(data["thumbnail_png"])
+        for name in ("thumbnail_png", "label_png"):
+            if data.get(name) is not None:
+                data[name] = base64.b64decode(data[name])
         return cls(**data)

@@ -1,10 +1,13 @@
-"""Read a barcode out of a name or out of a slide's metadata properties, and say why not.
+"""Read a barcode out of a name, a slide's metadata or its decoded label codes, and say why not.
 
-Pure text work: the slide adapter (``slides.find_barcode``) opens the slide and tries the name
-first, then these properties. Nothing is guessed. A barcode is a lookup key, never a path: it
-is stripped of surrounding whitespace and must then be 1-64 printable ASCII characters with no
-whitespace, control character or path separator, and not ``.`` or ``..``. Leading zeros are
-kept (barcodes are strings, not numbers).
+Pure text work: the slide adapter (``slides.find_barcode``) opens the slide and tries the
+sources of ``[scanner] barcode_sources`` in order (name, metadata, label by default); these
+functions judge the text each gives. Nothing is guessed: a code decoded from the label counts only
+when ``barcode_regex`` matches it, and two different valid codes on one label are an error.
+
+A barcode is a lookup key, never a path: it is stripped of surrounding whitespace and must then
+be 1-64 printable ASCII characters with no whitespace, control character or path separator, and
+not ``.`` or ``..``. Leading zeros are kept (barcodes are strings, not numbers).
 
 Unicode look-alikes are rejected, not normalised: Python's ``\\d`` matches fullwidth digits, so
 a file named ``６２０９９５.svs`` would otherwise match ``(?P<barcode>\\d{6})`` and, after NFKC,
@@ -18,7 +21,7 @@ import base64
 import binascii
 import re
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from scanner_agent.core import errors
@@ -38,8 +41,9 @@ MAX_BARCODE_LEN = 64
 #: - ``ventana.Barcode1D`` / ``ventana.Barcode2D``: attributes of the iScan element, which
 #:   OpenSlide copies in full, on scanners that write them.
 #: - ``argos.Barcode``: Argos XML.
-#: Hamamatsu NDPI and MIRAX carry no barcode text (only a label picture): name those files by
-#: barcode on the scanner.
+#: Hamamatsu NDPI keeps its barcode text in TIFF tag 65468, which OpenSlide does not parse (the slide
+#: adapter reads it with tifffile, ``NDPI_BARCODE_TAG``). MIRAX carries no barcode text, only a
+#: label picture: that is the ``label`` source.
 METADATA_KEYS: tuple[str, ...] = (
     "openslide.barcode",
     "aperio.Barcode",
@@ -52,6 +56,11 @@ METADATA_KEYS: tuple[str, ...] = (
     "argos.Barcode",
 )
 _BASE64_KEYS = frozenset({"philips.PIM_DP_UFS_BARCODE"})
+#: Hamamatsu NDPI's private TIFF tag holding the label's barcode text.
+NDPI_BARCODE_TAG = 65468
+#: Where a barcode may come from, as ``[scanner] barcode_sources`` names them; the default order.
+BARCODE_SOURCES: tuple[str, ...] = ("name", "metadata", "label")
+SOURCES_KEY = "scanner.barcode_sources"
 _FORBIDDEN = frozenset("/\\")
 
 
@@ -61,6 +70,77 @@ class BarcodeResult:
 
     barcode: str
     source: str
+
+
+@dataclass(frozen=True)
+class LabelCode:
+    """One symbol decoded from a label picture: its text and its symbology ("DataMatrix")."""
+
+    text: str
+    symbology: str
+
+
+def check_barcode_sources(sources: Sequence[str]) -> tuple[str, ...]:
+    """``sources`` as a tuple, or ``ValueError`` naming what is wrong (unknown, repeated, none)."""
+    unknown = [s for s in sources if s not in BARCODE_SOURCES]
+    if unknown:
+        raise ValueError(
+            f"unknown barcode source {', '.join(map(repr, unknown))}; use some of {list(BARCODE_SOURCES)}"
+        )
+    repeated = sorted({s for s in sources if list(sources).count(s) > 1})
+    if repeated:
+        raise ValueError(f"barcode source {', '.join(map(repr, repeated))} is listed twice")
+    if not sources:
+        raise ValueError(f"list at least one barcode source of {list(BARCODE_SOURCES)}")
+    return tuple(sources)
+
+
+def barcode_from_label(codes: Sequence[LabelCode], regex: re.Pattern[str], where: str) -> BarcodeResult:
+    """The barcode among the codes decoded from the label picture ``where`` ("label image").
+
+    A code counts only when ``regex`` matches its text (the matched group, cleaned, is the
+    barcode); the same barcode in several symbols is one barcode. Raises ``ValueError`` saying
+    what was decoded and why none counts, or naming both barcodes when two different ones count.
+    """
+    if not codes:
+        raise ValueError(f"{where}: no barcode symbol could be decoded")
+    found: dict[str, list[str]] = {}
+    rejected: list[str] = []
+    for code in codes:
+        try:
+            value = barcode_from_name(code.text, regex)
+        except ValueError as exc:
+            rejected.append(f"{code.symbology} {code.text!r} ({exc})")
+            continue
+        if value is None:
+            rejected.append(f"{code.symbology} {code.text!r} does not match {CONFIG_KEY} {regex.pattern!r}")
+            continue
+        kinds = found.setdefault(value, [])
+        if code.symbology not in kinds:
+            kinds.append(code.symbology)
+    if len(found) > 1:
+        both = " and ".join(f"{b!r} ({', '.join(k)})" for b, k in found.items())
+        raise ValueError(f"{where} holds {len(found)} different barcodes, {both}; nothing is guessed")
+    if not found:
+        raise ValueError(f"{where}: decoded " + "; ".join(rejected))
+    ((barcode, kinds),) = found.items()
+    return BarcodeResult(barcode, f"{where}, {' + '.join(kinds)}")
+
+
+def barcode_from_text(value: str, regex: re.Pattern[str], where: str) -> BarcodeResult:
+    """The barcode in a vendor's barcode field (``where`` names it): the regex's match when it
+    matches, else the whole value as printed on the label. ``ValueError`` says why it is unusable."""
+    if not value.strip():
+        raise ValueError(f"{where} is empty")
+    try:
+        return BarcodeResult(_pick(value, regex), where)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
+
+
+def _pick(value: str, regex: re.Pattern[str]) -> str:
+    match = regex.search(value)
+    return clean_barcode(match.group("barcode") if match and match.group("barcode") else value)
 
 
 def compile_barcode_regex(pattern: str) -> re.Pattern[str]:
@@ -135,9 +215,7 @@ def barcode_from_properties(properties: Mapping[str, str], regex: re.Pattern[str
         present = True
         try:
             value = _decode_base64(raw) if key in _BASE64_KEYS else raw
-            match = regex.search(value)
-            candidate = match.group("barcode") if match and match.group("barcode") else value
-            return BarcodeResult(clean_barcode(candidate), f"slide metadata ({key})")
+            return BarcodeResult(_pick(value, regex), f"slide metadata ({key})")
         except ValueError as exc:
             tried.append(f"slide metadata {key}: {exc}")
     if not present:

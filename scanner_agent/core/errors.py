@@ -13,7 +13,9 @@
           │    └── SheetUnavailable   the sheet cannot be read now (transient)
           ├── Quarantine              moved aside, never stored
           │    ├── NoBarcode          no barcode in the name, the metadata or the label
-          │    └── CorruptSlide       the slide does not open or decode
+          │    ├── CorruptSlide       the slide does not open or decode
+          │    └── SlideReaderCrashed reading it crashed, exhausted or outlasted its worker
+          ├── AgentStoppedTwice       the agent died twice while processing it (set aside)
           ├── DestinationCollision    a different file already has the name in storage
           ├── LinkedScan              the scan is or holds a symbolic link
           ├── UnreadableSource        the scan cannot be read (permissions, I/O error)
@@ -151,12 +153,50 @@ class NoBarcode(Quarantine):
         "run `scanner-agent process --config <config> <renamed file>`; the scan is kept in quarantine."
     )
 
+    def __init__(
+        self,
+        message: str,
+        *,
+        barcode: str | None = None,
+        path: str | None = None,
+        action: str | None = None,
+        label_png: bytes | None = None,
+    ) -> None:
+        super().__init__(message, barcode=barcode, path=path, action=action)
+        #: The slide's label picture (PNG), only when ``[alerts] attach_label`` asked for it: it
+        #: lets a person read the label by eye, but labels can carry patient identifiers.
+        self.label_png = label_png
+
 
 class CorruptSlide(Quarantine):
     kind = "corrupt_slide"
     title = "Unreadable slide {subject}"
     default_action = (
         "Rescan the slide; the unreadable file is kept in quarantine and was not moved to storage."
+    )
+
+
+class SlideReaderCrashed(Quarantine):
+    """Reading the slide killed its worker process (a signal, its memory cap) or outlasted its time
+    limit: the file is moved aside so it cannot take the agent, or the next scan, down with it."""
+
+    kind = "slide_reader_crashed"
+    title = "Slide crashed the slide reader: {subject}"
+    default_action = (
+        "Rescan the slide; the file is kept in quarantine and was not stored. If good slides do this "
+        "too, raise [scanner] slide_memory_mb or slide_timeout_seconds, or report the file."
+    )
+
+
+class AgentStoppedTwice(ScanError):
+    """The agent died twice in a row while processing this scan: it is set aside (failed) at the next
+    start so the agent can go on with everything else; ``retry`` brings it back deliberately."""
+
+    kind = "crash_loop"
+    title = "Scan set aside after stopping the agent twice: {subject}"
+    default_action = (
+        "Look at the agent's log (`journalctl -u scanner-agent@<scanner>`) for what stopped it, then run "
+        "`scanner-agent retry --config <config> --barcode <barcode>` to try the scan again."
     )
 
 

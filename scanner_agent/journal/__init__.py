@@ -4,8 +4,9 @@ Other layers import from this package, never from its modules, so the modules ca
 without touching their callers.
 """
 
+from scanner_agent.journal.fixity import FixityLog
 from scanner_agent.journal.outbox import AlertOutbox
 from scanner_agent.journal.records import ScanRecord
 from scanner_agent.journal.store import Journal
 
-__all__ = ["AlertOutbox", "Journal", "ScanRecord"]
+__all__ = ["AlertOutbox", "FixityLog", "Journal", "ScanRecord"]

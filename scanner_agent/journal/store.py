@@ -19,8 +19,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from scanner_agent.core.crashloop import DEATHS_KEY, resets_count
 from scanner_agent.core.states import ACTIVE, ScanState, can_move
-from scanner_agent.journal.records import SCHEMA, ScanRecord, identity_of
+from scanner_agent.journal.records import ScanRecord, identity_of, migrate
 
 #: Unfinished states a newer version of the same file replaces (``record_ready``); a scan being
 #: processed is left to finish (its copy checks the source and fails on its own).
@@ -43,12 +44,17 @@ class Journal:
         self._clock = clock
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
         self._db.row_factory = sqlite3.Row
+        try:
+            migrate(self._db, self.path)  # a journal from a newer release: ConfigError, before anything
+            # (even the WAL switch) touches the file
+        except BaseException:
+            self._db.close()
+            raise
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(
             "PRAGMA synchronous=FULL"
         )  # the journal is the record: a stored row must survive power loss
         self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(SCHEMA)
         if created:
             os.chmod(self.path, 0o600)
 
@@ -161,9 +167,13 @@ class Journal:
                 sets["stored_at"] = now
             if state == ScanState.PROCESSING:
                 sets["attempts"] = row["attempts"] + 1
-            if "details" in fields:
-                merged = json.loads(row["details"] or "{}")
-                merged.update(fields.pop("details") or {})
+            merged = json.loads(row["details"] or "{}")
+            changed = "details" in fields
+            merged.update(fields.pop("details", None) or {})
+            if merged.get(DEATHS_KEY) and resets_count(state):  # at rest: the deaths are no longer in a row
+                merged[DEATHS_KEY] = 0
+                changed = True
+            if changed:
                 sets["details"] = json.dumps(merged, default=str)
             sets.update(fields)
             cols = ", ".join(f"{k}=?" for k in sets)

@@ -30,7 +30,9 @@ from prefect.utilities.annotations import quote
 
 from scanner_agent.core.errors import ScanError
 from scanner_agent.core.sheet_table import SheetTable
+from scanner_agent.orchestration.flow_progress import with_copy_progress
 from scanner_agent.pipeline import STEPS, ScanOutcome, ScanServices, Step, process_scan
+from scanner_agent.systemd import journald
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +64,13 @@ _RETRIES: dict[str, dict[str, Any]] = {
     "Move Rescanned Images": _MOVE_RETRIES,
 }
 
-#: Each pipeline step as the Prefect task the UI shows, by the step's name.
+#: Each pipeline step as the Prefect task the UI shows, by the step's name; the moves keep a
+#: progress artifact up to date for a big scan (flow_progress.py).
 TASKS: dict[str, Task[Any, Any]] = {
-    step.name: task(name=step.name, **_OPTS, **_RETRIES.get(step.name, {}))(step.fn) for step in STEPS
+    step.name: task(name=step.name, **_OPTS, **_RETRIES.get(step.name, {}))(
+        with_copy_progress(step.fn) if step.name in ("Move Image", "Move Rescanned Images") else step.fn
+    )
+    for step in STEPS
 }
 
 
@@ -84,6 +90,10 @@ class PrefectRun:
     def __init__(self, svc: ScanServices) -> None:
         self.svc = svc
         self._run_id = str(runtime_flow_run.id) if runtime_flow_run.id else None
+        # The run's name and tags as last written, so each update sends them whole (a PATCH of
+        # tags replaces them) and none is sent when they are already right.
+        self._name = str(runtime_flow_run.name or "")
+        self._tags = set(runtime_flow_run.tags or [])
 
     @property
     def run_id(self) -> str | None:
@@ -97,11 +107,16 @@ class PrefectRun:
     async def tag_study(self, study: str) -> None:
         """Tag the run with its study when the dispatcher could not already (barcode only in the
         slide's metadata, or the row filled since): one PATCH, and none in the usual case."""
-        if not self._run_id or not study:
-            return
-        current = set(runtime_flow_run.tags or [])
-        tags = current | {f"scanner:{self.svc.name}", f"study:{study}"}
-        if tags == current:
+        if study:
+            await self._update(self._name, self._tags | {f"scanner:{self.svc.name}", f"study:{study}"})
+
+    async def name_by_barcode(self, barcode: str) -> None:
+        """Once Identify Barcode has the barcode: the run named by it (it was named by its file
+        when the name held none) and tagged ``barcode:<b>``, in one PATCH, none if already so."""
+        await self._update(barcode, self._tags | {f"scanner:{self.svc.name}", f"barcode:{barcode}"})
+
+    async def _update(self, name: str, tags: set[str]) -> None:
+        if not self._run_id or (name == self._name and tags == self._tags):
             return
         from uuid import UUID
 
@@ -109,9 +124,13 @@ class PrefectRun:
 
         try:
             async with get_client() as client:
-                await client.update_flow_run(UUID(self._run_id), tags=sorted(tags))
+                await client.update_flow_run(
+                    UUID(self._run_id), name=name if name != self._name else None, tags=sorted(tags)
+                )
         except Exception:
-            log.debug("could not tag flow run %s", self._run_id, exc_info=True)
+            log.debug("could not rename or tag flow run %s", self._run_id, exc_info=True)
+            return
+        self._name, self._tags = name, tags
 
     async def artifact(self, markdown: str, *, key: str, description: str) -> None:
         try:
@@ -159,7 +178,10 @@ def scan_flow_for(scanner: str) -> Any:
 async def scan_image_flow(scanner: str, scan_id: int, path: str, label: str) -> Any:
     """Process one complete scan from the scanner's folder into storage."""
     svc = services_for(scanner)
-    outcome = await process_scan(svc, scan_id, Path(path), run=PrefectRun(svc), steps_runner=run_as_task)
+    run = PrefectRun(svc)
+    # Every line logged about this scan carries its fields in journald (BARCODE= once it is known).
+    with journald.scan_context(scanner=scanner, scan_id=scan_id, flow_run_id=run.run_id):
+        outcome = await process_scan(svc, scan_id, Path(path), run=run, steps_runner=run_as_task)
     return final_state(outcome)
 
 

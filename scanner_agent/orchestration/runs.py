@@ -64,10 +64,20 @@ def run_tags(svc: ScanServices, label: str) -> list[str]:
     barcode, so the run needs no second API call to be tagged."""
     tags = [f"scanner:{svc.name}"]
     try:
-        study = lookup(svc.sheet.table(), label).values.get("Study", "")
+        row = lookup(svc.sheet.table(), label)
     except Exception:
-        study = ""
+        row = None
+    study = row.values.get("Study", "") if row is not None else ""
+    if _is_barcode(label, svc):  # named by the barcode in its file name: tagged so from the start
+        tags.append(f"barcode:{label}")
     return tags + ([f"study:{study}"] if study else [])
+
+
+def _is_barcode(label: str, svc: ScanServices) -> bool:
+    try:
+        return barcode_from_name(label, svc.settings.barcode_regex) == label
+    except ValueError:
+        return False
 
 
 def start_embedded_api() -> None:

@@ -4,7 +4,7 @@ The orchestration layer runs it inside a Prefect flow, each step as a task; test
 in-memory fakes and a step runner that just calls each step. Nothing here imports Prefect.
 """
 
-from scanner_agent.pipeline.adapters import FileStorage, OpenSlideReader
+from scanner_agent.pipeline.adapters import FileStorage, IsolatedSlideReader, OpenSlideReader
 from scanner_agent.pipeline.ports import (
     Notifier,
     RunPort,
@@ -23,6 +23,7 @@ from scanner_agent.pipeline.steps import STEPS
 __all__ = [
     "STEPS",
     "FileStorage",
+    "IsolatedSlideReader",
     "Notifier",
     "OpenSlideReader",
     "RunPort",

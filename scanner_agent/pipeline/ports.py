@@ -48,6 +48,10 @@ class Settings:
     rescan_deadline_hours: float
     #: The Prefect UI's address as configured ("" when not: the orchestrator asks its own setting).
     ui_url: str = ""
+    #: ``[scanner] barcode_sources``: where Identify Barcode looks, in order.
+    barcode_sources: tuple[str, ...] = ("name", "metadata", "label")
+    #: ``[alerts] attach_label``: a "no barcode" error carries the label picture for the alert.
+    attach_label: bool = False
 
     @classmethod
     def from_config(cls, cfg: AgentConfig) -> Settings:
@@ -66,13 +70,17 @@ class Settings:
             recheck_seconds=cfg.sheet.recheck_seconds,
             rescan_deadline_hours=cfg.rescans.deadline_hours,
             ui_url=(cfg.alerts.prefect_ui_url or cfg.prefect.ui_url).rstrip("/"),
+            barcode_sources=tuple(cfg.scanner.barcode_sources),
+            attach_label=cfg.alerts.attach_label,
         )
 
 
 class SlideReader(Protocol):
     """Reads what the pipeline needs out of a slide."""
 
-    def find_barcode(self, unit: ScanUnit, regex: re.Pattern[str]) -> BarcodeResult: ...
+    def find_barcode(
+        self, unit: ScanUnit, regex: re.Pattern[str], *, sources: tuple[str, ...], keep_label: bool
+    ) -> BarcodeResult: ...
 
     def validate(self, unit: ScanUnit) -> SlideInfo: ...
 
@@ -97,7 +105,9 @@ class Storage(Protocol):
         margin: int,
     ) -> TransferResult: ...
 
-    def remove_source(self, unit: ScanUnit, result: TransferResult) -> None: ...
+    def remove_source(self, unit: ScanUnit, result: TransferResult) -> bool | None:
+        """Free the scanner's copy; False when the retention policy keeps it."""
+        ...
 
     def quarantine(self, unit: ScanUnit, quarantine_dir: Path, reason: str) -> Path: ...
 
@@ -120,6 +130,10 @@ class RunPort(Protocol):
 
     async def tag_study(self, study: str) -> None:
         """Tag the run with the scan's study (best effort)."""
+        ...
+
+    async def name_by_barcode(self, barcode: str) -> None:
+        """Name the run by the barcode and tag it ``barcode:<b>`` once it is known (best effort)."""
         ...
 
     async def artifact(self, markdown: str, *, key: str, description: str) -> None:

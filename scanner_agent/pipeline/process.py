@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from scanner_agent.core.barcode import BarcodeResult
-from scanner_agent.core.errors import ScanError, UnexpectedError
+from scanner_agent.core.errors import NoBarcode, ScanError, UnexpectedError
 from scanner_agent.core.humanize import age_text, iso_utc
 from scanner_agent.core.policy import Outcome, decide_failure, unquarantinable
 from scanner_agent.core.qc import QcResult
@@ -31,6 +31,7 @@ from scanner_agent.pipeline.summary import Summary
 from scanner_agent.scanunit import ScanUnit
 from scanner_agent.slides import SlideInfo
 from scanner_agent.storage import TransferResult
+from scanner_agent.systemd import journald
 
 log = logging.getLogger(__name__)
 
@@ -73,11 +74,16 @@ async def process_scan(
         steps.require_present(unit, path)
         bc = step(steps.IDENTIFY_BARCODE, svc, unit)
         barcode = bc.barcode
+        journald.bind_scan_context(barcode=barcode)  # journalctl BARCODE=... finds the rest of the story
         j.update(scan_id, barcode=barcode, details={"barcode_source": bc.source})
+        summary.barcode_source = bc.source
+        await run.name_by_barcode(barcode)  # staff search the UI by barcode, wherever it was found
         row, table = step(steps.READ_SHEET_METADATA, svc, barcode)
         await run.tag_study(row.values.get("Study", ""))
         info = step(steps.VALIDATE_SLIDE, svc, unit)
-        qc = step(steps.CHECK_QUALITY, svc, info) if svc.settings.qc_enabled else None
+        if not info.validated:  # a pass-through format: recorded as such, never as corrupt
+            j.update(scan_id, details={"validation": info.note})
+        qc = step(steps.CHECK_QUALITY, svc, info) if svc.settings.qc_enabled and info.validated else None
         dest = step(steps.BUILD_NAME, svc, unit, barcode, row, table)
         j.update(scan_id, details={"planned_dest": str(dest)})  # so a restart knows where a partial may be
         rescan = choose_rescan(
@@ -106,8 +112,8 @@ async def process_scan(
         )
         for earlier_id in rescan.earlier:
             j.update(earlier_id, details={"superseded_by": str(result.dest)})
-        step(steps.FREE_SCANNER_DISK, svc, unit, result)
-        j.update(scan_id, source_removed=1)
+        if step(steps.FREE_SCANNER_DISK, svc, unit, result):
+            j.update(scan_id, source_removed=1)
     except ScanError as exc:
         return await _failed(svc, scan_id, unit, barcode, exc, run, info, summary)
     except Exception as exc:  # a bug or an unmapped OS error: keep the scan, say so, retry a few times
@@ -148,6 +154,8 @@ def _sidecar(
             "height": info.height,
             "levels": info.level_count,
             "mpp": info.mpp,
+            # A pass-through format says so (a validated slide's record is as it always was).
+            **({} if info.validated else {"validated": False, "note": info.note}),
         },
         "qc": None
         if qc is None
@@ -275,6 +283,8 @@ async def _failed(
         details=details or None,
     )
     extra = {"where": details["quarantined_to"]} if "quarantined_to" in details else {}
+    # Only there when [alerts] attach_label asked for it (labels can carry patient identifiers).
+    label_png = exc.label_png if isinstance(exc, NoBarcode) else None
     svc.notifier.alert(
         exc.kind,
         exc.message,
@@ -285,6 +295,7 @@ async def _failed(
         thumbnail_png=info.thumbnail_png if info else None,
         details=extra,
         scan=str(scan_id),
+        **({"label_png": label_png} if label_png else {}),
     )
     what = decision.label
     await summary.publish(

@@ -24,7 +24,10 @@ from scanner_agent.storage import TransferResult, destination
 
 
 def identify_barcode(svc: ScanServices, unit: ScanUnit) -> BarcodeResult:
-    return svc.slides.find_barcode(unit, svc.settings.barcode_regex)
+    s = svc.settings
+    return svc.slides.find_barcode(
+        unit, s.barcode_regex, sources=s.barcode_sources, keep_label=s.attach_label
+    )
 
 
 def read_sheet_metadata(svc: ScanServices, barcode: str) -> tuple[SheetRow, SheetTable]:
@@ -79,8 +82,9 @@ def move(
     )
 
 
-def free_scanner_disk(svc: ScanServices, unit: ScanUnit, result: TransferResult) -> None:
-    svc.storage.remove_source(unit, result)
+def free_scanner_disk(svc: ScanServices, unit: ScanUnit, result: TransferResult) -> bool:
+    """True when the source was freed; False when retention keeps it (``remove_source*`` settings)."""
+    return svc.storage.remove_source(unit, result) is not False
 
 
 IDENTIFY_BARCODE = Step("Identify Barcode", identify_barcode)

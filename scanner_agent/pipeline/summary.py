@@ -24,6 +24,7 @@ def render(
     qc: QcResult | None,
     note: str,
     seconds: float,
+    barcode_source: str | None = None,
 ) -> str:
     lines = [
         f"# {barcode or source.name} on {scanner}",
@@ -33,6 +34,7 @@ def render(
         "| | |",
         "|---|---|",
         f"| Barcode | {barcode or '(none found)'} |",
+        *([f"| Barcode from | {barcode_source} |"] if barcode and barcode_source else []),
         f"| Source | `{source}` |",
     ]
     if result is not None:
@@ -60,6 +62,8 @@ class Summary:
         self.scanner = scanner
         self.run = run
         self.t0 = t0
+        #: Where Identify Barcode found the barcode ("label image, DataMatrix"), once it has.
+        self.barcode_source: str | None = None
 
     async def publish(
         self,
@@ -69,7 +73,8 @@ class Summary:
         qc: QcResult | None,
         note: str,
     ) -> None:
-        text = render(self.scanner, barcode, source, result, qc, note, time.monotonic() - self.t0)
+        seconds = time.monotonic() - self.t0
+        text = render(self.scanner, barcode, source, result, qc, note, seconds, self.barcode_source)
         await self.run.artifact(
             text,
             key=f"scan-{artifact_key(barcode or source.stem)}",

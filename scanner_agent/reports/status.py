@@ -14,7 +14,8 @@ from typing import Any
 
 from scanner_agent.config import AgentConfig
 from scanner_agent.core.humanize import age_text
-from scanner_agent.journal import AlertOutbox, Journal, ScanRecord
+from scanner_agent.journal import AlertOutbox, FixityLog, Journal, ScanRecord
+from scanner_agent.storage import Retention
 
 
 def _pid_alive(pid: Any) -> bool:
@@ -44,6 +45,38 @@ def _brief(r: ScanRecord) -> dict[str, Any]:
     }
 
 
+#: ``status``'s exit codes, as LSB has them for an init script's ``status``.
+EXIT_OK, EXIT_ATTENTION, EXIT_NOT_RUNNING = 0, 1, 3
+#: An alert still undelivered after this long is a backlog: retries run every ~30 s, so a channel
+#: has been down a while and nobody is being told.
+ALERT_BACKLOG_SECONDS = 900.0
+
+
+def needs_attention(st: dict[str, Any], hold_alert_hours: float, now: float) -> list[str]:
+    """What in ``gather_status``'s data needs a person, one line each; empty when nothing does."""
+    out: list[str] = []
+    d = st["daemon"]
+    if d["running"] and d.get("watcher_alive") is False:
+        out.append(f"the watcher is unhealthy ({d.get('watcher_error') or 'no reason given'})")
+    for key in ("failed", "quarantined"):
+        if st[key]:
+            out.append(f"{len(st[key])} scan(s) {key}")
+    overdue = [r for r in st["held"] if r["since"] and now - r["since"] >= hold_alert_hours * 3600]
+    if overdue:
+        out.append(f"{len(overdue)} scan(s) held longer than {hold_alert_hours:g} h (past their alert)")
+    stale = [a for a in st.get("alerts_backlog", []) if now - float(a["created"]) >= ALERT_BACKLOG_SECONDS]
+    if stale:
+        out.append(f"{len(stale)} alert(s) undelivered for more than {ALERT_BACKLOG_SECONDS / 60:g} min")
+    return out
+
+
+def exit_status(st: dict[str, Any]) -> int:
+    """3 the daemon is not running; 1 it runs but something needs a person; 0 running and healthy."""
+    if not st["daemon"]["running"]:
+        return EXIT_NOT_RUNNING
+    return EXIT_ATTENTION if st["attention"] else EXIT_OK
+
+
 def gather_status(cfg: AgentConfig) -> dict[str, Any]:
     """What ``status`` shows, as JSON-able data, read from the journal named by ``cfg``.
 
@@ -59,8 +92,9 @@ def gather_status(cfg: AgentConfig) -> dict[str, Any]:
         midnight = time.mktime(time.localtime()[:3] + (0, 0, 0, 0, 0, -1))
         today_n, today_bytes = j.stored_since(midnight)
         last = j.last_stored()
+        backlog = AlertOutbox(cfg.journal.path).pending_summary()
 
-        return {
+        st: dict[str, Any] = {
             "scanner": cfg.scanner.name,
             "journal": str(cfg.journal.path),
             "daemon": {
@@ -90,10 +124,57 @@ def gather_status(cfg: AgentConfig) -> dict[str, Any]:
             "failed": [_brief(r) for r in j.in_state("failed")],
             "quarantined": [_brief(r) for r in j.in_state("quarantined")],
             "open_rescans": j.open_rescans(),
-            "alerts_pending": AlertOutbox(cfg.journal.path).pending_count(),
+            "alerts_pending": len(backlog),
+            "alerts_backlog": backlog,
+            "verification": _last_verification(cfg),
+            "kept_sources": _kept_sources(cfg, j.stored_unremoved()),
         }
     finally:
         j.close()
+    st["attention"] = needs_attention(st, cfg.sheet.hold_alert_hours, time.time())
+    st["exit_code"] = exit_status(st)
+    return st
+
+
+def _kept_sources(cfg: AgentConfig, recs: list[ScanRecord]) -> list[dict[str, Any]]:
+    """Stored scans whose source is still on the scanner, with until when (``None``: for good)."""
+    retention = Retention(cfg.scanner.remove_source, cfg.scanner.remove_source_after_days)
+    if retention.immediate:
+        return []  # a source left here is an unfinished removal, finished at the daemon's next start
+    return [
+        {
+            "file": Path(r.path).name,
+            "path": r.path,
+            "barcode": r.barcode,
+            "dest": r.dest,
+            "kept_until": retention.keep_until(r.stored_at),
+            "note": retention.describe(r.stored_at),
+            "problem": r.details.get("retention_problem"),
+        }
+        for r in recs
+    ]
+
+
+def _last_verification(cfg: AgentConfig) -> dict[str, Any] | None:
+    """The last fixity pass (background or ``scanner-agent verify``): when, what it checked and found."""
+    fixity = FixityLog(cfg.journal.path)
+    try:
+        return fixity.last_run()
+    finally:
+        fixity.close()
+
+
+def _verification_lines(v: dict[str, Any] | None) -> list[str]:
+    if v is None:
+        return ["  verification: never run (`scanner-agent verify`, or the daemon every verify_every_days)"]
+    head = f"  verification: last {_ago(v['finished'])} ({v['by']}): "
+    if v.get("share_gone"):
+        return [head + str(v["share_gone"])]
+    out = [head + f"{v['files']} file(s) checked, {v['verified']} verified, {v['problems']} problem(s)"]
+    for p in v.get("first_problems", [])[:10]:
+        detail = f" ({p['detail']})" if p.get("detail") else ""
+        out.append(f"    {p.get('problem')}: {p.get('path')}{detail}")
+    return out
 
 
 def _ago(t: float | None) -> str:
@@ -153,6 +234,15 @@ def render_status(st: dict[str, Any]) -> str:
                 f"    {r['barcode']} by {r['requested_by']}: {r.get('reason') or ''} "
                 f"(due {time.strftime('%Y-%m-%d %H:%M', time.localtime(r['deadline']))})"
             )
+    kept = st.get("kept_sources") or []
+    if kept:
+        out.append(f"  sources kept on the scanner after storing: {len(kept)}")
+        for r in kept[:20]:
+            problem = f"; {r['problem']}" if r.get("problem") else ""
+            out.append(f"    {r['file']} [{r['barcode']}]: {r['note']}{problem}")
+    out += _verification_lines(st.get("verification"))
     if st["alerts_pending"]:
         out.append(f"  alerts waiting to be delivered: {st['alerts_pending']}")
+    if st.get("attention"):
+        out.append("  needs a person: " + "; ".join(st["attention"]))
     return "\n".join(out)

@@ -22,8 +22,9 @@ from scanner_agent.journal import AlertOutbox, Journal
 from scanner_agent.orchestration.daily_report import DailyReporter
 from scanner_agent.orchestration.deployment import Deployment
 from scanner_agent.orchestration.runs import run_url
-from scanner_agent.pipeline import FileStorage, OpenSlideReader, ScanServices, Settings
+from scanner_agent.pipeline import FileStorage, IsolatedSlideReader, OpenSlideReader, ScanServices, Settings
 from scanner_agent.sheets import CsvSource, MetadataSource
+from scanner_agent.storage import IoPriority, Retention, TransferGate
 
 log = logging.getLogger(__name__)
 
@@ -45,15 +46,25 @@ class Services:
         self.sheet = sheet
         self.alerter = alerter
         self.started_at = time.time()
+        #: Paces copies and sets their I/O priority; the daemon connects it to its watcher.
+        self.transfer_gate = transfer_gate(cfg)
         settings = Settings.from_config(cfg)
+        #: Every slide parse runs in worker processes with ``[scanner] slide_memory_mb`` and
+        #: ``slide_timeout_seconds``; a slide that crashes one is quarantined, the agent goes on.
+        self.slide_reader = IsolatedSlideReader(
+            OpenSlideReader(passthrough=cfg.scanner.passthrough_patterns),
+            memory_mb=cfg.scanner.slide_memory_mb,
+            timeout_seconds=cfg.scanner.slide_timeout_seconds,
+            workers=min(2, cfg.scanner.max_parallel),
+        )
         self.barcode_regex = settings.barcode_regex
         #: What one scan's run is given (``pipeline.process_scan``).
         self.scan = ScanServices(
             settings=settings,
             journal=journal,
             sheet=sheet,
-            slides=OpenSlideReader(),
-            storage=FileStorage(),
+            slides=self.slide_reader,
+            storage=FileStorage(retention_of(cfg), cfg.scanner.completion_marker, self.transfer_gate),
             notifier=self,
         )
         #: This scanner's Prefect deployment (registered on first use), so runs offer Retry in the UI.
@@ -82,7 +93,13 @@ class Services:
             return {}
 
     def close(self) -> None:
+        self.slide_reader.close()
         self.journal.close()
+
+
+def retention_of(cfg: AgentConfig) -> Retention:
+    """The scanner's source retention policy (``remove_source``, ``remove_source_after_days``)."""
+    return Retention(cfg.scanner.remove_source, cfg.scanner.remove_source_after_days)
 
 
 def bootstrap(cfg: AgentConfig, *, register_deployment: bool = True) -> Services:
@@ -94,6 +111,19 @@ def bootstrap(cfg: AgentConfig, *, register_deployment: bool = True) -> Services
         build_sheet(cfg),
         build_alerter(cfg, journal.path),
         register_deployment=register_deployment,
+    )
+
+
+def transfer_gate(cfg: AgentConfig) -> TransferGate:
+    """``[transfer]``: the rates, and the I/O priority tried once here (one warning if refused)."""
+    t = cfg.transfer
+    prio = IoPriority(t.io_class, t.io_priority_level)
+    prio.check()
+    return TransferGate(
+        t.max_mb_per_second * 1e6 if t.max_mb_per_second else None,
+        scanning_rate=t.scanning_mb_per_second * 1e6,
+        yield_while_scanning=t.yield_while_scanning,
+        io_priority=prio,
     )
 
 
@@ -155,4 +185,5 @@ def build_alerter(cfg: AgentConfig, journal_path: Path) -> Alerter:
         build_channels(cfg),
         AlertOutbox(journal_path),
         repeat_after_seconds=cfg.alerts.repeat_after_minutes * 60,
+        attach_label=cfg.alerts.attach_label,
     )

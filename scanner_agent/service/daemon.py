@@ -23,6 +23,7 @@ from scanner_agent.core.states import ScanState
 from scanner_agent.scanunit import ScanUnit
 from scanner_agent.service.bootstrap import Services
 from scanner_agent.service.dispatcher import Dispatcher
+from scanner_agent.service.fixity import FixityTimer
 from scanner_agent.service.intake import offer
 from scanner_agent.service.lock import JournalLock
 from scanner_agent.service.maintenance import (
@@ -51,12 +52,19 @@ class Daemon:
         self.watcher = ScanWatcher(
             cfg.scanner.watch,
             self._on_ready,
-            patterns=cfg.scanner.patterns,
+            patterns=[*cfg.scanner.patterns, *cfg.scanner.passthrough_patterns],
             observer=cfg.scanner.observer,
             settle_seconds=cfg.scanner.settle_seconds,
             rescan_seconds=cfg.scanner.rescan_seconds,
             poll_interval=cfg.scanner.poll_interval,
             on_health_change=self._on_watcher_health,
+            completion_marker=cfg.scanner.completion_marker,
+        )
+        # [transfer] yield_while_scanning: copies slow down while a scan here is still growing.
+        services.transfer_gate.follow(
+            self.watcher.growing,
+            stall_seconds=cfg.transfer.stall_hours * 3600,
+            on_stall=self._scan_never_finished,
         )
         self.stop_event = threading.Event()
         self.maintenance = Maintenance(
@@ -73,11 +81,13 @@ class Daemon:
     def run(self) -> int:
         """Run until SIGTERM/SIGINT (or ``stop_event``). Returns the exit code."""
         self._lock.acquire()
+        metrics = self._serve_metrics()  # a busy or malformed [metrics] listen: ConfigError, exit 78
         try:
             self._install_signals()
             try:
                 self.startup()
                 self.maintenance.start()
+                FixityTimer(self.services.cfg, self.services.alert, self.stop_event).start()
                 while not self.stop_event.wait(1.0):
                     self.heartbeat()
             except sqlite3.Error as exc:
@@ -86,7 +96,25 @@ class Daemon:
                 return self._journal_failed(self._journal_error)
             return self.shutdown()
         finally:
+            if metrics is not None:
+                metrics.close()
             self._lock.release()
+
+    def _serve_metrics(self) -> Any:
+        """``[metrics] listen``: the Prometheus endpoint, fed by the dispatcher; None when off."""
+        listen = self.services.cfg.metrics.listen
+        if not listen:
+            return None
+        from scanner_agent.service.metrics import AgentMetrics
+
+        metrics = AgentMetrics(self.services, dispatcher=self.dispatcher, watcher=self.watcher)
+        try:
+            metrics.serve(listen)
+        except BaseException:
+            self._lock.release()
+            raise
+        self.dispatcher.on_finished = metrics.scan_finished
+        return metrics
 
     def _journal_broken(self, exc: sqlite3.Error) -> None:
         """Any thread: a journal write failed. The main loop then stops the agent (``_journal_failed``)."""
@@ -196,6 +224,15 @@ class Daemon:
             got.record is not None and got.record.state == ScanState.STORED and not got.record.source_removed
         ):
             finish_source_removal(self.services, got.record)
+
+    def _scan_never_finished(self, unit: object, seconds: float) -> None:
+        path = str(getattr(unit, "primary", unit))
+        self.services.alert(
+            "scan_never_finished",
+            f"{path} has kept growing for {seconds / 3600:.1f} h and never settled; "
+            "transfers stay slowed while it grows.",
+            file=path,
+        )
 
     def _on_watcher_health(self, health: Any) -> None:
         s = self.services

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from scanner_agent.orchestration.engine_tuning import skip_suspension_observer
 from scanner_agent.orchestration.runs import CREATOR_HTTPX, run_scan, start_embedded_api
 from scanner_agent.service.bootstrap import Services
+from scanner_agent.systemd import journald
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,8 @@ class Dispatcher:
         self._accepting = True
         self._idle = threading.Condition(self._lock)
         self.completed = 0
+        #: Told each scan id whose run ended, whatever the outcome (the metrics count stored scans).
+        self.on_finished: Callable[[int], None] | None = None
 
     # --- control ------------------------------------------------------------------------------
 
@@ -130,9 +133,11 @@ class Dispatcher:
                         self._queued.discard(scan_id)
                         self._inflight[scan_id] = time.time()
                     try:
-                        await run_scan(self.services, scan_id, creator=creator)
+                        ctx = {"scan_id": scan_id}  # journald's SCAN_ID= on every line about the scan
+                        with journald.scan_context(**ctx):
+                            await run_scan(self.services, scan_id, creator=creator)
                     except Exception as exc:
-                        log.exception("scan %s: the flow run could not be completed", scan_id)
+                        log.exception("scan %s: the flow run could not be completed", scan_id, extra=ctx)
                         if isinstance(exc, sqlite3.Error) and self.on_journal_error is not None:
                             self.on_journal_error(exc)
                     finally:
@@ -140,3 +145,8 @@ class Dispatcher:
                             self._inflight.pop(scan_id, None)
                             self.completed += 1
                             self._idle.notify_all()
+                        if self.on_finished is not None:
+                            try:
+                                self.on_finished(scan_id)
+                            except Exception:  # a metrics slip never stops a worker
+                                log.exception("scan %s: after-run hook failed", scan_id)

@@ -22,6 +22,7 @@ from scanner_agent.core.states import ScanState
 from scanner_agent.journal import Journal, ScanRecord
 from scanner_agent.service.bootstrap import Services
 from scanner_agent.service.dispatcher import Dispatcher
+from scanner_agent.service.source_retention import release_due_sources
 from scanner_agent.systemd import notify as sdnotify
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ class Maintenance:
             return
         self._last_slow = now
         slow_timers(s, now)
+        s.transfer_gate.poll()  # the transfer rate and the stall alert, even with no copy running
         h = self.watcher.health()
         s.journal.set_health(
             queue=disp.queue_length,
@@ -148,6 +150,7 @@ def slow_timers(services: Services, now: float) -> None:
             )
             j.update(rec.id, details={"hold_alerted": now})
     sweep_rescan_requests(services, now)
+    release_due_sources(services, now)  # remove_source_after_days: re-verify the stored copy, then free
     # The scanner's daily table in Prefect's Artifacts page: at most every 5 min, in the background.
     services.daily_report.maybe_publish()
     for req in j.overdue_rescans(now):

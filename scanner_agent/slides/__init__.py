@@ -7,5 +7,15 @@ without touching their callers.
 from scanner_agent.slides.barcode import find_barcode
 from scanner_agent.slides.quality import assess_thumbnail
 from scanner_agent.slides.validate import SlideInfo, read_properties, slide_file, validate_slide
+from scanner_agent.slides.worker import SlideWorkers, WorkerFailed
 
-__all__ = ["SlideInfo", "assess_thumbnail", "find_barcode", "read_properties", "slide_file", "validate_slide"]
+__all__ = [
+    "SlideInfo",
+    "SlideWorkers",
+    "WorkerFailed",
+    "assess_thumbnail",
+    "find_barcode",
+    "read_properties",
+    "slide_file",
+    "validate_slide",
+]

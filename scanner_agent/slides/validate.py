@@ -6,6 +6,11 @@ smallest level decodes completely and a sample from every level decodes. Anythin
 pixels are read, so a file claiming 200000 x 200000 pixels with no pyramid is refused without
 allocating gigabytes. Files are only ever opened for reading.
 
+A scan matching ``[scanner] passthrough_patterns`` (a format OpenSlide cannot read: Philips
+iSyntax, Zeiss CZI, Olympus VSI) is not opened at all: its files must be there and non-empty, and
+its ``SlideInfo`` says ``validated=False`` with the note "not validated: <format> is not readable
+by OpenSlide", never "corrupt".
+
 openslide-python finds the OpenSlide library shipped by the ``openslide-bin`` wheel on its own.
 """
 
@@ -13,7 +18,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -23,6 +28,7 @@ import tifffile
 from PIL import Image
 
 from scanner_agent.core import errors
+from scanner_agent.core.patterns import matches
 from scanner_agent.scanunit import ScanUnit
 
 #: A smallest level bigger than this (pixels) is refused: a real pyramid always has a small
@@ -34,6 +40,13 @@ _CHUNK_PIXELS = 4_000_000
 #: Side of the square sampled from the middle of each level.
 _SAMPLE = 512
 _TIFF_MAGICS = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")
+#: What a person calls the pass-through formats, by extension (others: the extension itself).
+_FORMAT_NAMES = {
+    ".isyntax": "Philips iSyntax",
+    ".czi": "Zeiss CZI",
+    ".vsi": "Olympus VSI",
+    ".qptiff": "Akoya QPTIFF",
+}
 
 
 @dataclass(frozen=True)
@@ -47,6 +60,42 @@ class SlideInfo:
     mpp: float | None
     properties: Mapping[str, str] = field(repr=False)
     thumbnail_png: bytes = field(repr=False)
+    #: False for a pass-through format: stored as it is, never opened (``note`` says why).
+    validated: bool = True
+    note: str = ""
+
+
+def format_name(unit: ScanUnit) -> str:
+    """The scan's format as a person names it (``Zeiss CZI``), for pass-through notes."""
+    ext = unit.primary.suffix.lower()
+    return _FORMAT_NAMES.get(ext, ext.lstrip(".").upper() or "folder")
+
+
+def is_passthrough(unit: ScanUnit, patterns: Sequence[str]) -> bool:
+    """Whether the scan matches one of ``[scanner] passthrough_patterns``."""
+    return bool(patterns) and matches(unit.name, patterns)
+
+
+def passthrough_info(unit: ScanUnit) -> SlideInfo:
+    """A pass-through scan's record: its files are there and non-empty; nothing is decoded."""
+    files = unit.files()
+    if not unit.primary.exists():
+        raise errors.SourceChanged(
+            f"{unit.primary} is missing (moved or deleted while being checked?)", path=str(unit.primary)
+        )
+    for path, _rel in files:
+        _check_nonempty(path, what=f"{format_name(unit)} file")
+    return SlideInfo(
+        vendor=None,
+        width=0,
+        height=0,
+        level_count=0,
+        mpp=None,
+        properties=MappingProxyType({}),
+        thumbnail_png=b"",
+        validated=False,
+        note=f"not validated: {format_name(unit)} is not readable by OpenSlide",
+    )
 
 
 def slide_file(unit: ScanUnit) -> Path:
@@ -74,14 +123,21 @@ def read_properties(path: Path) -> Mapping[str, str]:
 
 
 def validate_slide(
-    unit: ScanUnit, *, thumbnail_size: int = 512, max_decode_pixels: int = MAX_DECODE_PIXELS
+    unit: ScanUnit,
+    *,
+    thumbnail_size: int = 512,
+    max_decode_pixels: int = MAX_DECODE_PIXELS,
+    passthrough: Sequence[str] = (),
 ) -> SlideInfo:
     """Open the scan with OpenSlide, check its structure, decode it and make a PNG thumbnail.
 
+    A scan matching ``passthrough`` patterns is only checked for presence (``passthrough_info``).
     Raises ``errors.CorruptSlide`` (file named, reason given) for an unreadable slide,
     ``errors.SourceChanged`` if the file vanished, ``errors.ScanError`` if it cannot be read
     for lack of permission (not the slide's fault, so not quarantined).
     """
+    if is_passthrough(unit, passthrough):
+        return passthrough_info(unit)
     target = slide_file(unit)
     _check_files(unit, target)
     if _is_tiff(target):

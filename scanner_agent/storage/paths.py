@@ -9,7 +9,7 @@ import os
 from pathlib import Path, PurePosixPath
 
 from scanner_agent.core.errors import SheetMalformed
-from scanner_agent.scanunit import ScanUnit
+from scanner_agent.scanunit import ScanUnit, companion_dirname
 
 #: Folder beside stored scans that holds the scans they replaced (rescans).
 SUPERSEDED_DIRNAME = "superseded"
@@ -86,7 +86,7 @@ def stem(unit: ScanUnit, name: str) -> str:
 def root_names(unit: ScanUnit, name: str) -> list[str]:
     """Top-level names in the destination, in placing order (a MIRAX data folder before its .mrxs)."""
     if unit.companion is not None and unit.companion.is_dir():
-        return [stem(unit, name), name]
+        return [companion_dirname(unit.ext, stem(unit, name)), name]
     return [name]
 
 
@@ -95,8 +95,9 @@ def dest_rel(unit: ScanUnit, rel: str, name: str) -> str:
     _top, _, rest = rel.partition("/")
     if not rest:  # the primary file itself
         return name
-    # the remaining files live in the DICOM folder or the MIRAX data folder, renamed with the unit
-    return f"{stem(unit, name)}/{rest}"
+    # the remaining files live in the DICOM folder or the MIRAX/VSI data folder, renamed with the unit
+    folder = stem(unit, name) if unit.is_folder else companion_dirname(unit.ext, stem(unit, name))
+    return f"{folder}/{rest}"
 
 
 def staged_path(partial: Path, rel: str, multi: bool) -> Path:

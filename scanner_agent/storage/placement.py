@@ -35,7 +35,7 @@ process dies right after it:
    ``superseded/<stem>__<label>.<ext>``; its sidecar gains ``superseded_by``.
 6. **Place.** ``rename`` from ``.incoming`` with no-replace semantics (a MIRAX companion folder
    before its ``.mrxs``, so a visible ``.mrxs`` always has its data), fsync the folder, then
-   write the sidecar atomically.
+   write the sidecar atomically, then the folder's ``SHA256SUMS`` (``storage/sha256sums.py``).
 7. **Remove the source**: a separate call, made after the journal records "stored". It checks
    the source is still what was copied and that the stored files are still there.
 
@@ -66,10 +66,12 @@ from scanner_agent.storage.paths import (
     tree_files,
 )
 from scanner_agent.storage.records import SourceFile, StoredFile, TransferResult, manifest_sha
+from scanner_agent.storage.sha256sums import SUMS_NAME, edit_sums, folder_lock, in_roots
 from scanner_agent.storage.sidecar import write_sidecar
 from scanner_agent.storage.source import require_unchanged, snapshot
 from scanner_agent.storage.staging import remove_tree, stage
 from scanner_agent.storage.supersede import supersede as supersede_scan
+from scanner_agent.storage.throttle import TransferGate
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +89,7 @@ def place_scan(
     storage_root: Path | None = None,
     margin: int = DEFAULT_MARGIN,
     verify_from_disk: bool = True,
+    gate: TransferGate | None = None,
     _on_chunk: ChunkHook | None = None,
 ) -> TransferResult:
     """Store ``unit`` as ``dest_dir/name`` (see the module docstring for the protocol).
@@ -95,6 +98,7 @@ def place_scan(
     to ``superseded/`` beside it. ``storage_root``, when given, must already exist, so a share that
     is not mounted is never silently replaced by local folders. ``margin`` is the free space kept
     beyond the scan; ``verify_from_disk=False`` lets the read-back come from the page cache.
+    ``gate`` (``[transfer]``) paces the copy's reads and sets its threads' I/O priority.
     The source is never removed here: see ``remove_source``.
     """
     started = time.monotonic()
@@ -117,7 +121,7 @@ def place_scan(
     try:
         if to_copy:
             copied, linked = stage(
-                to_copy, partial, multi, same_fs, dest_dir, margin, bufsize, verify_from_disk, _on_chunk
+                to_copy, partial, multi, same_fs, dest_dir, margin, bufsize, verify_from_disk, _on_chunk, gate
             )
             if any(shas.get(rel, sha) != sha for rel, sha in copied.items()):
                 raise SourceChanged(
@@ -151,6 +155,9 @@ def place_scan(
         linked=linked,
     )
     write_sidecar(result, name, sidecar, incoming)
+    # Last, like the sidecar: SHA256SUMS lists only what is in place (idempotent on a resumed run).
+    with on_storage(dest_dir / SUMS_NAME), folder_lock(dest_dir):
+        edit_sums(dest_dir, incoming, drop=in_roots(roots), add={s.rel: s.sha256 for s in stored})
     log.info(
         "stored %s as %s (%s, %.1fs, %s)",
         unit.primary,

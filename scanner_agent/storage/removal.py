@@ -34,6 +34,15 @@ def remove_unit_files(unit: ScanUnit, files: tuple[SourceFile, ...]) -> None:
     fsync_dir(unit.primary.parent)
 
 
+def remove_marker(unit: ScanUnit, template: str) -> None:
+    """Remove the scan's completion marker (``[scanner] completion_marker``) with the scan, so a later
+    scan of the same name is not taken as complete by a flag left from this one."""
+    marker = unit.marker_path(template)
+    if marker is not None and marker.is_file() and not marker.is_symlink():
+        marker.unlink(missing_ok=True)
+        log.info("removed completion marker %s with its scan", marker)
+
+
 def remove_source(unit: ScanUnit, result: TransferResult) -> None:
     """Delete the source of a stored scan, if it is still exactly what was copied and the copy is there."""
     if not result.source_files:

@@ -19,6 +19,7 @@ from scanner_agent.storage.copy_engine import ChunkHook, copy_file, hash_file
 from scanner_agent.storage.oserrors import on_source, on_storage, source_error, storage_error
 from scanner_agent.storage.paths import staged_path
 from scanner_agent.storage.records import SourceFile
+from scanner_agent.storage.throttle import TransferGate
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +67,18 @@ def _stage_copies(
     bufsize: int,
     verify_from_disk: bool,
     on_chunk: ChunkHook | None,
+    gate: TransferGate | None,
 ) -> dict[str, str]:
+    # The copy engine takes the gate where it takes the per-chunk hook (it recognises the type).
+    if gate is not None and on_chunk is not None:
+        raise ValueError("a copy takes a gate or an _on_chunk hook, not both")
+    hook = gate if gate is not None else on_chunk
     shas: dict[str, str] = {}
     for f in files:
         target = staged_path(partial, f.rel, multi)
         with on_storage(target, "create"):
             target.parent.mkdir(parents=True, exist_ok=True)
-        shas[f.rel] = copy_file(f, target, bufsize, verify_from_disk, on_chunk)
+        shas[f.rel] = copy_file(f, target, bufsize, verify_from_disk, hook)
     return shas
 
 
@@ -104,6 +110,7 @@ def stage(
     bufsize: int,
     verify_from_disk: bool,
     on_chunk: ChunkHook | None,
+    gate: TransferGate | None = None,
 ) -> tuple[dict[str, str], bool]:
     """Put ``files`` under ``partial``; return their sha256 by rel and whether they were linked."""
     if multi:
@@ -129,7 +136,7 @@ def stage(
                 _fsync_tree(partial)
             return shas, True
     require_room(dest_dir, sum(f.size for f in files), margin)
-    shas = _stage_copies(files, partial, multi, bufsize, verify_from_disk, on_chunk)
+    shas = _stage_copies(files, partial, multi, bufsize, verify_from_disk, on_chunk, gate)
     if multi:
         _fsync_tree(partial)
     return shas, False

@@ -1,4 +1,7 @@
-"""Rescans: move the earlier stored scan (with its data folder and sidecar) into ``superseded/``."""
+"""Rescans: move the earlier stored scan (with its data folder and sidecar) into ``superseded/``.
+
+Its lines in the folder's ``SHA256SUMS`` move with it, renamed, to ``superseded/SHA256SUMS``.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +9,20 @@ import logging
 import os
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from scanner_agent.fileio import fsync_dir, rename_noreplace, write_atomic
-from scanner_agent.scanunit import ScanUnit
+from scanner_agent.scanunit import ScanUnit, companion_dirname
 from scanner_agent.storage.oserrors import on_storage
 from scanner_agent.storage.paths import SUPERSEDED_DIRNAME, sidecar_path
+from scanner_agent.storage.sha256sums import (
+    SUMS_NAME,
+    edit_sums,
+    folder_lock,
+    in_roots,
+    read_sums,
+    superseded_rel,
+)
 from scanner_agent.storage.sidecar import SIDECAR_MODE, dump, read_json
 
 log = logging.getLogger(__name__)
@@ -60,9 +72,35 @@ def supersede(old_primary: Path, label: str | None, new_name: str, incoming_dirn
         # .mrxs before its data folder: the live folder never shows a .mrxs without its data.
         rename_noreplace(old_primary, new_primary)
         if old.companion is not None and old.companion.is_dir():
-            rename_noreplace(old.companion, folder / stem)
+            rename_noreplace(old.companion, folder / companion_dirname(ext, stem))
         old_sidecar.unlink(missing_ok=True)
         fsync_dir(folder)
         fsync_dir(old_primary.parent)
+        _move_sums(old, old_primary.name, new_primary.name, meta, incoming)
     log.info("superseded %s -> %s", old_primary, new_primary)
     return new_primary
+
+
+def _move_sums(old: ScanUnit, name: str, superseded_as: str, meta: dict[str, Any], incoming: Path) -> None:
+    """Move the scan's ``SHA256SUMS`` lines to ``superseded/SHA256SUMS`` under their new names.
+
+    The superseded list is written first, so a line is never in neither file. Storage from before
+    ``SHA256SUMS`` existed has no lines for it: then the sidecar's ``files`` give them.
+    """
+    live = old.primary.parent
+    roots = [name] + ([old.companion.name] if old.companion is not None else [])
+    with folder_lock(live):
+        listed, _bad = read_sums(live / SUMS_NAME)
+        mine = {rel: sha for rel, sha in listed.items() if in_roots(roots)(rel)}
+        if not mine:
+            files = meta.get("files")
+            for f in files if isinstance(files, list) else []:
+                if isinstance(f, dict) and isinstance(f.get("rel"), str) and isinstance(f.get("sha256"), str):
+                    mine[f["rel"]] = f["sha256"]
+        moved: dict[str, str] = {}
+        for rel, sha in mine.items():
+            new_rel = superseded_rel(rel, name, superseded_as)
+            if new_rel is not None:
+                moved[new_rel] = sha
+        edit_sums(live / SUPERSEDED_DIRNAME, incoming, add=moved)
+        edit_sums(live, incoming, drop=in_roots(roots))

@@ -7,6 +7,9 @@ resampled for any pyramid level or tile, so QC can tell a sharp scan from a ``bl
 
 from __future__ import annotations
 
+import io
+from collections.abc import Sequence
+
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
@@ -135,10 +138,64 @@ def label_image(barcode: str | None, seed: int) -> np.ndarray:
     return np.asarray(im)
 
 
+#: The symbologies ``code_label`` prints in two dimensions (the rest are 1D, printed as bars).
+_MATRIX = frozenset({"DataMatrix", "QRCode", "Aztec", "MicroQRCode", "PDF417"})
+
+
+def code_label(
+    codes: Sequence[tuple[str, str]],
+    *,
+    angle: float = 0.0,
+    jpeg_quality: int | None = None,
+    blur: float = 0.0,
+    contrast: float = 1.0,
+    size: tuple[int, int] = (420, 480),
+) -> np.ndarray:
+    """A slide label printed with real codes: ``codes`` are (text, zxing-cpp format name, e.g.
+    "DataMatrix", "QRCode", "Code128"), stacked down the card under a line of text.
+
+    Then, as a scanner's camera might see it: turned by ``angle`` degrees, ``contrast`` (1 = black
+    on white, 0.2 = faint grey print), Gaussian ``blur`` (pixels) and a JPEG round trip at
+    ``jpeg_quality``. 2D modules are 5 pixels, 1D bars 3 pixels per module (about 300 dpi).
+    """
+    import zxingcpp  # only the synthetic slides need it to write codes
+
+    card = Image.new("L", size, 250)
+    draw = ImageDraw.Draw(card)
+    draw.text((20, 16), "H&E  " + "  ".join(t for t, _ in codes)[:40], fill=0)
+    y = 50
+    for text, fmt in codes:
+        symbol = zxingcpp.create_barcode(text, zxingcpp.barcode_format_from_str(fmt))
+        pix = Image.fromarray(np.asarray(symbol.to_image(scale=1))).convert("L")
+        if fmt in _MATRIX:
+            pix = pix.resize((pix.width * 5, pix.height * 5), Image.Resampling.NEAREST)
+        else:
+            pix = pix.resize((pix.width * 3, 90), Image.Resampling.NEAREST)
+        if pix.width > size[0] - 10 or y + pix.height > size[1]:
+            raise ValueError(f"{fmt} {text!r} does not fit on a {size[0]}x{size[1]} label")
+        card.paste(pix, ((size[0] - pix.width) // 2, y))
+        y += pix.height + 20
+    if angle:
+        card = card.rotate(angle, resample=Image.Resampling.BILINEAR, expand=True, fillcolor=250)
+    px = 128 + (np.asarray(card, np.float32) - 128) * contrast
+    card = Image.fromarray(np.clip(px, 0, 255).astype(np.uint8))
+    if blur:
+        card = card.filter(ImageFilter.GaussianBlur(blur))
+    rgb = card.convert("RGB")
+    if jpeg_quality is not None:  # the artefacts of a JPEG-compressed label, stored losslessly after
+        buf = io.BytesIO()
+        rgb.save(buf, "JPEG", quality=jpeg_quality)
+        rgb = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+    return np.asarray(rgb)
+
+
 def macro_image(art: Artwork, label: np.ndarray) -> np.ndarray:
     """The macro photo of the whole glass slide: the label beside an overview of the tissue."""
     macro = Image.new("RGB", (1280, 431), (200, 200, 205))
-    macro.paste(Image.fromarray(label).resize((320, 383)), (20, 24))
+    # The label at about its own resolution (as a macro camera sees it), so its codes stay readable.
+    lab = Image.fromarray(label)
+    lab.thumbnail((360, 400), Image.Resampling.LANCZOS)
+    macro.paste(lab, (20, 15))
     macro.paste(Image.fromarray(art.overview(fit(art.width, art.height, 800))).resize((880, 400)), (380, 15))
     return np.asarray(macro)
 

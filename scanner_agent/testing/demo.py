@@ -1,7 +1,8 @@
 """``scanner-agent demo``: the daemon's main job end to end on embedded defaults.
 
 A simulated scanner writes real slide files slowly into ``demo-run/scanner`` (SVS and MIRAX
-scans, an unknown barcode, a corrupt file, a requested rescan); the real daemon watches,
+scans, an unknown barcode, a corrupt file, a requested rescan, a scan whose barcode is only
+printed on its label); the real daemon watches,
 waits for each scan to settle, looks it up in the local CSV sheet, validates it with OpenSlide,
 and moves it into ``demo-run/storage``, one Prefect flow run per scan. Prefect runs on its
 embedded API unless ``PREFECT_API_URL`` is set (its database is kept under demo-run/prefect).
@@ -30,6 +31,7 @@ DEMO_SCANS: list[tuple[str, SimKind, str, str]] = [
     ("999999_unlisted", "svs", "999999", "held: no row in the sheet for this barcode"),
     ("407871_damaged", "corrupt", "407871", "quarantined: OpenSlide cannot read it"),
     ("545891_rescan", "svs", "545891", "a requested rescan (the sheet's Rescan Requested column)"),
+    ("slide_0042", "label", "465551", "barcode only on its label (DataMatrix); run renamed to it"),
 ]
 
 

@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
-SimKind = Literal["svs", "blurred", "blank", "tiff", "mrxs", "corrupt"]
-SIM_KINDS: tuple[str, ...] = ("svs", "blurred", "blank", "tiff", "mrxs", "corrupt")
+#: ``label``: an SVS whose barcode is only printed on its label (a DataMatrix), not in its metadata.
+SimKind = Literal["svs", "blurred", "blank", "tiff", "mrxs", "corrupt", "label"]
+SIM_KINDS: tuple[str, ...] = ("svs", "blurred", "blank", "tiff", "mrxs", "corrupt", "label")
 
 _FINISHED_LINE = re.compile(rb"(?im)^([ \t]*SLIDE_CREATION_FINISHED[ \t]*=[ \t]*)[^\r\n]*")
 _GENERAL_HEADER = re.compile(rb"(?im)^[ \t]*\[GENERAL\][ \t]*(\r?\n)")
@@ -120,6 +121,18 @@ def _build(scan: SimScan, staging: Path) -> Path:
             blurred=scan.kind == "blurred",
             blank=scan.kind == "blank",
             **size,
+        )
+    if scan.kind == "label":
+        from .artwork import code_label
+        from .tiff_slides import write_labelled_svs
+
+        codes = [(scan.barcode, "DataMatrix")] if scan.barcode else []
+        return write_labelled_svs(
+            staging / f"{stem}.svs",
+            code_label(codes),
+            seed=scan.seed,
+            width=scan.width or 1024,
+            height=scan.height or 768,
         )
     if scan.kind == "tiff":
         return synthetic.write_generic_tiff(staging / f"{stem}.tif", seed=scan.seed, **size)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import tifffile
@@ -37,6 +38,43 @@ def write_svs(
     barcode, if given, is stored as ``Barcode = ...`` in the description (``aperio.Barcode``).
     Size on disk is roughly 0.5 bytes per level-0 pixel (``blank``: far less).
     """
+    return _write_aperio(
+        path, barcode=barcode, width=width, height=height, tile=tile, seed=seed, blurred=blurred, blank=blank
+    )
+
+
+def write_labelled_svs(
+    path: Path,
+    label: np.ndarray,
+    *,
+    label_in: Literal["label", "macro"] = "label",
+    barcode: str | None = None,
+    width: int = 1024,
+    height: int = 768,
+    seed: int = 0,
+) -> Path:
+    """An SVS as ``write_svs`` whose label picture is ``label`` (``artwork.code_label`` prints
+    real codes on it); ``label_in="macro"`` leaves out the ``label`` image, so the label is only
+    in the macro photo, as on Ventana, Hamamatsu and Leica scanners. ``barcode``: also in the
+    metadata (default: only on the label)."""
+    return _write_aperio(
+        path, barcode=barcode, width=width, height=height, seed=seed, label=label, label_in=label_in
+    )
+
+
+def _write_aperio(
+    path: Path,
+    *,
+    barcode: str | None,
+    width: int,
+    height: int,
+    seed: int,
+    tile: int = 256,
+    blurred: bool = False,
+    blank: bool = False,
+    label: np.ndarray | None = None,
+    label_in: Literal["label", "macro"] = "label",
+) -> Path:
     path = Path(path)
     _check_size(width, height, tile)
     if barcode is not None and any(c in barcode for c in "|\r\n"):
@@ -62,10 +100,12 @@ def write_svs(
         _write_stripped(tw, thumb, f"{head} -> {thumb.shape[1]}x{thumb.shape[0]} - {tail}")
         for i, size in enumerate(levels[1:], start=1):
             _write_tiled(tw, art, size, tile, f"{head} -> {size[0]}x{size[1]} Deflate/RGB{tail}", level=i)
-        label = label_image(barcode, seed)
-        _write_stripped(
-            tw, label, f"{_APERIO_HEAD}\r\nlabel {label.shape[1]}x{label.shape[0]}", subfiletype=1
-        )
+        if label is None:
+            label = label_image(barcode, seed)
+        if label_in == "label":
+            _write_stripped(
+                tw, label, f"{_APERIO_HEAD}\r\nlabel {label.shape[1]}x{label.shape[0]}", subfiletype=1
+            )
         macro = macro_image(art, label)
         _write_stripped(
             tw, macro, f"{_APERIO_HEAD}\r\nmacro {macro.shape[1]}x{macro.shape[0]}", subfiletype=9

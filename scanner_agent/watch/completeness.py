@@ -2,8 +2,10 @@
 
 ``core.settle.SettleTracker`` decides from fingerprints and clock values; this class takes the
 fingerprints from disk, reads the clock, and after each window asks the probes whether the
-format says "still writing" (MIRAX ``SLIDE_CREATION_FINISHED``) or a local process holds one of
-the unit's files open for writing. The watcher (``watcher.py``) feeds it events and timers.
+format says "still writing" (MIRAX ``SLIDE_CREATION_FINISHED``), the lab's completion marker
+(``[scanner] completion_marker``) is still missing, or a local process holds one of the unit's
+files open for writing. A marker that appears early does not shorten the window: the scan must
+also have stopped changing. The watcher (``watcher.py``) feeds it events and timers.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from scanner_agent.scanunit import Fingerprint, ScanUnit
 from scanner_agent.watch.probes import (
     files_open_for_writing,
     format_says_done,
+    marker_present,
     safe_fingerprint,
     unit_targets,
 )
@@ -35,10 +38,12 @@ class CompletenessTracker:
         clock: Callable[[], float] = time.monotonic,
         *,
         proc: Path = Path("/proc"),
+        completion_marker: str = "",
     ) -> None:
         self._settle: SettleTracker[ScanUnit, Fingerprint] = SettleTracker(settle_seconds)
         self._clock = clock
         self._proc = proc
+        self.completion_marker = completion_marker
 
     @property
     def settle_seconds(self) -> float:
@@ -69,7 +74,7 @@ class CompletenessTracker:
         for unit in self._settle.due(now, units):
             if not self._settle.confirm(unit, safe_fingerprint(unit), now):
                 continue
-            if format_says_done(unit) is False:
+            if format_says_done(unit) is False or not marker_present(unit, self.completion_marker):
                 self._settle.hold(unit, now)
                 continue
             settled[unit] = unit_targets(unit)

@@ -68,6 +68,13 @@ def format_says_done(unit: ScanUnit) -> bool | None:
     return value.strip().strip('"').lower() in {"true", "1", "yes"}
 
 
+def marker_present(unit: ScanUnit, template: str) -> bool:
+    """Whether the lab's completion marker (``[scanner] completion_marker``) for the unit exists;
+    True when no marker is configured."""
+    marker = unit.marker_path(template)
+    return marker is None or (marker.is_file() and not marker.is_symlink())
+
+
 def unit_targets(unit: ScanUnit) -> set[str]:
     """The real paths of the unit's files, as ``/proc/<pid>/fd`` links name them."""
     try:

@@ -1,14 +1,15 @@
 """Which scan units are in a watch folder, and which unit an event's path belongs to.
 
-A unit is one slide file, an ``x.mrxs`` with its data folder ``x/``, or a folder of DICOM
-files. Links are never followed: a symlink is logged (once per path, by a ``LinkWarnings``
-the caller keeps) and skipped.
+A unit is one slide file, an ``x.mrxs`` with its data folder ``x/`` (an Olympus ``x.vsi`` with
+``_x_/``), or a folder of DICOM files. Links are never followed: a symlink is logged (once per
+path, by a ``LinkWarnings`` the caller keeps) and skipped.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -86,12 +87,30 @@ def is_dicom_folder(folder: Path, patterns: Sequence[str] = DEFAULT_PATTERNS) ->
 
 
 def _companion_of(folder: Path) -> Path | None:
-    """The ``x.mrxs`` a folder ``x/`` belongs to, if there is one next to it."""
-    for ext in (".mrxs", ".MRXS", ".Mrxs"):
-        candidate = folder.parent / (folder.name + ext)
+    """The ``x.mrxs`` a folder ``x/`` belongs to (or the ``x.vsi`` of ``_x_/``), if it is next to it."""
+    candidates = [folder.parent / (folder.name + ext) for ext in (".mrxs", ".MRXS", ".Mrxs")]
+    name = folder.name
+    if len(name) > 2 and name.startswith("_") and name.endswith("_"):
+        candidates += [folder.parent / (name[1:-1] + ext) for ext in (".vsi", ".VSI", ".Vsi")]
+    for candidate in candidates:
         if candidate.is_file() and not candidate.is_symlink():
             return candidate
     return None
+
+
+def _data_folder_names(entries: Sequence[os.DirEntry[str]]) -> set[str]:
+    """Lower-case names of the data folders that belong to a ``.mrxs`` or ``.vsi`` in ``entries``:
+    part of that unit, never scans of their own."""
+    names: set[str] = set()
+    for e in entries:
+        low = e.name.lower()
+        if e.is_symlink():
+            continue
+        if low.endswith(".mrxs"):
+            names.add(low[:-5])
+        elif low.endswith(".vsi"):
+            names.add(f"_{low[:-4]}_")
+    return names
 
 
 def discover_units(
@@ -121,10 +140,8 @@ def _scan_dir(
             raise
         log.warning("Cannot list %s; skipping it this time", folder, exc_info=True)
         return
-    # MIRAX data folders are part of their .mrxs unit, never scans of their own.
-    mrxs_stems = {
-        e.name[:-5].lower() for e in entries if e.name.lower().endswith(".mrxs") and not e.is_symlink()
-    }
+    # MIRAX and VSI data folders are part of their unit, never scans of their own.
+    data_folders = _data_folder_names(entries)
     subdirs: list[Path] = []
     for entry in entries:
         name = entry.name
@@ -141,7 +158,7 @@ def _scan_dir(
             continue
         if is_file and matches(name, patterns):
             out.append(ScanUnit.from_path(path))
-        elif is_dir and name.lower() not in mrxs_stems:
+        elif is_dir and name.lower() not in data_folders:
             subdirs.append(path)
     for sub in subdirs:
         if is_dicom_folder(sub, patterns):
@@ -193,3 +210,61 @@ def unit_for_path(
         if not current.is_dir():
             return None  # a parent that vanished: nothing to look at
     return None
+
+
+def _marker_regex(template: str) -> re.Pattern[str]:
+    """A regex matching the marker names ``template`` gives, capturing the scan's stem or name."""
+    out, pos = "", 0
+    for m in re.finditer(r"\{(stem|name)\}", template):
+        out += re.escape(template[pos : m.start()]) + f"(?P<{m.group(1)}>.+)"
+        pos = m.end()
+    return re.compile(out + re.escape(template[pos:]), re.IGNORECASE)
+
+
+def is_marker_name(name: str, template: str) -> bool:
+    """Whether ``name`` is a completion marker's name under ``template`` (``"{stem}.done"``)."""
+    return bool(template) and _marker_regex(template).fullmatch(name) is not None
+
+
+def scan_for_marker(
+    marker: Path, template: str, patterns: Sequence[str] = DEFAULT_PATTERNS
+) -> ScanUnit | None:
+    """The scan a completion marker belongs to (a file or DICOM folder beside it), or None."""
+    m = _marker_regex(template).fullmatch(marker.name) if template else None
+    if m is None:
+        return None
+    try:
+        with os.scandir(marker.parent) as it:
+            entries = [e for e in it if not is_ignored(e.name) and not e.is_symlink()]
+    except OSError:
+        return None
+    for e in sorted(entries, key=lambda e: e.name):
+        path = Path(e.path)
+        if e.is_file(follow_symlinks=False) and matches(e.name, patterns):
+            unit = ScanUnit.from_path(path)
+        elif e.is_dir(follow_symlinks=False) and is_dicom_folder(path, patterns):
+            unit = ScanUnit(primary=path)
+        else:
+            continue
+        if unit.marker_path(template) == marker:
+            return unit
+    return None
+
+
+def orphan_markers(watch: Path, template: str, units: Sequence[ScanUnit]) -> list[Path]:
+    """Completion markers under ``watch`` with no scan beside them (a flag left behind, or written
+    before its scan): never scans themselves, named so a person can tidy them."""
+    if not template:
+        return []
+    expected = {u.marker_path(template) for u in units}
+    inside = {root for u in units for root in u.roots()}
+    regex = _marker_regex(template)
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(watch):
+        base = Path(dirpath)
+        dirnames[:] = sorted(d for d in dirnames if not is_ignored(d) and base / d not in inside)
+        for fn in sorted(filenames):
+            p = base / fn
+            if regex.fullmatch(fn) and p not in expected and not p.is_symlink():
+                found.append(p)
+    return found

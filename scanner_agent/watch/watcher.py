@@ -30,7 +30,14 @@ from scanner_agent.watch.completeness import CompletenessTracker
 from scanner_agent.watch.mountinfo import OBSERVER_SETTINGS, choose_observer
 from scanner_agent.watch.observers import HintHandler, launch_observer, observer_alive
 from scanner_agent.watch.probes import safe_fingerprint
-from scanner_agent.watch.units import LinkWarnings, discover_units, unit_for_path
+from scanner_agent.watch.units import (
+    LinkWarnings,
+    discover_units,
+    is_marker_name,
+    orphan_markers,
+    scan_for_marker,
+    unit_for_path,
+)
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +81,7 @@ class ScanWatcher:
         poll_interval: float = 2.0,
         tick_seconds: float = 0.25,
         on_health_change: Callable[[WatcherHealth], None] | None = None,
+        completion_marker: str = "",
     ) -> None:
         if observer.strip().lower() not in OBSERVER_SETTINGS:
             raise ConfigError(f"observer = {observer!r} is not one of {', '.join(OBSERVER_SETTINGS)}")
@@ -93,7 +101,9 @@ class ScanWatcher:
         self._tick_seconds = tick_seconds
         self._on_health_change = on_health_change
 
-        self._tracker = CompletenessTracker(settle_seconds)
+        self._marker = completion_marker
+        self._tracker = CompletenessTracker(settle_seconds, completion_marker=completion_marker)
+        self._orphans_logged: set[Path] = set()  # markers with no scan, named once each
         self._links = LinkWarnings()  # a link is named once while the watcher runs, not per listing
         self._reported: dict[ScanUnit, Fingerprint] = {}
         self._hints: dict[str, bool] = {}
@@ -107,6 +117,8 @@ class ScanWatcher:
         self._next_rescan = 0.0
 
         self._state_lock = threading.Lock()
+        #: unit -> (monotonic time first seen changing, last seen changing): ``growing()``.
+        self._growing: dict[ScanUnit, tuple[float, float]] = {}
         self._kind = "polling" if observer == "polling" else "inotify"
         self._alive = False
         self._folder_missing = False
@@ -156,6 +168,22 @@ class ScanWatcher:
                 restarts=self._restarts,
                 pending=len(self._tracker),
             )
+
+    @property
+    def settle_seconds(self) -> float:
+        return self._tracker.settle_seconds
+
+    def growing(self, now: float | None = None) -> dict[ScanUnit, float]:
+        """Scans still being written: changed within ``settle_seconds``; value: monotonic time first seen.
+
+        Thread-safe (the copy engine's gate asks on every chunk). A scan that stops changing drops
+        out once its window passes, whether or not it is complete."""
+        now = time.monotonic() if now is None else now
+        window = self.settle_seconds
+        with self._state_lock:
+            for unit in [u for u, (_first, last) in self._growing.items() if now - last > 4 * window + 60]:
+                del self._growing[unit]  # bounded: gone, stored or settled long ago
+            return {u: first for u, (first, last) in self._growing.items() if now - last <= window}
 
     def healthy(self) -> bool:
         """Observer threads alive, tick thread alive, and the folder answered recently."""
@@ -219,7 +247,8 @@ class ScanWatcher:
             log.error(message)
         self._folder_missing = True
         self._stop_observer(1.0)
-        self._tracker = CompletenessTracker(self._tracker.settle_seconds)  # settle progress is void
+        # settle progress is void
+        self._tracker = CompletenessTracker(self._tracker.settle_seconds, completion_marker=self._marker)
         self._next_rescan = 0.0
         with self._state_lock:
             self._alive = False
@@ -292,6 +321,12 @@ class ScanWatcher:
         units: dict[ScanUnit, bool] = {}
         for path, closed in hints.items():
             unit = unit_for_path(self.watch, Path(path), self._patterns, links=self._links)
+            if unit is None and is_marker_name(Path(path).name, self._marker):
+                # The lab's "done" flag: its scan is looked at now instead of a window later.
+                unit = scan_for_marker(Path(path), self._marker, self._patterns)
+                if unit is None and Path(path).is_file():
+                    self._note_orphan(Path(path))
+                closed = True
             if unit is not None:
                 units[unit] = units.get(unit, False) or closed
         for unit, closed in units.items():
@@ -307,6 +342,12 @@ class ScanWatcher:
             return
         if unit not in self._tracker and self._reported.get(unit) == fp:
             return  # already reported, and nothing changed since
+        prev = self._tracker.fingerprint(unit)
+        # Grew, or first seen with a fresh mtime (a backlog found at start is not "being written").
+        if prev != fp and (prev is not None or time.time() - fp.newest_mtime_ns / 1e9 < self.settle_seconds):
+            now = time.monotonic()
+            with self._state_lock:
+                self._growing[unit] = (self._growing.get(unit, (now, now))[0], now)
         self._tracker.observe(unit, fp)
         if closed:
             self._tracker.hint_closed(unit)
@@ -320,6 +361,10 @@ class ScanWatcher:
         present = set(units)
         for unit in units:
             self._observe(unit, safe_fingerprint(unit))
+        orphans = orphan_markers(self.watch, self._marker, units)
+        for marker in orphans:
+            self._note_orphan(marker)
+        self._orphans_logged &= set(orphans)  # bounded: only markers still lying there
         # Bounded memory: only units still in the folder need remembering.
         for unit in [u for u in self._reported if u not in present]:
             del self._reported[unit]
@@ -349,6 +394,13 @@ class ScanWatcher:
                     "on_ready failed for %s; it will be offered again at the next full listing", unit
                 )
                 self._reported.pop(unit, None)
+
+    def _note_orphan(self, marker: Path) -> None:
+        if marker not in self._orphans_logged:
+            self._orphans_logged.add(marker)
+            log.warning(
+                "Ignoring completion marker %s: there is no scan beside it (a marker is not a scan)", marker
+            )
 
     # ---- health ----------------------------------------------------------------------------------
 

@@ -49,7 +49,14 @@ class FakeSlides:
     broken: set[str] = field(default_factory=set)
     qc_passed: bool = True
 
-    def find_barcode(self, unit: ScanUnit, regex: re.Pattern[str]) -> BarcodeResult:
+    def find_barcode(
+        self,
+        unit: ScanUnit,
+        regex: re.Pattern[str],
+        *,
+        sources: tuple[str, ...] = ("name",),
+        keep_label: bool = False,
+    ) -> BarcodeResult:
         found = barcode_from_name(unit.name, regex)
         if found is None:
             raise errors.NoBarcode(f"no barcode in {unit.name}", path=str(unit.primary))
@@ -143,6 +150,7 @@ class FakeAlerts:
 @dataclass
 class FakeRun:
     run_id: str | None = "run-1"
+    name: str = ""
     tags: list[str] = field(default_factory=list)
     artifacts: list[dict[str, str]] = field(default_factory=list)
 
@@ -152,6 +160,10 @@ class FakeRun:
     async def tag_study(self, study: str) -> None:
         if study:
             self.tags.append(f"study:{study}")
+
+    async def name_by_barcode(self, barcode: str) -> None:
+        self.name = barcode
+        self.tags.append(f"barcode:{barcode}")
 
     async def artifact(self, markdown: str, *, key: str, description: str) -> None:
         self.artifacts.append({"markdown": markdown, "key": key, "description": description})

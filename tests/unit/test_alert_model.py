@@ -10,10 +10,13 @@ from scanner_agent.core.alerts import KINDS, RECOVERED_ACTION, Alert, AlertKind,
 NON_ERROR_KINDS = {
     "held_too_long",
     "watcher_unhealthy",
+    "scan_never_finished",
     "missing_rescan",
     "qc_failed",
     "rescan_requested",
     "rescan_received",
+    "stored_file_changed",
+    "stored_file_missing",
     "recovered",
 }
 

@@ -173,3 +173,63 @@ def test_empty_values_and_other_keys_are_no_barcode() -> None:
         barcode_from_properties({"aperio.Barcode": "   ", "tiff.Model": "x"}, SIX)
     with pytest.raises(ValueError, match="has none of"):
         barcode_from_properties({}, SIX)
+
+
+# --- codes decoded from a label, vendor text fields, the sources list ------------------------------
+
+from scanner_agent.core.barcode import (  # noqa: E402
+    LabelCode,
+    barcode_from_label,
+    barcode_from_text,
+    check_barcode_sources,
+)
+
+
+def test_label_code_counts_only_when_the_regex_matches() -> None:
+    codes = [LabelCode("ABC-12", "Code128"), LabelCode("S-620995", "DataMatrix")]
+    assert barcode_from_label(codes, SIX, "label image") == BarcodeResult("620995", "label image, DataMatrix")
+
+
+def test_label_with_nothing_valid_says_what_was_decoded() -> None:
+    with pytest.raises(ValueError, match=r"label image: decoded Code128 'ABC-12' does not match"):
+        barcode_from_label([LabelCode("ABC-12", "Code128")], SIX, "label image")
+    with pytest.raises(ValueError, match=r"^label image: no barcode symbol could be decoded$"):
+        barcode_from_label([], SIX, "label image")
+
+
+def test_two_different_label_codes_are_an_error_naming_both() -> None:
+    codes = [LabelCode("620995", "QRCode"), LabelCode("645750", "Code128"), LabelCode("620995", "Code128")]
+    with pytest.raises(ValueError) as info:
+        barcode_from_label(codes, SIX, "label image")
+    assert str(info.value) == (
+        "label image holds 2 different barcodes, '620995' (QRCode, Code128) and '645750' (Code128); "
+        "nothing is guessed"
+    )
+
+
+def test_same_label_barcode_in_two_symbols() -> None:
+    codes = [LabelCode("620995", "QRCode"), LabelCode("620995", "Code128")]
+    assert barcode_from_label(codes, SIX, "label image").source == "label image, QRCode + Code128"
+
+
+def test_vendor_text_field() -> None:
+    where = "slide metadata (NDPI tag 65468)"
+    assert barcode_from_text(" 620995 ", SIX, where) == BarcodeResult("620995", where)
+    with pytest.raises(ValueError, match=r"^slide metadata \(NDPI tag 65468\) is empty$"):
+        barcode_from_text("  ", SIX, where)
+    with pytest.raises(ValueError, match="path separator"):
+        barcode_from_text("a/b", SIX, where)
+
+
+@pytest.mark.parametrize(
+    ("sources", "problem"),
+    [
+        (["name", "ocr"], "unknown barcode source 'ocr'"),
+        (["name", "name"], "listed twice"),
+        ([], "at least one"),
+    ],
+)
+def test_barcode_sources_are_checked(sources: list[str], problem: str) -> None:
+    assert check_barcode_sources(["label", "name"]) == ("label", "name")
+    with pytest.raises(ValueError, match=problem):
+        check_barcode_sources(sources)

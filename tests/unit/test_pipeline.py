@@ -109,7 +109,7 @@ def test_a_scan_is_stored_then_its_source_freed(lab: Lab) -> None:
     [placed] = lab.storage.placed
     assert placed["supersede"] is None and placed["sidecar"]["sheet"]["row"] == 3
     assert placed["sidecar"]["journal_scan_id"] == rec.id and placed["sidecar"]["flow_run_id"] == "run-1"
-    assert run.tags == ["study:Prec01"]
+    assert run.tags == ["barcode:620995", "study:Prec01"] and run.name == "620995"
     [art] = run.artifacts
     assert art["key"] == "scan-620995" and rec.dest in art["markdown"]
     assert lab.alerts.sent == []
