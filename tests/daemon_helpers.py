@@ -204,15 +204,18 @@ def drop(staging: Path, watch: Path) -> None:
 
 
 def status_json(cfg: Path) -> dict[str, Any]:
-    """``scanner-agent status --json`` as an operator runs it."""
+    """``scanner-agent status --json`` as an operator runs it. Its exit status (0 healthy, 1 needs a
+    person, 3 not running) must agree with what the JSON says."""
     out = subprocess.run(
         [str(SCANNER_AGENT), "status", "--json", "--config", str(cfg)],
         capture_output=True,
         text=True,
         timeout=180,
-        check=True,
     )
-    return json.loads(out.stdout)
+    assert out.returncode in (0, 1, 3), out.stdout + out.stderr
+    st: dict[str, Any] = json.loads(out.stdout)
+    assert out.returncode == st["exit_code"] and (out.returncode == 3) == (not st["daemon"]["running"]), st
+    return st
 
 
 def read_health(journal_path: Path) -> dict[str, Any]:

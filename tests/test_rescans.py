@@ -18,6 +18,7 @@ from typing import Any
 from scanner_agent.service.maintenance import slow_timers, sweep_rescan_requests
 from tests import test_alerts_e2e as e2e
 from tests.harness import SAMPLE_SHEET, process
+from tests.storage_listing import check_sums
 from tests.test_alerts_e2e import Lab, button_url, header, mail_text, post_text
 
 # The Slack/SMTP servers and the Lab builder are shared with the alert tests. The server fixtures
@@ -89,7 +90,12 @@ def test_second_scan_of_a_stored_barcode_supersedes_the_first_and_the_sidecars_l
 
     # The earlier image and its sidecar, under superseded/ with the earlier scan's time in the name.
     old = dest.parent / "superseded" / f"{dest.stem}__{label_of(first.stored_at)}.svs"
-    assert sorted(p.name for p in old.parent.iterdir()) == [old.with_suffix(".json").name, old.name]
+    assert sorted(p.name for p in old.parent.iterdir()) == [
+        old.with_suffix(".json").name,
+        old.name,
+        "SHA256SUMS",
+    ]
+    check_sums(old.parent)
     assert old.read_bytes() == first_bytes
     new_meta, old_meta = sidecar(dest), sidecar(old)
     assert new_meta["supersedes"] == f"superseded/{old.name}"

@@ -31,6 +31,7 @@ from scanner_agent.journal import ScanRecord
 from scanner_agent.scanunit import ScanUnit
 from scanner_agent.testing.synthetic import write_corrupt, write_mrxs, write_svs
 from tests.harness import Folders, make_agent, process, write_config
+from tests.storage_listing import check_sums, without_sums
 
 W, H = 1024, 768
 FLAGS = ("Include in Name?", "REQUIRED", "REQUIRED", "REQUIRED", "REQUIRED", "", "", "")
@@ -280,12 +281,14 @@ def read_runs(run_ids: Sequence[str | None]) -> dict[str, dict[str, str]]:
 
 
 def files_under(root: Path) -> set[Path]:
-    """Every file under ``root`` outside ``.incoming`` folders (links included, never followed)."""
+    """Every file under ``root`` outside ``.incoming`` folders (links included, never followed);
+    each SHA256SUMS is checked with ``sha256sum -c`` and left out."""
+    check_sums(root)
     out: set[Path] = set()
     for d, dirs, fs in os.walk(root):
         if ".incoming" in Path(d).parts:
             continue
-        out |= {Path(d, f) for f in fs}
+        out |= set(without_sums(Path(d, f) for f in fs))
         out |= {Path(d, x) for x in dirs if Path(d, x).is_symlink()}
     return out
 

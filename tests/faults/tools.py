@@ -21,6 +21,8 @@ from typing import Any
 
 import pytest
 
+from tests.storage_listing import check_sums, without_sums
+
 TOKEN = "xoxb-fault-token"
 CHANNEL = "#slide-scanning"
 
@@ -171,11 +173,15 @@ def unique_variant(slide: bytes, tag: str) -> bytes:
 
 
 def stored_files(root: Path) -> list[Path]:
-    """Every file a person sees in storage (everything outside ``.incoming`` folders)."""
+    """Every file a person sees in storage (everything outside ``.incoming`` folders), less the
+    SHA256SUMS files, each checked with ``sha256sum -c`` first."""
     if not root.exists():
         return []
+    check_sums(root)
     return sorted(
-        Path(d, f) for d, _dirs, fs in os.walk(root) if ".incoming" not in Path(d).parts for f in fs
+        without_sums(
+            Path(d, f) for d, _dirs, fs in os.walk(root) if ".incoming" not in Path(d).parts for f in fs
+        )
     )
 
 
