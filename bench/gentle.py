@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench._pagecache import evict
 from bench._prefect import prefect_api
 from scanner_agent.core.states import ScanState
 
@@ -96,17 +97,6 @@ def make_backlog(folder: Path, barcodes: list[str], size: int) -> list[Path]:
         os.utime(p, (old, old))
         out.append(p)
     return out
-
-
-def evict(paths: list[Path]) -> None:
-    """Drop the files' pages, so the agent reads the backlog from the device."""
-    os.sync()
-    for p in paths:
-        fd = os.open(p, os.O_RDONLY)
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
 
 
 def tree_cpu(pid: int) -> float:

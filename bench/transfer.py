@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from bench._pagecache import evict
 from scanner_agent.scanunit import ScanUnit
 from scanner_agent.storage import hash_file, place_scan
 
@@ -53,17 +54,6 @@ def make_sources(folder: Path, count: int, size: int) -> list[Path]:
                 left -= min(left, len(chunk))
         paths.append(p)
     return paths
-
-
-def evict(paths: list[Path]) -> None:
-    """Drop the files' clean pages, so a disk source is read from the device (no-op on tmpfs)."""
-    os.sync()
-    for p in paths:
-        fd = os.open(p, os.O_RDONLY)
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
 
 
 def run_cp(sources: list[Path], dest: Path) -> None:

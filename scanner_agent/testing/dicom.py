@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from scanner_agent.testing.artwork import Artwork, label_image, padded_tile
+from scanner_agent.testing.artwork import Artwork, label_image
+from scanner_agent.testing.tiling import level_sizes, tiles
 
 VL_WSI = "1.2.840.10008.5.1.4.1.1.77.1.6"
 EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
@@ -40,17 +41,12 @@ def write_dicom_wsi(
         raise ValueError(f"bad DICOM WSI geometry {width}x{height}, tile {tile}")
     art = Artwork(width, height, seed=seed)
     study, series, frame_of_ref = generate_uid(), generate_uid(), generate_uid()
-    size, level = (width, height), 0
-    while True:
-        frames = [
-            padded_tile(art, level, size, x0, y0, tile)
-            for y0 in range(0, size[1], tile)
-            for x0 in range(0, size[0], tile)
-        ]
+    levels = level_sizes(width, height, tile)
+    for level, size in enumerate(levels):
         _write_instance(
             folder / f"level-{level}.dcm",
             flavor="VOLUME",
-            frames=frames,
+            frames=list(tiles(art, size, tile, level)),
             total=size,
             tile=(tile, tile),
             spacing_mm=0.00025 * (width / size[0]),
@@ -58,9 +54,6 @@ def write_dicom_wsi(
             uids=(study, series, frame_of_ref),
             barcode=barcode,
         )
-        if max(size) <= tile:
-            break
-        size, level = (max(1, size[0] // 4), max(1, size[1] // 4)), level + 1
     label = label_image(barcode, seed)
     _write_instance(
         folder / "label.dcm",
@@ -69,7 +62,7 @@ def write_dicom_wsi(
         total=(label.shape[1], label.shape[0]),
         tile=(label.shape[1], label.shape[0]),
         spacing_mm=0.03,
-        instance=level + 2,
+        instance=len(levels) + 1,
         uids=(study, series, frame_of_ref),
         barcode=barcode,
     )

@@ -1,23 +1,24 @@
 """Tiled pyramidal TIFF slides that OpenSlide opens: Aperio-style SVS and generic TIFF.
 
-Tiles are deflate-compressed, not JPEG: tifffile can only write JPEG tiles with the
-``imagecodecs`` package, which is not a dependency; OpenSlide reads deflate tiles fine.
+``write_aperio_layout`` is the SVS layout itself, shared with the Aperio GT450 maker in
+``vendor_tiff`` (which gives its own description head and fields). Levels, tiles and the
+deflate-compressed writes come from ``tiling``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import tifffile
 
-from scanner_agent.testing.artwork import Artwork, fit, label_image, macro_image, padded_tile
+from scanner_agent.testing.artwork import Artwork, fit, label_image, macro_image
+from scanner_agent.testing.tiling import check_size, level_sizes, tiles, write_strip, write_tiled
 
-#: Each pyramid level is this much smaller than the one above it, as on Aperio scanners.
-_LEVEL_FACTOR = 4
 _APERIO_HEAD = "Aperio Image Library v12.0.15 (synthetic)"
+#: 0.5 um per pixel (the SVS says ``MPP = 0.5000``), in pixels per centimetre.
+_RESOLUTION = (20000, 20000)
 
 
 def write_svs(
@@ -75,11 +76,7 @@ def _write_aperio(
     label: np.ndarray | None = None,
     label_in: Literal["label", "macro"] = "label",
 ) -> Path:
-    path = Path(path)
-    _check_size(width, height, tile)
-    if barcode is not None and any(c in barcode for c in "|\r\n"):
-        raise ValueError(f"barcode {barcode!r} cannot be stored in an Aperio description ('|' or newline)")
-    art = Artwork(width, height, seed=seed, blurred=blurred, blank=blank)
+    """The SVS of ``write_svs`` and ``write_labelled_svs``: this synthetic scanner's head and fields."""
     fields = [
         "AppMag = 20",
         "StripeWidth = 2040",
@@ -88,28 +85,91 @@ def _write_aperio(
         f"OriginalWidth = {width}",
         f"OriginalHeight = {height}",
     ]
-    if barcode is not None:
-        fields.append(f"Barcode = {barcode}")
-    tail = "|" + "|".join(fields)
-    head = f"{_APERIO_HEAD}\r\n{width}x{height} [0,0 {width}x{height}] ({tile}x{tile})"
-    levels = _level_sizes(width, height, tile)
+    return write_aperio_layout(
+        path,
+        software=_APERIO_HEAD,
+        fields=fields,
+        barcode=barcode,
+        width=width,
+        height=height,
+        tile=tile,
+        seed=seed,
+        blurred=blurred,
+        blank=blank,
+        label=label,
+        label_in=label_in,
+        resolution=_RESOLUTION,
+    )
 
-    with tifffile.TiffWriter(path, bigtiff=width * height > 2**31 // 2) as tw:
-        _write_tiled(tw, art, levels[0], tile, f"{head} Deflate/RGB{tail}", level=0)
-        thumb = art.overview(fit(width, height, 1024))
-        _write_stripped(tw, thumb, f"{head} -> {thumb.shape[1]}x{thumb.shape[0]} - {tail}")
+
+def write_aperio_layout(
+    path: Path,
+    *,
+    software: str,
+    fields: list[str],
+    barcode: str | None,
+    width: int,
+    height: int,
+    tile: int,
+    seed: int,
+    blurred: bool = False,
+    blank: bool = False,
+    label: np.ndarray | None = None,
+    label_in: Literal["label", "macro"] = "label",
+    comma_origin: bool = False,
+    level0_quality: int | None = None,
+    thumbnail_side: int = 1024,
+    resolution: tuple[int, int] | None = None,
+) -> Path:
+    """An SVS in Aperio's layout (see ``write_svs``) as a given scanner model writes it; returns ``path``.
+
+    ``software`` is the first line of every description, ``fields`` its ``|key = value`` tail
+    (``Barcode = ...`` is added after them when ``barcode`` is given). Model differences:
+    ``comma_origin`` writes the level-0 origin ``[0,0,WxH]`` (GT450) instead of ``[0,0 WxH]``,
+    ``level0_quality`` adds ``Q=...`` to level 0's description, ``thumbnail_side`` is the
+    thumbnail's long side, ``resolution`` (pixels per centimetre) is written on the tiled levels
+    if given. ``label`` (default: ``artwork.label_image``) is stored as the ``label`` image
+    (``label_in="macro"``: only in the macro photo).
+    """
+    path = Path(path)
+    check_size(width, height, tile)
+    if barcode is not None and any(c in barcode for c in "|\r\n"):
+        raise ValueError(f"barcode {barcode!r} cannot be stored in an Aperio description ('|' or newline)")
+    art = Artwork(width, height, seed=seed, blurred=blurred, blank=blank)
+    if barcode is not None:
+        fields = [*fields, f"Barcode = {barcode}"]
+    tail = "|" + "|".join(fields)
+    origin = f"[0,0,{width}x{height}]" if comma_origin else f"[0,0 {width}x{height}]"
+    head = f"{software}\r\n{width}x{height} {origin} ({tile}x{tile})"
+    quality = f" Q={level0_quality}" if level0_quality is not None else ""
+    levels = level_sizes(width, height, tile)
+
+    with tifffile.TiffWriter(path, bigtiff=width * height > 2**30) as tw:
+        write_tiled(
+            tw,
+            tiles(art, levels[0], tile, 0),
+            levels[0],
+            tile,
+            description=f"{head} Deflate/RGB{quality}{tail}",
+            resolution=resolution,
+        )
+        thumb = art.overview(fit(width, height, thumbnail_side))
+        write_strip(tw, thumb, f"{head} -> {thumb.shape[1]}x{thumb.shape[0]} - {tail}")
         for i, size in enumerate(levels[1:], start=1):
-            _write_tiled(tw, art, size, tile, f"{head} -> {size[0]}x{size[1]} Deflate/RGB{tail}", level=i)
+            write_tiled(
+                tw,
+                tiles(art, size, tile, i),
+                size,
+                tile,
+                description=f"{head} -> {size[0]}x{size[1]} Deflate/RGB{tail}",
+                resolution=resolution,
+            )
         if label is None:
             label = label_image(barcode, seed)
         if label_in == "label":
-            _write_stripped(
-                tw, label, f"{_APERIO_HEAD}\r\nlabel {label.shape[1]}x{label.shape[0]}", subfiletype=1
-            )
+            write_strip(tw, label, f"{software}\r\nlabel {label.shape[1]}x{label.shape[0]}", subfiletype=1)
         macro = macro_image(art, label)
-        _write_stripped(
-            tw, macro, f"{_APERIO_HEAD}\r\nmacro {macro.shape[1]}x{macro.shape[0]}", subfiletype=9
-        )
+        write_strip(tw, macro, f"{software}\r\nmacro {macro.shape[1]}x{macro.shape[0]}", subfiletype=9)
     return path
 
 
@@ -118,76 +178,16 @@ def write_generic_tiff(
 ) -> Path:
     """Write a plain tiled pyramidal TIFF (OpenSlide vendor ``generic-tiff``, no barcode)."""
     path = Path(path)
-    _check_size(width, height, tile)
+    check_size(width, height, tile)
     art = Artwork(width, height, seed=seed)
-    with tifffile.TiffWriter(path, bigtiff=width * height > 2**31 // 2) as tw:
-        for i, size in enumerate(_level_sizes(width, height, tile)):
-            _write_tiled(tw, art, size, tile, None, level=i, subfiletype=1 if i else 0)
+    with tifffile.TiffWriter(path, bigtiff=width * height > 2**30) as tw:
+        for i, size in enumerate(level_sizes(width, height, tile)):
+            write_tiled(
+                tw,
+                tiles(art, size, tile, i),
+                size,
+                tile,
+                subfiletype=1 if i else 0,
+                resolution=_RESOLUTION,
+            )
     return path
-
-
-def _check_size(width: int, height: int, tile: int) -> None:
-    """Refuse sizes TIFF cannot hold: a non-positive slide, or a tile not a multiple of 16."""
-    if width < 1 or height < 1:
-        raise ValueError(f"slide size must be positive, got {width}x{height}")
-    if tile < 16 or tile % 16:
-        raise ValueError(f"tile size must be a positive multiple of 16 (TIFF rule), got {tile}")
-
-
-def _level_sizes(width: int, height: int, tile: int) -> list[tuple[int, int]]:
-    """Level 0 then 4x reductions while the level still spans more than one tile."""
-    sizes = [(width, height)]
-    while max(sizes[-1]) > tile:
-        w, h = sizes[-1]
-        sizes.append((max(1, w // _LEVEL_FACTOR), max(1, h // _LEVEL_FACTOR)))
-    return sizes
-
-
-def _tiles(art: Artwork, size: tuple[int, int], tile: int, level: int) -> Iterator[np.ndarray]:
-    """The level's tiles, row by row, as tifffile writes them."""
-    for y0 in range(0, size[1], tile):
-        for x0 in range(0, size[0], tile):
-            yield padded_tile(art, level, size, x0, y0, tile)
-
-
-def _write_tiled(
-    tw: tifffile.TiffWriter,
-    art: Artwork,
-    size: tuple[int, int],
-    tile: int,
-    description: str | None,
-    *,
-    level: int,
-    subfiletype: int = 0,
-) -> None:
-    """One tiled, deflate-compressed pyramid level."""
-    tw.write(
-        _tiles(art, size, tile, level),
-        shape=(size[1], size[0], 3),
-        dtype=np.uint8,
-        tile=(tile, tile),
-        photometric="rgb",
-        compression="zlib",
-        compressionargs={"level": 1},
-        description=description,
-        metadata=None,
-        subfiletype=subfiletype,
-        resolution=(20000, 20000),
-        resolutionunit="CENTIMETER",
-    )
-
-
-def _write_stripped(
-    tw: tifffile.TiffWriter, pixels: np.ndarray, description: str, subfiletype: int = 0
-) -> None:
-    """One stripped image (thumbnail, label or macro)."""
-    tw.write(
-        pixels,
-        photometric="rgb",
-        compression="zlib",
-        compressionargs={"level": 1},
-        description=description,
-        metadata=None,
-        subfiletype=subfiletype,
-        rowsperstrip=64,
-    )

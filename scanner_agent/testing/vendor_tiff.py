@@ -16,7 +16,9 @@ Each carries exactly what OpenSlide's driver for it looks for (read from OpenSli
   spacing of each level, levels marked reduced-resolution, ``Label``/``Macro`` strips; the
   barcode base64-encoded in ``PIM_DP_UFS_BARCODE``.
 
-Tiles are deflate-compressed (tifffile needs ``imagecodecs`` for JPEG; OpenSlide reads either).
+The GT450 SVS is ``tiff_slides``' Aperio layout with the GT450's head and fields; levels and
+tiles are written by ``tiling`` (deflate-compressed: tifffile needs ``imagecodecs`` for JPEG;
+OpenSlide reads either).
 """
 
 from __future__ import annotations
@@ -29,84 +31,11 @@ from xml.sax.saxutils import escape, quoteattr
 import numpy as np
 import tifffile
 
-from scanner_agent.testing.artwork import Artwork, fit, label_image, macro_image, padded_tile
+from scanner_agent.testing.artwork import Artwork, fit, label_image, macro_image
+from scanner_agent.testing.tiff_slides import write_aperio_layout
+from scanner_agent.testing.tiling import ExtraTag, check_size, level_sizes, tiles, write_strip, write_tiled
 
 _TAG_XMP = 700
-
-
-def level_sizes(width: int, height: int, tile: int, factor: int = 4) -> list[tuple[int, int]]:
-    """Level 0, then ``factor``-times reductions while a level still spans more than one tile."""
-    sizes = [(width, height)]
-    while max(sizes[-1]) > tile:
-        w, h = sizes[-1]
-        sizes.append((max(1, w // factor), max(1, h // factor)))
-    return sizes
-
-
-def _tiles(art: Artwork, size: tuple[int, int], tile: int, level: int) -> Iterator[np.ndarray]:
-    for y0 in range(0, size[1], tile):
-        for x0 in range(0, size[0], tile):
-            yield padded_tile(art, level, size, x0, y0, tile)
-
-
-def write_tiled(
-    tw: tifffile.TiffWriter,
-    art: Artwork,
-    size: tuple[int, int],
-    tile: int,
-    level: int,
-    *,
-    description: str | None = None,
-    subfiletype: int = 0,
-    extratags: list[tuple[int, int, int, object, bool]] | None = None,
-    software: str | None = None,
-) -> None:
-    """One tiled, deflate-compressed pyramid level of ``art``."""
-    tw.write(
-        _tiles(art, size, tile, level),
-        shape=(size[1], size[0], 3),
-        dtype=np.uint8,
-        tile=(tile, tile),
-        photometric="rgb",
-        compression="zlib",
-        compressionargs={"level": 1},
-        description=description,
-        metadata=None,
-        subfiletype=subfiletype,
-        extratags=extratags or [],
-        software=software,
-    )
-
-
-def write_strip(
-    tw: tifffile.TiffWriter,
-    pixels: np.ndarray,
-    description: str | None,
-    *,
-    subfiletype: int = 0,
-    extratags: list[tuple[int, int, int, object, bool]] | None = None,
-    software: str | None = None,
-) -> None:
-    """One stripped image (label, macro, thumbnail)."""
-    tw.write(
-        pixels,
-        photometric="rgb",
-        compression="zlib",
-        compressionargs={"level": 1},
-        description=description,
-        metadata=None,
-        subfiletype=subfiletype,
-        rowsperstrip=64,
-        extratags=extratags or [],
-        software=software,
-    )
-
-
-def _check(width: int, height: int, tile: int) -> None:
-    if width < 1 or height < 1:
-        raise ValueError(f"slide size must be positive, got {width}x{height}")
-    if tile < 16 or tile % 16:
-        raise ValueError(f"tile size must be a positive multiple of 16 (TIFF rule), got {tile}")
 
 
 # --- Aperio GT450 ------------------------------------------------------------------------------
@@ -122,12 +51,6 @@ def write_gt450_svs(
     seed: int = 0,
 ) -> Path:
     """An SVS as the Aperio GT450 writes it (its own description head and fields)."""
-    path = Path(path)
-    _check(width, height, tile)
-    if barcode is not None and any(c in barcode for c in "|\r\n"):
-        raise ValueError(f"barcode {barcode!r} cannot be stored in an Aperio description ('|' or newline)")
-    art = Artwork(width, height, seed=seed)
-    head = f"Aperio Leica Biosystems GT450 v1.0.1\r\n{width}x{height} [0,0,{width}x{height}] ({tile}x{tile})"
     fields = [
         "AppMag = 40",
         "Date = 06/20/22",
@@ -146,24 +69,19 @@ def write_gt450_svs(
         "Time Zone = GMT+0100",
         "Top = 23.4493",
     ]
-    if barcode is not None:
-        fields.append(f"Barcode = {barcode}")
-    tail = "|" + "|".join(fields)
-    levels = level_sizes(width, height, tile)
-    with tifffile.TiffWriter(path, bigtiff=width * height > 2**30) as tw:
-        write_tiled(tw, art, levels[0], tile, 0, description=f"{head} Deflate/RGB Q=91{tail}")
-        thumb = art.overview(fit(width, height, 768))
-        write_strip(tw, thumb, f"{head} -> {thumb.shape[1]}x{thumb.shape[0]} - {tail}")
-        for i, size in enumerate(levels[1:], start=1):
-            write_tiled(
-                tw, art, size, tile, i, description=f"{head} -> {size[0]}x{size[1]} Deflate/RGB{tail}"
-            )
-        label = label_image(barcode, seed)
-        head0 = "Aperio Leica Biosystems GT450 v1.0.1"
-        write_strip(tw, label, f"{head0}\r\nlabel {label.shape[1]}x{label.shape[0]}", subfiletype=1)
-        macro = macro_image(art, label)
-        write_strip(tw, macro, f"{head0}\r\nmacro {macro.shape[1]}x{macro.shape[0]}", subfiletype=9)
-    return path
+    return write_aperio_layout(
+        path,
+        software="Aperio Leica Biosystems GT450 v1.0.1",
+        fields=fields,
+        barcode=barcode,
+        width=width,
+        height=height,
+        tile=tile,
+        seed=seed,
+        comma_origin=True,
+        level0_quality=91,
+        thumbnail_side=768,
+    )
 
 
 # --- Ventana / Roche BIF -------------------------------------------------------------------------
@@ -220,7 +138,7 @@ def write_bif(
     Level 0 is rounded down to whole tiles (a BIF level is a grid of whole scanned tiles).
     """
     path = Path(path)
-    _check(width, height, tile)
+    check_size(width, height, tile)
     across, down = max(2, width // tile), max(2, height // tile)
     width, height = across * tile, down * tile
     art = Artwork(width, height, seed=seed)
@@ -248,12 +166,17 @@ def write_bif(
         write_strip(tw, art.overview(fit(width, height, 512)), "Thumbnail")
         mag = 40.0
         for i, size in enumerate(level_sizes(width, height, tile)):
-            tags: list[tuple[int, int, int, object, bool]] = []
+            tags: list[ExtraTag] = []
             if i == 0:
                 encode = _encode_info(across, down, tile).encode()
                 tags = [(_TAG_XMP, 1, len(encode), encode, True)]
             write_tiled(
-                tw, art, size, tile, i, description=f"level={i} mag={mag:g} quality=95", extratags=tags
+                tw,
+                tiles(art, size, tile, i),
+                size,
+                tile,
+                description=f"level={i} mag={mag:g} quality=95",
+                extratags=tags,
             )
             mag /= 4
     return path
@@ -273,7 +196,7 @@ def write_scn(
 ) -> Path:
     """A Leica SCN that OpenSlide opens as vendor ``leica`` (``leica.barcode`` when given)."""
     path = Path(path)
-    _check(width, height, tile)
+    check_size(width, height, tile)
     art = Artwork(width, height, seed=seed)
     nm_per_px = 500  # 0.5 um per pixel at level 0
     main_nm = (width * nm_per_px, height * nm_per_px)
@@ -322,19 +245,16 @@ def write_scn(
         "</collection></scn>"
     )
     with tifffile.TiffWriter(path, bigtiff=width * height > 2**30) as tw:
-        tw.write(
+        write_tiled(
+            tw,
             _padded_tiles_of(macro, tile),
-            shape=macro.shape,
-            dtype=np.uint8,
-            tile=(tile, tile),
-            photometric="rgb",
-            compression="zlib",
-            compressionargs={"level": 1},
+            (macro.shape[1], macro.shape[0]),
+            tile,
             description=xml,
-            metadata=None,
+            subfiletype=None,
         )
         for i, size in enumerate(mains):
-            write_tiled(tw, art, size, tile, i, subfiletype=1 if i else 0)
+            write_tiled(tw, tiles(art, size, tile, i), size, tile, subfiletype=1 if i else 0)
     return path
 
 
@@ -363,7 +283,7 @@ def write_philips_tiff(
 ) -> Path:
     """A Philips TIFF (IntelliSite export) that OpenSlide opens as vendor ``philips``."""
     path = Path(path)
-    _check(width, height, tile)
+    check_size(width, height, tile)
     art = Artwork(width, height, seed=seed)
     levels = level_sizes(width, height, tile, factor=2)
     mm_per_px = 0.00025
@@ -402,10 +322,9 @@ def write_philips_tiff(
         for i, size in enumerate(levels):
             write_tiled(
                 tw,
-                art,
+                tiles(art, size, tile, i),
                 size,
                 tile,
-                i,
                 description=xml if i == 0 else None,
                 subfiletype=1 if i else 0,
                 software=software,
