@@ -7,14 +7,15 @@ share that blinked). A single background thread owns all state: it drains event 
 the listings, asks ``completeness.CompletenessTracker`` which units are ready, calls ``on_ready``
 once per finished scan, and supervises the observer (restarting it when it dies, and
 reporting the watch folder missing until it comes back).
+
+This module is the watcher's loop and what it does with events and listings; keeping the observer
+running on the folder (start, restart, fall back to polling, folder missing) is in ``supervision.py``.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
-import stat
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -27,9 +28,10 @@ from scanner_agent.core.errors import ConfigError
 from scanner_agent.core.patterns import DEFAULT_PATTERNS
 from scanner_agent.scanunit import Fingerprint, ScanUnit
 from scanner_agent.watch.completeness import CompletenessTracker
-from scanner_agent.watch.mountinfo import OBSERVER_SETTINGS, choose_observer
-from scanner_agent.watch.observers import HintHandler, launch_observer, observer_alive
+from scanner_agent.watch.mountinfo import OBSERVER_SETTINGS
+from scanner_agent.watch.observers import HintHandler, observer_alive
 from scanner_agent.watch.probes import safe_fingerprint
+from scanner_agent.watch.supervision import ObserverSupervision
 from scanner_agent.watch.units import (
     LinkWarnings,
     discover_units,
@@ -60,7 +62,7 @@ class WatcherHealth:
     pending: int
 
 
-class ScanWatcher:
+class ScanWatcher(ObserverSupervision):
     """Reports each finished scan under ``watch`` to ``on_ready``, once per change.
 
     ``on_ready`` runs on the watcher's thread and must return quickly (enqueue, don't copy).
@@ -218,95 +220,7 @@ class ScanWatcher:
             self._full_listing()
         self._report_ready()
 
-    def _supervise(self, now: float) -> bool:
-        """Check the folder and the observer; (re)start the observer when needed."""
-        try:
-            st = os.stat(self.watch)
-            if not stat.S_ISDIR(st.st_mode):
-                raise NotADirectoryError(errno.ENOTDIR, "not a directory")
-        except OSError as exc:
-            self._folder_lost(exc)
-            return False
-        self._last_ok = now
-        if self._observer is None:
-            return self._start_observer(st.st_dev, reason=None)
-        if not observer_alive(self._observer):
-            return self._start_observer(st.st_dev, reason="the observer thread stopped")
-        if st.st_dev != self._observer_dev:
-            # A share mounted or unmounted over the folder: the old watch sees the old filesystem.
-            return self._start_observer(st.st_dev, reason="the filesystem under the folder changed")
-        return True
-
-    def _folder_lost(self, exc: OSError) -> None:
-        reason = exc.strerror or str(exc)
-        message = (
-            f"Watch folder {self.watch} is missing or unreadable ({reason}); "
-            "the share may be unmounted. Retrying until it is back."
-        )
-        if not self._folder_missing:
-            log.error(message)
-        self._folder_missing = True
-        self._stop_observer(1.0)
-        # settle progress is void
-        self._tracker = CompletenessTracker(self._tracker.settle_seconds, completion_marker=self._marker)
-        self._next_rescan = 0.0
-        with self._state_lock:
-            self._alive = False
-            self._last_error = message
-
-    def _start_observer(self, dev: int, reason: str | None) -> bool:
-        restarting = self._watching_since is not None  # it was watching before
-        self._stop_observer(1.0)
-        kind = choose_observer(self.watch, self._observer_setting)
-        try:
-            try:
-                observer = launch_observer(kind, self._handler, self.watch, self._poll_interval)
-            except OSError as exc:
-                if kind != "inotify" or exc.errno not in (errno.ENOSPC, errno.EMFILE):
-                    raise
-                log.warning(
-                    "inotify cannot watch %s (%s); falling back to polling every %.1fs. "
-                    "Raise fs.inotify.max_user_watches to use inotify.",
-                    self.watch,
-                    exc.strerror or exc,
-                    self._poll_interval,
-                )
-                kind = "polling"
-                observer = launch_observer(kind, self._handler, self.watch, self._poll_interval)
-        except OSError as exc:
-            message = f"Cannot watch {self.watch} with {kind}: {exc.strerror or exc}. Retrying."
-            if message != self._last_error:
-                log.error(message)
-            with self._state_lock:
-                self._alive = False
-                self._last_error = message
-            return False
-        self._observer, self._observer_dev = observer, dev
-        if self._folder_missing:
-            log.info("Watch folder %s is back; watching again", self.watch)
-        elif reason is not None:
-            log.warning("Restarted the %s observer on %s: %s", kind, self.watch, reason)
-        self._folder_missing = False
-        with self._state_lock:
-            self._kind = kind
-            self._alive = True
-            self._watching_since = time.time()
-            if restarting:
-                self._restarts += 1
-            if reason is not None:
-                self._last_error = f"{reason} on {self.watch}; restarted it"
-        self._next_rescan = 0.0  # catch up on whatever happened while nothing was watching
-        return True
-
-    def _stop_observer(self, timeout: float) -> None:
-        observer, self._observer = self._observer, None
-        if observer is None:
-            return
-        try:
-            observer.stop()
-            observer.join(timeout)
-        except Exception:  # a half-dead observer must not stop us replacing it
-            log.debug("Stopping the old observer on %s failed", self.watch, exc_info=True)
+    # _supervise (the folder and the observer) and _folder_lost: see supervision.py
 
     # ---- events, listings and reports ------------------------------------------------------------
 
