@@ -251,10 +251,13 @@ def test_label_only_scan_is_stored_and_its_run_named_by_the_barcode(tmp_path: Pa
 
         async def read_run() -> Any:
             from prefect.client.orchestration import get_client
+            from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
             async with get_client() as c:
                 run = await c.read_flow_run(rec.flow_run_id)
-                artifacts = await c.read_artifacts()
+                # This run's only: the session's server holds more than one page of artifacts.
+                only = ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))
+                artifacts = await c.read_artifacts(artifact_filter=only)
             return run, artifacts
 
         run, artifacts = asyncio.run(read_run())

@@ -67,10 +67,13 @@ def test_ticker_reports_how_far_the_partial_file_got(tmp_path: Path, prefect_api
 
     async def read() -> tuple[Any, Any]:
         from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterId
 
+        # By id: the session's server holds every test's artifacts, more than one page of them.
+        only = ArtifactFilter(id=ArtifactFilterId(any_=[ticker.artifact_id]))
         async with get_client() as client:
-            got = await client.read_artifacts()
-            return next(a for a in got if a.id == ticker.artifact_id), None
+            [got] = await client.read_artifacts(artifact_filter=only)
+            return got, None
 
     artifact, _ = asyncio.run(read())
     assert artifact.type == "progress" and float(artifact.data) == 50.0

@@ -54,6 +54,8 @@ def run_demo(config_path: Path, *, keep: bool = False) -> int:
         print(f"Prefect: embedded API (database in {base / 'prefect'}); starting it takes a few seconds…")
     else:
         print(f"Prefect: reporting to {os.environ['PREFECT_API_URL']}")
+    if cfg0.metrics.listen:
+        print(f"Metrics: curl http://{cfg0.metrics.listen}/metrics  (the counters move as scans are stored)")
 
     from scanner_agent.service.bootstrap import bootstrap
     from scanner_agent.service.daemon import Daemon
