@@ -32,3 +32,14 @@ def check_sums(root: Path) -> None:
 def without_sums(paths: Iterable[Path]) -> list[Path]:
     """``paths`` less the SHA256SUMS files."""
     return [p for p in paths if p.name != SUMS]
+
+
+def stored_files(root: Path) -> list[Path]:
+    """Every file a person sees in storage (everything outside ``.incoming`` folders), sorted, less
+    the SHA256SUMS files, each checked with ``sha256sum -c`` first."""
+    check_sums(root)
+    return sorted(
+        without_sums(
+            Path(d, f) for d, _dirs, fs in os.walk(root) if ".incoming" not in Path(d).parts for f in fs
+        )
+    )

@@ -27,7 +27,7 @@ import pytest
 from scanner_agent.core import errors
 from scanner_agent.testing.synthetic import write_corrupt, write_mrxs, write_svs
 from tests.harness import SAMPLE_SHEET, Folders, make_agent, process, write_config
-from tests.storage_listing import check_sums, without_sums
+from tests.storage_listing import stored_files as files_under
 
 W, H = 1024, 768
 STORED_NAME = "Prec01_Run-2_P1_Cardinal_620995"
@@ -108,17 +108,6 @@ def leftovers(*roots: Path) -> list[Path]:
             if Path(dirpath).name == ".incoming":
                 out += [Path(dirpath, n) for n in os.listdir(dirpath)]
     return out
-
-
-def files_under(root: Path) -> list[Path]:
-    """Every file under ``root`` outside ``.incoming`` folders; each SHA256SUMS is checked with
-    ``sha256sum -c`` and left out."""
-    check_sums(root)
-    return sorted(
-        without_sums(
-            Path(d, f) for d, dirs, fs in os.walk(root) if ".incoming" not in Path(d).parts for f in fs
-        )
-    )
 
 
 def sha256(path: Path) -> str:

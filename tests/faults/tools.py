@@ -21,7 +21,8 @@ from typing import Any
 
 import pytest
 
-from tests.storage_listing import check_sums, without_sums
+# The fault suites list storage through this module, as they list everything else here.
+from tests.storage_listing import stored_files as stored_files
 
 TOKEN = "xoxb-fault-token"
 CHANNEL = "#slide-scanning"
@@ -170,19 +171,6 @@ def unique_variant(slide: bytes, tag: str) -> bytes:
     """The slide with a short tag after its TIFF structure: OpenSlide reads it as before, but every
     variant has its own sha256, so a mix-up between two scans cannot go unnoticed."""
     return slide + f"\nscan:{tag}\n".encode()
-
-
-def stored_files(root: Path) -> list[Path]:
-    """Every file a person sees in storage (everything outside ``.incoming`` folders), less the
-    SHA256SUMS files, each checked with ``sha256sum -c`` first."""
-    if not root.exists():
-        return []
-    check_sums(root)
-    return sorted(
-        without_sums(
-            Path(d, f) for d, _dirs, fs in os.walk(root) if ".incoming" not in Path(d).parts for f in fs
-        )
-    )
 
 
 def leftovers(*roots: Path) -> list[Path]:
