@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from scanner_agent.core.barcode import BarcodeResult, compile_barcode_regex
+from scanner_agent.core.outcomes import ReportSink, ScanReport
 from scanner_agent.core.qc import QcResult
 from scanner_agent.scanunit import ScanUnit
 from scanner_agent.sheets import MetadataSource
@@ -160,6 +161,13 @@ def call_directly(step: Step[T], /, *args: Any) -> T:
     return step.fn(*args)
 
 
+class NoReports:
+    """The report sink of an agent nothing downstream listens to."""
+
+    def report(self, outcome: ScanReport) -> None:
+        return None
+
+
 @dataclass(frozen=True)
 class ScanServices:
     """Everything one scan's run is given, built once per agent by ``service.bootstrap``."""
@@ -170,6 +178,8 @@ class ScanServices:
     slides: SlideReader
     storage: Storage
     notifier: Notifier
+    #: Where each outcome is told (the sheet's status cells, Prefect events); never blocks a scan.
+    reports: ReportSink = field(default_factory=NoReports)
 
     @property
     def name(self) -> str:

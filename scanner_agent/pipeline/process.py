@@ -19,6 +19,7 @@ from typing import Any
 from scanner_agent.core.barcode import BarcodeResult
 from scanner_agent.core.errors import NoBarcode, ScanError, UnexpectedError
 from scanner_agent.core.humanize import age_text, iso_utc
+from scanner_agent.core.outcomes import ReportKind, ScanReport, failure_kind, failure_status
 from scanner_agent.core.policy import Outcome, decide_failure, unquarantinable
 from scanner_agent.core.qc import QcResult
 from scanner_agent.core.rescans import choose_rescan
@@ -125,7 +126,7 @@ async def process_scan(
         )
         return await _failed(svc, scan_id, unit, barcode, err, run, info, summary)
     return await _stored(
-        svc, scan_id, unit, barcode, result, qc, rescan.is_rescan, run, info, summary, held_kind
+        svc, scan_id, unit, barcode, result, qc, rescan.is_rescan, run, info, summary, held_kind, row
     )
 
 
@@ -183,6 +184,7 @@ async def _stored(
     info: SlideInfo | None,
     summary: Summary,
     held_kind: str | None,
+    row: SheetRow,
 ) -> ScanOutcome:
     j = svc.journal
     rec = j.get(scan_id)
@@ -218,6 +220,25 @@ async def _stored(
             run_url=url,
             scan=str(scan_id),
         )
+    svc.reports.report(
+        ScanReport(
+            ReportKind.STORED,
+            svc.name,
+            barcode,
+            rec.stored_at or time.time(),
+            "stored (rescan)" if is_rescan else "stored",
+            file=unit.name,
+            stored_path=_relative(result.dest, svc.settings.storage_root),
+            sha256=result.sha256,
+            size=result.total_size,
+            sheet_row=row.row_number,
+            study=row.values.get("Study") or None,
+            flow_run_id=run.run_id,
+            scan_id=scan_id,
+            rescan_done=bool(request),
+            is_rescan=is_rescan,
+        )
+    )
     outcome = ScanOutcome(True, f"Stored {barcode} as {result.dest}")
     if qc is not None and not qc.passed:
         reason = "; ".join(qc.reasons) or "failed QC"
@@ -282,6 +303,22 @@ async def _failed(
         barcode=barcode,
         details=details or None,
     )
+    kind = failure_kind(decision.state)
+    svc.reports.report(
+        ScanReport(
+            kind,
+            svc.name,
+            barcode,
+            time.time(),
+            failure_status(exc, kind),
+            file=unit.name,
+            flow_run_id=run.run_id,
+            reason=exc.message,
+            error_kind=exc.kind,
+            scan_id=scan_id,
+            extra={"quarantined_to": details["quarantined_to"]} if "quarantined_to" in details else {},
+        )
+    )
     extra = {"where": details["quarantined_to"]} if "quarantined_to" in details else {}
     # Only there when [alerts] attach_label asked for it (labels can carry patient identifiers).
     label_png = exc.label_png if isinstance(exc, NoBarcode) else None
@@ -302,3 +339,11 @@ async def _failed(
         barcode, unit.primary, None, None, f"**{what}**: {exc.message}\n\n**What to do:** {exc.action}"
     )
     return ScanOutcome(False, str(exc), name=what if what != "Failed" else None)
+
+
+def _relative(dest: Path, root: Path) -> str:
+    """The stored path as staff and downstream jobs name it: relative to the storage root."""
+    try:
+        return dest.relative_to(root).as_posix()
+    except ValueError:  # a layout that placed it outside the root is still worth saying in full
+        return str(dest)

@@ -23,6 +23,7 @@ from scanner_agent.orchestration.daily_report import DailyReporter
 from scanner_agent.orchestration.deployment import Deployment
 from scanner_agent.orchestration.runs import run_url
 from scanner_agent.pipeline import FileStorage, IsolatedSlideReader, OpenSlideReader, ScanServices, Settings
+from scanner_agent.service.reporting import Reports
 from scanner_agent.sheets import CsvSource, MetadataSource
 from scanner_agent.storage import IoPriority, Retention, TransferGate
 
@@ -58,6 +59,9 @@ class Services:
             workers=min(2, cfg.scanner.max_parallel),
         )
         self.barcode_regex = settings.barcode_regex
+        #: Every outcome (stored, held, failed, quarantined, rescan-missing, verify-failed) goes to
+        #: these sinks: the sheet's status columns and Prefect events, when configured.
+        self.reports = Reports()
         #: What one scan's run is given (``pipeline.process_scan``).
         self.scan = ScanServices(
             settings=settings,
@@ -66,6 +70,7 @@ class Services:
             slides=self.slide_reader,
             storage=FileStorage(retention_of(cfg), cfg.scanner.completion_marker, self.transfer_gate),
             notifier=self,
+            reports=self.reports,
         )
         #: This scanner's Prefect deployment (registered on first use), so runs offer Retry in the UI.
         self.deployment = Deployment(cfg.scanner.name, cfg.scanner.watch, register=register_deployment)

@@ -87,7 +87,12 @@ class Daemon:
             try:
                 self.startup()
                 self.maintenance.start()
-                FixityTimer(self.services.cfg, self.services.alert, self.stop_event).start()
+                FixityTimer(
+                    self.services.cfg,
+                    self.services.alert,
+                    self.stop_event,
+                    report=self.services.reports.report,
+                ).start()
                 while not self.stop_event.wait(1.0):
                     self.heartbeat()
             except sqlite3.Error as exc:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from scanner_agent.config import AgentConfig
+from scanner_agent.core.outcomes import ReportKind, ScanReport
 from scanner_agent.journal import FixityLog
 from scanner_agent.storage import Expected, FileCheck, TokenBucket, inventory, share_gone, walk_checks
 
@@ -122,9 +123,12 @@ class FixityTimer:
         stop_event: threading.Event,
         *,
         clock: Callable[[], float] = time.time,
+        report: Callable[[ScanReport], None] | None = None,
     ) -> None:
         self.cfg = cfg
         self.alert = alert
+        #: Tells downstream (Prefect events) of a stored file that no longer matches its record.
+        self.report = report
         self.stop_event = stop_event
         self.clock = clock
         self.every = cfg.storage.verify_every_days * 86400
@@ -183,6 +187,21 @@ class FixityTimer:
                 file=c.path,
                 details={"expected sha256": c.expected or "-", "found sha256": c.found or "(no file)"},
             )
+            if self.report is not None:
+                self.report(
+                    ScanReport(
+                        ReportKind.VERIFY_FAILED,
+                        self.cfg.scanner.name,
+                        c.barcode,
+                        self.clock(),
+                        f"verify failed: {c.outcome}",
+                        stored_path=c.path,
+                        sha256=c.expected,
+                        size=c.size or None,
+                        reason=c.detail,
+                        extra={"found_sha256": c.found} if c.found else {},
+                    )
+                )
 
         s = self.cfg.storage
         result = verify_pass(

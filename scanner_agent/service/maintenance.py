@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from scanner_agent.core.errors import ScanError
+from scanner_agent.core.outcomes import ReportKind, ScanReport
 from scanner_agent.core.sheet_table import lookup
 from scanner_agent.core.states import ScanState
 from scanner_agent.journal import Journal, ScanRecord
@@ -163,6 +164,16 @@ def slow_timers(services: Services, now: float) -> None:
             details={"requested by": req["requested_by"], "requested": time.ctime(req["requested_at"])},
         )
         j.mark_rescan_alerted(req["barcode"])
+        services.reports.report(
+            ScanReport(
+                ReportKind.RESCAN_MISSING,
+                services.name,
+                req["barcode"],
+                now,
+                "rescan missing",
+                reason=f"requested by {req['requested_by']}: {req.get('reason') or 'no reason given'}",
+            )
+        )
 
 
 def sweep_rescan_requests(services: Services, now: float) -> int:
