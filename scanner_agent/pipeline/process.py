@@ -237,6 +237,8 @@ async def _stored(
             scan_id=scan_id,
             rescan_done=bool(request),
             is_rescan=is_rescan,
+            # Downstream jobs on this host's share open it by its full path; staff read the relative one.
+            extra={"path": str(result.dest), "storage_root": str(svc.settings.storage_root)},
         )
     )
     outcome = ScanOutcome(True, f"Stored {barcode} as {result.dest}")
