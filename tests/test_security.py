@@ -10,8 +10,8 @@ the SMTP server received, ``scanner-agent check`` output, and the Prefect runs r
 the client (parameters, state messages, task runs, artifacts, logs) plus the Prefect server's
 database file itself. Each secret must appear nowhere.
 
-The unit's ``systemd-analyze security`` exposure (at most 2.0) is checked by
-``tests/test_systemd.py::test_exposure_is_at_most_two``; it is not repeated here.
+The unit's ``systemd-analyze security`` exposure (at most 1.5) is checked by
+``tests/test_systemd.py::test_exposure_is_at_most_one_and_a_half``; it is not repeated here.
 """
 
 from __future__ import annotations

@@ -39,7 +39,8 @@ UNIT = REPO / "systemd" / "scanner-agent@.service"
 SYSUSERS = REPO / "systemd" / "scanner-agent.sysusers.conf"
 README = REPO / "systemd" / "README.md"
 INSTALLED_EXEC = "/opt/scanner-agent/.venv/bin/scanner-agent"
-MAX_EXPOSURE = 2.0
+# Issue 14: the scheduling settings (Nice, CPUWeight, IOScheduling*) must not cost hardening.
+MAX_EXPOSURE = 1.5
 
 # --------------------------------------------------------------------------------------------
 # The probe: runs inside the sandbox as the service's main process. Standard library plus the
@@ -525,7 +526,7 @@ def test_readme_drop_ins_verify_without_any_warning(tmp_path: Path) -> None:
 
 @needs_analyze
 @pytest.mark.parametrize("with_drop_ins", [False, True], ids=["unit", "unit+readme-drop-ins"])
-def test_exposure_is_at_most_two(tmp_path: Path, with_drop_ins: bool) -> None:
+def test_exposure_is_at_most_one_and_a_half(tmp_path: Path, with_drop_ins: bool) -> None:
     exposure, table = overall_exposure(instance_copy(tmp_path, with_drop_ins=with_drop_ins))
     assert exposure <= MAX_EXPOSURE, table
 
