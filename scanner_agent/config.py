@@ -122,6 +122,11 @@ class SheetConfig(_Section):
     timeout_seconds: float = Field(default=30, gt=0)
     hold_alert_hours: float = Field(default=24, gt=0)
     barcode_column: str = "Barcode"
+    #: Write each scan's outcome into these columns of its row (Google Sheet; with a CSV, only logged).
+    write_back: bool = False
+    status_column: str = "Scan Status"
+    stored_as_column: str = "Stored As"
+    stored_at_column: str = "Stored At"
 
 
 class JournalConfig(_Section):
@@ -151,6 +156,16 @@ class AlertsConfig(_Section):
     #: Attach the slide's label picture to a "no barcode" alert, so a person can read it by eye.
     #: Off by default: labels can carry patient identifiers.
     attach_label: bool = False
+    #: "HH:MM" (host local time): a daily digest to Slack (stored, held, failed, oldest held); "" = off.
+    digest_time: str = ""
+
+    @field_validator("digest_time")
+    @classmethod
+    def _digest_hhmm(cls, v: str) -> str:
+        from scanner_agent.core.digest import parse_digest_time
+
+        parse_digest_time(v)  # raises naming [alerts] digest_time
+        return v.strip()
 
 
 class RescansConfig(_Section):
@@ -176,6 +191,9 @@ class PrefectConfig(_Section):
     #: Slack's {"text": ...} JSON); or SCANNER_AGENT_PREFECT__NOTIFY_WEBHOOK_URL (environment only).
     notify_webhook_url_file: Path | None = None
     notify_webhook_url: SecretStr | None = None
+    #: Emit a Prefect event for every scan outcome (``scanner-agent.scan.stored`` ...; docs/events.md),
+    #: queued in the journal's file until the server takes it.
+    events: bool = True
 
 
 class MetricsConfig(_Section):

@@ -555,7 +555,13 @@ def test_outbox_shares_the_journal_file_without_touching_its_tables(tmp_path: Pa
     box = AlertOutbox(db)
     box.record_sent("k", "slack", 1.0)
     tables = {r[0] for r in journal.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    assert {t for t in tables if t != "sqlite_sequence"} == {"scans", "alert_sent", "alert_pending"}
+    assert {t for t in tables if t != "sqlite_sequence"} == {
+        "scans",
+        "alert_sent",
+        "alert_pending",
+        "alert_ref",
+        "alert_digest",
+    }
     assert journal.execute("SELECT state FROM scans").fetchall() == [("held",)]
     assert journal.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     box.close()

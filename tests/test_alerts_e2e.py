@@ -382,7 +382,7 @@ def test_held_scan_released_later_announces_one_recovery(make_lab: Callable[...,
     # It resolves the very alert people saw ("Unknown barcode 999999"), and links the run that stored it.
     assert header(rec_post).startswith("✅ Resolved: Unknown barcode 999999")
     assert button_url(rec_post) == lab.run_url(stored)
-    mails = [m for m in lab.mails() if "Resolved" in str(m["Subject"])]
+    mails = [m for m in lab.mails() if str(m["Subject"]).startswith("Re: ")]  # a reply to the problem's
     assert len(mails) == 1 and "999999 stored after" in mail_text(mails[0])
     assert len(lab.posts()) == 2 and len(lab.mails()) == 2  # the problem, then its recovery
 

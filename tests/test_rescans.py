@@ -224,9 +224,13 @@ def test_qc_failed_scan_requests_a_rescan_that_is_chased_then_satisfied(make_lab
     [sharp] = process(lab.agent, lab.scan("465551_a.svs", barcode="465551", seed=7))
     assert sharp.state == "stored" and "qc_failed" not in sharp.details
     assert lab.agent.journal.open_rescans() == []
-    received = [p for p in lab.posts() if "Rescan received" in header(p)]
-    assert len(received) == 1 and "465551" in header(received[0])
-    assert len(lab.posts()) == 3 and len(lab.mails()) == 3  # QC failed, overdue, received
+    # The overdue message is closed: updated to resolved, and a reply in its thread says how.
+    [update] = [c.payload for c in lab.slack.calls_to("chat.update", ok_only=True)]
+    assert "Resolved" in update["text"] and "Rescan overdue" in update["text"]
+    [reply] = [p for p in lab.posts() if p.get("thread_ts")]
+    assert "The requested rescan of 465551 arrived" in reply["text"]
+    assert len(lab.posts()) == 3 and len(lab.mails()) == 3  # QC failed, overdue, its resolution
+    assert str(lab.mails()[2]["Subject"]).startswith("Re: ")
     superseded = sorted((Path(sharp.dest).parent / "superseded").glob("*.svs"))
     assert len(superseded) == 1 and sidecar(superseded[0])["qc"]["passed"] is False
 

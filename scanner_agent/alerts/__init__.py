@@ -6,9 +6,9 @@ lives in ``scanner_agent.core.alerts`` and is re-exported here.
 """
 
 from scanner_agent.alerts.alerter import Alerter
-from scanner_agent.alerts.channel import AlertDeliveryError, Channel
+from scanner_agent.alerts.channel import AlertDeliveryError, Channel, Original, Ref
 from scanner_agent.alerts.email import EmailChannel, email_message
-from scanner_agent.alerts.slack import SlackChannel, slack_blocks, slack_text
+from scanner_agent.alerts.slack import SlackChannel, slack_blocks, slack_resolved_blocks, slack_text
 from scanner_agent.core.alerts import KINDS, Alert, AlertKind, kind_info
 
 __all__ = [
@@ -19,9 +19,12 @@ __all__ = [
     "Alerter",
     "Channel",
     "EmailChannel",
+    "Original",
+    "Ref",
     "SlackChannel",
     "email_message",
     "kind_info",
     "slack_blocks",
+    "slack_resolved_blocks",
     "slack_text",
 ]

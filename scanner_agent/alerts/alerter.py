@@ -3,8 +3,10 @@
 A channel that fails does not stop the others or the transfer that raised the alert: the alert is
 kept in the outbox and ``retry_pending()`` delivers it later. The same alert is not repeated on a
 channel within ``repeat_after_seconds`` (the record lives in the outbox, so a restart does not
-re-spam); a recovery is announced once. What an alert says is ``core.alerts``; how it looks on each
-channel is ``alerts.slack`` and ``alerts.email``.
+re-spam); a recovery is announced once. Where each problem's message landed is kept too (the
+outbox's ``alert_ref``), so its recovery closes that very message: Slack updates it and replies in
+its thread, e-mail answers it (``In-Reply-To``). What an alert says is ``core.alerts``; how it looks
+on each channel is ``alerts.slack`` and ``alerts.email``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from scanner_agent.alerts.channel import AlertDeliveryError, Channel
+from scanner_agent.alerts.channel import AlertDeliveryError, Channel, Original, Ref
 from scanner_agent.core.alerts import Alert
 
 if TYPE_CHECKING:
@@ -59,6 +61,7 @@ class Alerter:
         self._retry_lock = threading.Lock()
         self._inflight: set[tuple[str, str]] = set()
         self._sent_here: dict[tuple[str, str], float] = {}  # used only without an outbox
+        self._refs_here: dict[tuple[str, str], Original] = {}  # idem
 
     # -- public
 
@@ -66,6 +69,10 @@ class Alerter:
         """Send to every channel: name -> "sent" | "suppressed" | "queued" ("failed" without an outbox)."""
         if alert.label_png is not None and not self.attach_label:
             alert = dataclasses.replace(alert, label_png=None)  # not sent, not kept in the outbox either
+        if alert.recovery and "Resolved" not in alert.details:
+            # When it cleared, said once here so a queued recovery still tells the real time.
+            when = time.strftime("%Y-%m-%d %H:%M %Z", time.localtime(self.clock()))
+            alert = dataclasses.replace(alert, details={**alert.details, "Resolved": when})
         result: dict[str, str] = {}
         for channel in self.channels:
             try:
@@ -125,7 +132,7 @@ class Alerter:
                     )
                     return "queued"
             try:
-                channel.send(alert)
+                self._deliver(channel, alert)
             except Exception as exc:
                 return self._failed(channel, alert, exc, now)
             self._mark_sent(alert.key(), channel.name, self.clock())
@@ -189,7 +196,7 @@ class Alerter:
             late = dict(alert.details)
             late.setdefault("Raised", time.strftime("%Y-%m-%d %H:%M %Z", time.localtime(created)))
             try:
-                channel.send(dataclasses.replace(alert, details=late))
+                self._deliver(channel, dataclasses.replace(alert, details=late), remember=alert)
             except Exception as exc:
                 reason = str(exc) if isinstance(exc, AlertDeliveryError) else type(exc).__name__
                 attempts = self.outbox.attempts(item_id) + 1
@@ -227,6 +234,51 @@ class Alerter:
         assert self.outbox is not None
         until = self.outbox.next_try_for(channel)
         return until if until is not None and until > now else now + self.retry_base_seconds
+
+    # -- answering the first message
+
+    def _deliver(self, channel: Channel, alert: Alert, *, remember: Alert | None = None) -> None:
+        """Send on one channel: a recovery answers its problem's first message there when it is
+        known; a problem's landing place is remembered for its recovery (``remember``: the words to
+        keep, when what is sent carries extras such as "Raised")."""
+        original = self._original(alert, channel.name) if alert.recovery else None
+        # Only a recovery with a known original passes it: a channel written before references
+        # (a plain ``send(alert)``) still works for everything else.
+        ref = channel.send(alert, original=original) if original is not None else channel.send(alert)
+        if not alert.recovery and isinstance(ref, dict) and ref:
+            self._remember(alert.problem_key(), channel.name, ref, remember or alert)
+        elif original is not None:
+            self._forget(alert.problem_key(), channel.name)  # closed: the reference is no longer needed
+
+    def _original(self, alert: Alert, channel: str) -> Original | None:
+        if self.outbox is None:
+            return self._refs_here.get((alert.problem_key(), channel))
+        try:
+            found = self.outbox.ref_for(alert.problem_key(), channel)
+        except Exception:  # an unreadable reference must not cost the recovery itself
+            log.exception(
+                "Alert %s: reference to the original message on %s unreadable", alert.key(), channel
+            )
+            return None
+        return None if found is None else Original(found[0], found[1])
+
+    def _remember(self, key: str, channel: str, ref: Ref, alert: Alert) -> None:
+        if self.outbox is None:
+            self._refs_here[(key, channel)] = Original(dict(ref), alert)
+            return
+        try:
+            self.outbox.record_ref(key, channel, ref, alert, self.clock())
+        except Exception:  # delivered already: a lost reference only makes the recovery a new message
+            log.exception("Alert %s: could not record where it landed on %s", key, channel)
+
+    def _forget(self, key: str, channel: str) -> None:
+        if self.outbox is None:
+            self._refs_here.pop((key, channel), None)
+            return
+        try:
+            self.outbox.forget_ref(key, channel)
+        except Exception:  # harmless: the row is overwritten by the next occurrence anyway
+            log.exception("Alert %s: could not drop its reference on %s", key, channel)
 
     # -- sent records
 

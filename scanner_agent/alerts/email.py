@@ -1,9 +1,15 @@
-"""Alerts by e-mail: the message (plain text, HTML, thumbnail) and the SMTP channel that sends it."""
+"""Alerts by e-mail: the message (plain text, HTML, thumbnail) and the SMTP channel that sends it.
+
+Every e-mail carries a Message-ID the ``Alerter`` keeps; a recovery goes out as a reply to its
+problem's e-mail (``In-Reply-To``/``References``, subject ``Re: <original subject>``), so mail
+clients show the problem and its end as one conversation.
+"""
 
 from __future__ import annotations
 
 import html
 import logging
+import re
 import smtplib
 import ssl
 from collections.abc import Callable
@@ -11,16 +17,31 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from typing import Any
 
-from scanner_agent.alerts.channel import AlertDeliveryError, is_web_url, scrub
+from scanner_agent.alerts.channel import AlertDeliveryError, Original, Ref, is_web_url, scrub
 from scanner_agent.core.alerts import Alert
 
 log = logging.getLogger(__name__)
 
 
-def email_message(alert: Alert, *, sender: str, recipients: list[str]) -> EmailMessage:
-    """The alert as an e-mail: plain text, an HTML alternative, and the thumbnail as a PNG attachment."""
+#: A Message-ID as ``make_msgid`` writes it: anything else read back from the outbox is not trusted
+#: into a header (a line break there would forge headers).
+_MSGID = re.compile(r"<[^<>\s@]+@[^<>\s@]+>")
+
+
+def email_message(
+    alert: Alert, *, sender: str, recipients: list[str], original: Original | None = None
+) -> EmailMessage:
+    """The alert as an e-mail: plain text, an HTML alternative, and the thumbnail as a PNG attachment.
+    With ``original`` (a recovery's problem e-mail: its Message-ID and subject) it is a reply to it."""
     msg = EmailMessage()
-    msg["Subject"] = alert.title
+    msg_id = (original.ref.get("message_id") or "") if original else ""
+    first_subject = " ".join(((original.ref.get("subject") or "") if original else "").split())
+    if _MSGID.fullmatch(msg_id) and first_subject:
+        msg["Subject"] = first_subject if first_subject.startswith("Re: ") else f"Re: {first_subject}"
+        msg["In-Reply-To"] = msg_id
+        msg["References"] = msg_id
+    else:
+        msg["Subject"] = alert.title
     msg["From"] = sender
     msg["To"] = ", ".join(recipients)
     msg["Date"] = formatdate(localtime=True)
@@ -98,8 +119,10 @@ class EmailChannel:
             f"sender={self.sender!r}, recipients={self.recipients!r}, username={self.username!r})"
         )
 
-    def send(self, alert: Alert) -> None:
-        msg = email_message(alert, sender=self.sender, recipients=self.recipients)
+    def send(self, alert: Alert, *, original: Original | None = None) -> Ref | None:
+        """Send ``alert``; a recovery with its problem's ``original`` e-mail is a reply to it.
+        Returns the Message-ID and subject, which a later recovery answers."""
+        msg = email_message(alert, sender=self.sender, recipients=self.recipients, original=original)
         refused: dict[str, Any] = {}
         self._session(
             lambda smtp: refused.update(
@@ -108,6 +131,7 @@ class EmailChannel:
         )
         if refused:  # the others got it; say who did not rather than re-send to everyone
             log.warning("Alert %s: SMTP server refused some recipients: %s", alert.key(), ", ".join(refused))
+        return {"message_id": str(msg["Message-ID"]), "subject": str(msg["Subject"])}
 
     def check(self) -> list[str]:
         try:

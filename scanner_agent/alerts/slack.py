@@ -1,5 +1,10 @@
 """Alerts on Slack: the Block Kit message, the real ``slack_sdk.WebClient``, and a rate-limit policy
-that never stalls the scan that raised the alert."""
+that never stalls the scan that raised the alert.
+
+A recovery closes its problem's message: ``chat.update`` marks it resolved and a reply in its thread
+says how and when. A message Slack will not update (deleted, too old to edit) gets a reply in its
+thread shown in the channel too, or failing that a plain new message: the recovery is never lost.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ from slack_sdk.http_retry.builtin_handlers import (
     ServerErrorRetryHandler,
 )
 
-from scanner_agent.alerts.channel import AlertDeliveryError, is_web_url, scrub
+from scanner_agent.alerts.channel import AlertDeliveryError, Original, Ref, is_web_url, scrub
 from scanner_agent.core.alerts import Alert
 from scanner_agent.core.retry_after import retry_after_from_headers
 
@@ -103,6 +108,43 @@ def slack_blocks(alert: Alert) -> list[dict[str, Any]]:
     return blocks
 
 
+def slack_resolved_blocks(recovery: Alert, original: Alert | None) -> list[dict[str, Any]]:
+    """What the problem's first message becomes once it is resolved: its headline marked resolved,
+    what it said, and a line saying how and when it cleared (``recovery``)."""
+    first = original or recovery
+    when = recovery.details.get("Resolved")
+    how = f"*Resolved{' ' + _mrkdwn(when) if when else ''}*: {_mrkdwn(recovery.message)}"
+    blocks: list[dict[str, Any]] = [
+        {
+            "type": "header",
+            "text": {"type": "plain_text", "text": _clip("✅ " + recovery.title, _HEADER_MAX), "emoji": True},
+        },
+        {"type": "section", "text": {"type": "mrkdwn", "text": _clip(_mrkdwn(first.message), _SECTION_MAX)}},
+        {"type": "context", "elements": [{"type": "mrkdwn", "text": _clip(how, _SECTION_MAX)}]},
+    ]
+    facts = [
+        {"type": "mrkdwn", "text": _clip(f"*{_mrkdwn(label)}*\n{_mrkdwn(value)}", _FIELD_MAX)}
+        for label, value in first.facts()
+    ]
+    blocks.append({"type": "section", "fields": facts[:_FIELDS_MAX]})
+    url = first.run_url or recovery.run_url
+    if is_web_url(url) and len(url or "") <= _BUTTON_URL_MAX:
+        button = {
+            "type": "button",
+            "action_id": "open_prefect_run",
+            "url": url,
+            "text": {"type": "plain_text", "text": "Open run in Prefect"},
+        }
+        blocks.append({"type": "actions", "elements": [button]})
+    return blocks
+
+
+#: chat.update answers meaning "this message will not change": post the recovery anew instead.
+_NOT_UPDATABLE = frozenset({"message_not_found", "cant_update_message", "edit_window_closed"})
+#: chat.postMessage answers meaning "no such thread any more": post it as a plain message.
+_NO_THREAD = frozenset({"thread_not_found", "message_not_found", "invalid_thread_ts"})
+
+
 # Slack error codes that a person fixes in configuration, with the hint that says how.
 _SLACK_HINTS = {
     "invalid_auth": "the Slack token is not valid; check the bot token in the configuration",
@@ -167,20 +209,89 @@ class SlackChannel:
     def __repr__(self) -> str:
         return f"SlackChannel(name={self.name!r}, channel={self.channel!r}, api_url={self.api_url!r})"
 
-    def send(self, alert: Alert) -> None:
+    def send(self, alert: Alert, *, original: Original | None = None) -> Ref | None:
+        """Post ``alert``; a recovery with its problem's ``original`` message closes that instead.
+        Returns the channel id and ts of what was posted."""
+        cid, ts = (original.ref.get("channel"), original.ref.get("ts")) if original else (None, None)
+        if original is None or not cid or not ts:
+            return self._post(alert)
+        return self._close(alert, original, cid, ts)
+
+    def _close(self, alert: Alert, original: Original, cid: str, ts: str) -> Ref | None:
+        """Update the problem's message to resolved, then reply in its thread with how and when."""
+        updated = True
+        try:
+            self._call(
+                "chat.update",
+                lambda: self._client.chat_update(
+                    channel=cid,
+                    ts=ts,
+                    text=_mrkdwn(f"{alert.title}: {alert.message}"),
+                    blocks=slack_resolved_blocks(alert, original.alert),
+                ),
+            )
+        except AlertDeliveryError as exc:
+            if exc.code not in _NOT_UPDATABLE:
+                raise  # transient or configuration: queued, and the retry updates it then
+            updated = False
+            log.warning(
+                "Alert %s: Slack will not update its first message (%s); posting anew", alert.key(), exc.code
+            )
+        try:
+            # Updated: the reply stays in the thread. Not updated: it is the new message, so the
+            # channel shows it too (reply_broadcast).
+            return self._post(alert, channel=cid, thread_ts=ts, broadcast=not updated)
+        except AlertDeliveryError as exc:
+            if exc.code not in _NO_THREAD:
+                raise
+            log.warning(
+                "Alert %s: its Slack thread is gone (%s); posting a new message", alert.key(), exc.code
+            )
+            return self._post(alert)
+
+    def _post(
+        self,
+        alert: Alert,
+        *,
+        channel: str | None = None,
+        thread_ts: str | None = None,
+        broadcast: bool = False,
+    ) -> Ref | None:
+        thread: dict[str, Any] = {"thread_ts": thread_ts, "reply_broadcast": broadcast} if thread_ts else {}
         posted = self._call(
             "chat.postMessage",
             lambda: self._client.chat_postMessage(
-                channel=self.channel,
+                channel=channel or self.channel,
                 text=slack_text(alert),
                 blocks=slack_blocks(alert),
                 unfurl_links=False,
                 unfurl_media=False,
+                **thread,
             ),
         )
         for png, what in ((alert.thumbnail_png, "thumbnail"), (alert.label_png, "label")):
             if png:
                 self._upload_picture(alert, posted, png, what)
+        cid, ts = posted.get("channel"), posted.get("ts")
+        return {"channel": str(cid), "ts": str(ts)} if cid and ts else None
+
+    def post_text(self, headline: str, lines: list[str]) -> Ref | None:
+        """A plain informational message (the daily digest): a header and one section of lines."""
+        blocks = [
+            {"type": "header", "text": {"type": "plain_text", "text": _clip(headline, _HEADER_MAX)}},
+            {
+                "type": "section",
+                "text": {"type": "mrkdwn", "text": _clip(_mrkdwn("\n".join(lines)), _SECTION_MAX)},
+            },
+        ]
+        posted = self._call(
+            "chat.postMessage",
+            lambda: self._client.chat_postMessage(
+                channel=self.channel, text=_mrkdwn("\n".join([headline, *lines])), blocks=blocks
+            ),
+        )
+        cid, ts = posted.get("channel"), posted.get("ts")
+        return {"channel": str(cid), "ts": str(ts)} if cid and ts else None
 
     def _upload_picture(self, alert: Alert, posted: Any, png: bytes, what: str) -> None:
         """Attach a picture (the slide's ``thumbnail`` or its ``label``) in the alert's thread.
@@ -232,10 +343,10 @@ class SlackChannel:
             hint = _SLACK_HINTS.get(code)
             reason = f"{code} ({hint})" if hint else code
             where = "" if method == "auth.test" else f" to {self.channel}"
-            raise self._error(f"Slack {method}{where} failed: {reason}") from None
+            raise self._error(f"Slack {method}{where} failed: {reason}", code=code) from None
         except (SlackClientError, URLError, OSError) as exc:
             why = getattr(exc, "reason", None) or exc
             raise self._error(f"Slack {method} failed: could not reach {self.api_url}: {why}") from None
 
-    def _error(self, message: str) -> AlertDeliveryError:
-        return AlertDeliveryError(scrub(message, [self._token]))
+    def _error(self, message: str, *, code: str | None = None) -> AlertDeliveryError:
+        return AlertDeliveryError(scrub(message, [self._token]), code=code)

@@ -127,6 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--notify", action="store_true", help="also notify the webhook in prefect.notify_webhook_url_file"
     )
+    sp.add_argument(
+        "--on-stored",
+        metavar="DEPLOYMENT",
+        help="also run this deployment (FLOW-NAME/DEPLOYMENT-NAME) for every stored scan, with its path "
+        "and barcode as parameters (docs/events.md)",
+    )
+    sp.add_argument("--study", metavar="S", help="with --on-stored: only for scans of study S")
     sp.set_defaults(func=cmd_setup_prefect)
     sp = sub.add_parser("simulate", help="write synthetic slides slowly into a folder, like a scanner")
     sp.add_argument("--watch", required=True)

@@ -199,6 +199,8 @@ def cmd_setup_prefect(args: argparse.Namespace) -> int:
     from scanner_agent.orchestration.automations import SetupError, setup_prefect_sync
 
     cfg = _load(args)
+    if args.study and not args.on_stored:
+        raise ConfigError("setup-prefect: --study S goes with --on-stored DEPLOYMENT")
     if not os.environ.get("PREFECT_API_URL"):
         raise ConfigError(
             "setup-prefect needs a Prefect server: set [prefect] api_url (or PREFECT_API_URL); "
@@ -213,6 +215,8 @@ def cmd_setup_prefect(args: argparse.Namespace) -> int:
             webhook_url=cfg.notify_webhook_url() if args.notify else None,
             agent_alerts_on=bool(a.slack_channel or a.email_to),
             ui_url=cfg.ui_url(),
+            on_stored=args.on_stored,
+            study=args.study,
         )
     except SetupError as exc:
         raise ConfigError(str(exc)) from None

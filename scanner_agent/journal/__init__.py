@@ -4,9 +4,20 @@ Other layers import from this package, never from its modules, so the modules ca
 without touching their callers.
 """
 
+from scanner_agent.journal.events_outbox import EventOutbox, QueuedEvent
 from scanner_agent.journal.fixity import FixityLog
 from scanner_agent.journal.outbox import AlertOutbox
 from scanner_agent.journal.records import ScanRecord
 from scanner_agent.journal.store import Journal
+from scanner_agent.journal.writeback import QueuedCell, WritebackQueue
 
-__all__ = ["AlertOutbox", "FixityLog", "Journal", "ScanRecord"]
+__all__ = [
+    "AlertOutbox",
+    "EventOutbox",
+    "FixityLog",
+    "Journal",
+    "QueuedCell",
+    "QueuedEvent",
+    "ScanRecord",
+    "WritebackQueue",
+]

@@ -1,13 +1,21 @@
 """Remember which alerts were sent where, and keep the ones a channel failed to deliver.
 
-Two tables, both prefixed ``alert_`` so they can live in the journal's SQLite file next to its
-own tables: ``alert_sent`` (last time a key went to a channel: the dedupe record, surviving a
-restart) and ``alert_pending`` (alerts waiting for a channel to come back). This module opens
-its own connection and touches nothing else in the file.
+Tables prefixed ``alert_`` so they can live in the journal's SQLite file next to its own tables:
+``alert_sent`` (last time a key went to a channel: the dedupe record, surviving a restart),
+``alert_pending`` (alerts waiting for a channel to come back), ``alert_ref`` (where each problem's
+message landed on each channel, so its recovery can update or answer it, even after a restart) and
+``alert_digest`` (the day each scanner's daily digest last went out). This module opens its own
+connection and touches nothing else in the file.
+
+Upgrades only ever add tables here (``CREATE TABLE IF NOT EXISTS``, run on every open), so an
+outbox from an older release gains the new ones with its rows intact; a problem alert sent before
+``alert_ref`` existed simply has no reference, and its recovery is a new message.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import sqlite3
 import threading
@@ -37,6 +45,19 @@ CREATE TABLE IF NOT EXISTS alert_pending (
 );
 CREATE INDEX IF NOT EXISTS alert_pending_next_try ON alert_pending (channel, next_try);
 CREATE INDEX IF NOT EXISTS alert_pending_key ON alert_pending (key, channel);
+CREATE TABLE IF NOT EXISTS alert_ref (
+    key        TEXT NOT NULL,
+    channel    TEXT NOT NULL,
+    ref        TEXT NOT NULL,
+    alert_json TEXT,
+    at         REAL NOT NULL,
+    PRIMARY KEY (key, channel)
+);
+CREATE TABLE IF NOT EXISTS alert_digest (
+    scanner TEXT PRIMARY KEY,
+    day     TEXT NOT NULL,
+    at      REAL NOT NULL
+);
 """
 
 
@@ -83,6 +104,65 @@ class AlertOutbox:
                 "INSERT INTO alert_sent (key, channel, at) VALUES (?, ?, ?) "
                 "ON CONFLICT (key, channel) DO UPDATE SET at = excluded.at",
                 (key, channel, at),
+            )
+
+    # -- where each problem's message landed (for its recovery)
+
+    def record_ref(self, key: str, channel: str, ref: dict[str, str], alert: Alert, at: float) -> None:
+        """Remember where the problem ``key`` landed on ``channel`` (the latest occurrence wins).
+        The alert is kept without its pictures: only its words are needed to close it."""
+        words = dataclasses.replace(alert, thumbnail_png=None, label_png=None).to_json()
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO alert_ref (key, channel, ref, alert_json, at) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (key, channel) DO UPDATE SET ref = excluded.ref, "
+                "alert_json = excluded.alert_json, at = excluded.at",
+                (key, channel, json.dumps(ref, sort_keys=True), words, at),
+            )
+
+    def ref_for(self, key: str, channel: str) -> tuple[dict[str, str], Alert | None] | None:
+        """Where problem ``key`` landed on ``channel`` and what it said; None if not known."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT ref, alert_json FROM alert_ref WHERE key = ? AND channel = ?", (key, channel)
+            ).fetchone()
+        if row is None:
+            return None
+        try:
+            ref = json.loads(row[0])
+        except ValueError:
+            log.error(
+                "alert_ref row for %s on %s cannot be read; the recovery is a new message", key, channel
+            )
+            return None
+        if not isinstance(ref, dict):
+            return None
+        try:
+            original = Alert.from_json(row[1]) if row[1] else None
+        except (ValueError, TypeError, KeyError):
+            original = None  # the reference alone still lets the channel answer it
+        return {str(k): str(v) for k, v in ref.items()}, original
+
+    def forget_ref(self, key: str, channel: str) -> None:
+        """The problem ``key`` was closed on ``channel``: its reference is no longer needed (this
+        keeps ``alert_ref`` to the problems still open)."""
+        with self._lock:
+            self._db.execute("DELETE FROM alert_ref WHERE key = ? AND channel = ?", (key, channel))
+
+    # -- daily digest
+
+    def last_digest(self, scanner: str) -> str | None:
+        """The (local) day, ``YYYY-MM-DD``, the scanner's digest last went out."""
+        with self._lock:
+            row = self._db.execute("SELECT day FROM alert_digest WHERE scanner = ?", (scanner,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def record_digest(self, scanner: str, day: str, at: float) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO alert_digest (scanner, day, at) VALUES (?, ?, ?) "
+                "ON CONFLICT (scanner) DO UPDATE SET day = excluded.day, at = excluded.at",
+                (scanner, day, at),
             )
 
     # -- pending queue

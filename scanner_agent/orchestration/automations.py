@@ -14,6 +14,11 @@ can be run again after every upgrade or config change:
   posts to a Slack incoming webhook through a Prefect "Custom Webhook" block when the scanner's
   run ends Crashed, and also Failed/Held/Quarantined when the agent's own alerts are off for that
   scanner (when they are on, the agent already said so: no duplicates).
+* **"scanner-agent: run <flow/deployment> on stored scans[ of study S]"** (with ``on_stored``): on
+  every ``scanner-agent.scan.stored`` event (``orchestration.events``; only the study's with
+  ``study``), runs the named deployment with the stored file's ``path`` and ``barcode`` (and
+  ``stored_path``, ``sha256``, ``size``, ``scanner``, ``study``, ``sheet_row`` when its flow takes
+  them), templated by the server from the event. docs/events.md has an example.
 
 Only plain arguments here; the CLI reads them from the configuration.
 """
@@ -53,6 +58,17 @@ CRASHED_STATES = ("Crashed",)
 FAILED_STATES = ("Failed", "Held", "Quarantined", "Crashed")
 
 NOTIFY_WINDOW_SECONDS = 600
+
+ON_STORED_AUTOMATION = "scanner-agent: run {deployment} on stored scans"
+STORED_EVENT = "scanner-agent.scan.stored"
+#: The downstream flow's parameters, each rendered by the server from the stored event. A plain
+#: ``{{ expr }}`` keeps the value's JSON type (Prefect wraps it as ``expr | tojson``).
+ON_STORED_REQUIRED = {"path": "{{ event.payload.path }}", "barcode": "{{ event.payload.barcode }}"}
+#: Passed only when the flow takes them (a flow refuses parameters it does not declare).
+ON_STORED_OPTIONAL = {
+    name: "{{ event.payload." + name + " | default(none) }}"
+    for name in ("stored_path", "sha256", "size", "scanner", "study", "sheet_row")
+}
 
 CRASH_MESSAGE = (
     "No heartbeat from the scanner-agent running this scan for {minutes}: its host is down, asleep or "
@@ -212,6 +228,69 @@ def webhook_block(scanner: str, webhook_url: str) -> Any:
     )
 
 
+def on_stored_parameters(deployment: str, schema: dict[str, Any] | None) -> dict[str, str]:
+    """The templated parameters for the deployment's flow, from its parameter schema."""
+    takes = set(((schema or {}).get("properties") or {}).keys())
+    missing = [p for p in ON_STORED_REQUIRED if p not in takes]
+    if missing:
+        raise SetupError(
+            f"--on-stored {deployment}: its flow takes no {' and no '.join(repr(p) for p in missing)} "
+            f"parameter; a downstream flow for stored scans takes at least `path: str` and `barcode: str` "
+            f"(and optionally {', '.join(ON_STORED_OPTIONAL)}); see docs/events.md"
+        )
+    return {**ON_STORED_REQUIRED, **{k: v for k, v in ON_STORED_OPTIONAL.items() if k in takes}}
+
+
+def on_stored_automation(
+    deployment: str, deployment_id: UUID, parameters: dict[str, str], *, study: str | None = None
+) -> Any:
+    """The reactive trigger on each stored scan (of ``study``), running ``deployment`` for it."""
+    from prefect.events.actions import RunDeployment
+    from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+
+    match: dict[str, str] = {"prefect.resource.id": "scanner-agent.scan.*"}
+    if study:
+        match["scanner-agent.study"] = study
+    name = ON_STORED_AUTOMATION.format(deployment=deployment) + (f" of study {study}" if study else "")
+    return AutomationCore(
+        name=name,
+        description=(
+            f"Runs the deployment {deployment} for every scan scanner-agent stores"
+            + (f" for study {study}" if study else "")
+            + f", with the stored file's {', '.join(parameters)}. "
+            "Created by `scanner-agent setup-prefect --on-stored`."
+        ),
+        tags=[TAG],
+        trigger=EventTrigger(
+            match=match,
+            expect={STORED_EVENT},
+            for_each={"prefect.resource.id"},
+            posture=Posture.Reactive,
+            threshold=1,
+            within=timedelta(0),
+        ),
+        actions=[RunDeployment(source="selected", deployment_id=deployment_id, parameters=dict(parameters))],
+    )
+
+
+async def resolve_deployment(client: Any, deployment: str) -> Any:
+    """The deployment named ``flow-name/deployment-name``, or a SetupError saying what to do."""
+    from prefect.exceptions import ObjectNotFound
+
+    if deployment.count("/") != 1 or not all(deployment.split("/")):
+        raise SetupError(
+            f"--on-stored {deployment!r}: name the deployment as FLOW-NAME/DEPLOYMENT-NAME "
+            "(as `prefect deployment ls` shows it)"
+        )
+    try:
+        return await client.read_deployment_by_name(deployment)
+    except ObjectNotFound:
+        raise SetupError(
+            f"--on-stored {deployment}: no such deployment on this Prefect server; deploy or serve it "
+            "first (`prefect deployment ls` lists them)"
+        ) from None
+
+
 async def ensure_automation(client: Any, automation: Any) -> Outcome:
     """Create the automation, or bring the one of the same name up to date (duplicates removed)."""
     from prefect.events.schemas.automations import AutomationCore
@@ -268,6 +347,8 @@ async def setup_prefect(
     webhook_url: str | None = None,
     agent_alerts_on: bool = True,
     ui_url: str = "",
+    on_stored: str | None = None,
+    study: str | None = None,
 ) -> list[Outcome]:
     """Create or update this server's automations for ``scanner``; returns what was done."""
     from prefect.client.orchestration import get_client
@@ -291,6 +372,12 @@ async def setup_prefect(
                     client,
                     notify_automation(scanner, block.id, ui_url=ui_url, agent_alerts_on=agent_alerts_on),
                 )
+            )
+        if on_stored:
+            dep = await resolve_deployment(client, on_stored)
+            params = on_stored_parameters(on_stored, dep.parameter_openapi_schema)
+            out.append(
+                await ensure_automation(client, on_stored_automation(on_stored, dep.id, params, study=study))
             )
     return out
 

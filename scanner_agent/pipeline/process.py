@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +63,12 @@ async def process_scan(
             f"on {socket.gethostname()}.",
             name="Quarantined",
         )
-    held_kind = rec.details.get("held_kind") if rec.held_since else None
+    before = _Before(
+        held_kind=rec.details.get("held_kind") if rec.held_since else None,
+        failed_kind=rec.details.get("failed_kind"),
+        barcode=rec.barcode,
+        hold_alerted=bool(rec.details.get("hold_alerted")),
+    )
     rec = j.transition(
         scan_id, ScanState.PROCESSING, reason="flow run started", flow_run_id=run.run_id, expect=_STARTABLE
     )
@@ -109,6 +115,7 @@ async def process_scan(
                 "bytes": result.total_size,
                 "transfer_seconds": round(result.seconds, 3),
                 "already_present": result.already_present,
+                "failed_kind": None,  # its recovery is sent below, once
             },
         )
         for earlier_id in rescan.earlier:
@@ -126,7 +133,7 @@ async def process_scan(
         )
         return await _failed(svc, scan_id, unit, barcode, err, run, info, summary)
     return await _stored(
-        svc, scan_id, unit, barcode, result, qc, rescan.is_rescan, run, info, summary, held_kind, row
+        svc, scan_id, unit, barcode, result, qc, rescan.is_rescan, run, info, summary, before, row
     )
 
 
@@ -183,7 +190,7 @@ async def _stored(
     run: RunPort,
     info: SlideInfo | None,
     summary: Summary,
-    held_kind: str | None,
+    before: _Before,
     row: SheetRow,
 ) -> ScanOutcome:
     j = svc.journal
@@ -196,10 +203,29 @@ async def _stored(
         notes.append(f"Waited {age_text(waited)} for its sheet row before it was stored.")
         # The recovery carries the kind of the alert it answers, so each problem is closed once.
         svc.notifier.alert(
-            held_kind or "held",
+            before.held_kind or "held",
             f"{barcode} stored after {age_text(waited)} held",
             recovery=True,
             barcode=barcode,
+            file=unit.name,
+            run_url=url,
+            scan=str(scan_id),
+        )
+        if before.hold_alerted:  # "held too long" was said once per file: close it too
+            svc.notifier.alert(
+                "held_too_long",
+                f"{barcode} stored after {age_text(waited)} held",
+                recovery=True,
+                barcode=barcode,
+                file=unit.name,
+                run_url=url,
+            )
+    if before.failed_kind:  # storage back, the scan settled, the bug retried away: close the failure
+        svc.notifier.alert(
+            before.failed_kind,
+            f"{barcode} stored after an earlier failure ({before.failed_kind.replace('_', ' ')})",
+            recovery=True,
+            barcode=before.barcode,
             file=unit.name,
             run_url=url,
             scan=str(scan_id),
@@ -211,14 +237,16 @@ async def _stored(
     if request:
         why = request.get("reason") or "no reason given"
         notes.append(f"Satisfies the rescan requested by {request['requested_by']} ({why}).")
+        # An overdue request was alerted: close that message (updated, a reply in its thread);
+        # otherwise the arrival is news of its own.
+        overdue = bool(request.get("alerted_at"))
         svc.notifier.alert(
-            "rescan_received",
+            "missing_rescan" if overdue else "rescan_received",
             f"The requested rescan of {barcode} arrived and is stored as {result.dest.name}",
             recovery=True,
             barcode=barcode,
-            file=unit.name,
             run_url=url,
-            scan=str(scan_id),
+            **({} if overdue else {"file": unit.name, "scan": str(scan_id)}),
         )
     svc.reports.report(
         ScanReport(
@@ -264,6 +292,16 @@ async def _stored(
     return outcome
 
 
+@dataclass(frozen=True)
+class _Before:
+    """What the scan's record said before this run, for closing the alerts it had raised."""
+
+    held_kind: str | None
+    failed_kind: str | None
+    barcode: str | None
+    hold_alerted: bool
+
+
 async def _failed(
     svc: ScanServices,
     scan_id: int,
@@ -296,6 +334,8 @@ async def _failed(
             details["quarantine_error"] = str(qexc)
     if decision.outcome is Outcome.HOLD:
         details["held_kind"] = exc.kind
+    elif decision.state == ScanState.FAILED:  # kept past the retry's move to ready, to close it once stored
+        details["failed_kind"] = exc.kind
     j.transition(
         scan_id,
         decision.state,

@@ -115,6 +115,7 @@ def _sheet_checks(cfg: AgentConfig, network: bool) -> list[Result]:
         )
     )
     out.extend(Result(False, f"sheet: {p}") for p in table.problems)
+    out.extend(_write_back_checks(cfg))
     for col in layout_columns(cfg.storage.layout):
         if col not in table.columns:
             out.append(
@@ -125,6 +126,21 @@ def _sheet_checks(cfg: AgentConfig, network: bool) -> list[Result]:
                 )
             )
     return out
+
+
+def _write_back_checks(cfg: AgentConfig) -> list[Result]:
+    """``[sheet] write_back``: the status columns exist and the account may write (no data changes)."""
+    from scanner_agent.sheets import SheetWriteBack, write_back_sink
+
+    sink = write_back_sink(cfg)
+    if not isinstance(sink, SheetWriteBack):
+        return [Result(True, "sheet write-back: CSV sheet, cells are only logged")] if sink else []
+    try:
+        problems = sink.check()
+    finally:
+        sink.queue.close()
+    ok = Result(True, "sheet write-back: status columns found, writable")
+    return [Result(False, p) for p in problems] or [ok]
 
 
 def _alert_checks(cfg: AgentConfig) -> list[Result]:

@@ -14,7 +14,7 @@ from typing import Any
 
 from scanner_agent.config import AgentConfig
 from scanner_agent.core.humanize import age_text
-from scanner_agent.journal import AlertOutbox, FixityLog, Journal, ScanRecord
+from scanner_agent.journal import AlertOutbox, EventOutbox, FixityLog, Journal, ScanRecord, WritebackQueue
 from scanner_agent.storage import Retention
 
 
@@ -128,6 +128,8 @@ def gather_status(cfg: AgentConfig) -> dict[str, Any]:
             "alerts_backlog": backlog,
             "verification": _last_verification(cfg),
             "kept_sources": _kept_sources(cfg, j.stored_unremoved()),
+            "sheet_writeback": _writeback_backlog(cfg),
+            "prefect_events": _events_backlog(cfg),
         }
     finally:
         j.close()
@@ -162,6 +164,28 @@ def _last_verification(cfg: AgentConfig) -> dict[str, Any] | None:
         return fixity.last_run()
     finally:
         fixity.close()
+
+
+def _writeback_backlog(cfg: AgentConfig) -> dict[str, Any] | None:
+    """Sheet status cells not yet written (``[sheet] write_back``): how many, the oldest, the last error."""
+    if not cfg.sheet.write_back:
+        return None
+    queue = WritebackQueue(cfg.journal.path)
+    try:
+        return queue.summary()
+    finally:
+        queue.close()
+
+
+def _events_backlog(cfg: AgentConfig) -> dict[str, Any] | None:
+    """Prefect events not yet delivered (the server was down): how many, the oldest, the last error."""
+    if not cfg.prefect.events:
+        return None
+    outbox = EventOutbox(cfg.journal.path)
+    try:
+        return outbox.summary()
+    finally:
+        outbox.close()
 
 
 def _verification_lines(v: dict[str, Any] | None) -> list[str]:
@@ -243,6 +267,12 @@ def render_status(st: dict[str, Any]) -> str:
     out += _verification_lines(st.get("verification"))
     if st["alerts_pending"]:
         out.append(f"  alerts waiting to be delivered: {st['alerts_pending']}")
+    if wb := st.get("sheet_writeback"):
+        err = f"; last error: {wb['last_error']}" if wb.get("last_error") else ""
+        out.append(f"  sheet write-back: {wb['cells']} cells waiting, oldest {_ago(wb['oldest'])}{err}")
+    if ev := st.get("prefect_events"):
+        err = f"; last error: {ev['last_error']}" if ev.get("last_error") else ""
+        out.append(f"  Prefect events waiting to be sent: {ev['events']}, oldest {_ago(ev['oldest'])}{err}")
     if st.get("attention"):
         out.append("  needs a person: " + "; ".join(st["attention"]))
     return "\n".join(out)

@@ -21,10 +21,11 @@ from scanner_agent.core.errors import ConfigError
 from scanner_agent.journal import AlertOutbox, Journal
 from scanner_agent.orchestration.daily_report import DailyReporter
 from scanner_agent.orchestration.deployment import Deployment
+from scanner_agent.orchestration.events import build_event_sink
 from scanner_agent.orchestration.runs import run_url
 from scanner_agent.pipeline import FileStorage, IsolatedSlideReader, OpenSlideReader, ScanServices, Settings
 from scanner_agent.service.reporting import Reports
-from scanner_agent.sheets import CsvSource, MetadataSource
+from scanner_agent.sheets import CsvSource, MetadataSource, write_back_sink
 from scanner_agent.storage import IoPriority, Retention, TransferGate
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,14 @@ class Services:
         #: Every outcome (stored, held, failed, quarantined, rescan-missing, verify-failed) goes to
         #: these sinks: the sheet's status columns and Prefect events, when configured.
         self.reports = Reports()
+        #: ``[prefect] events``: a Prefect event per outcome, queued in the journal's file, sent in order.
+        self.events = build_event_sink(cfg.prefect.events, journal.path)
+        if self.events is not None:
+            self.reports.add(self.events)
+        #: ``[sheet] write_back``: each outcome's status cells in the sheet (a CSV sheet: only logged).
+        self.sheet_writeback = write_back_sink(cfg, self.alert)
+        if self.sheet_writeback is not None:
+            self.reports.add(self.sheet_writeback)
         #: What one scan's run is given (``pipeline.process_scan``).
         self.scan = ScanServices(
             settings=settings,
@@ -99,6 +108,10 @@ class Services:
 
     def close(self) -> None:
         self.slide_reader.close()
+        if self.events is not None:
+            self.events.close()  # bounded: a last try to send; the rest stays queued for the next start
+        if self.sheet_writeback is not None:
+            self.sheet_writeback.close()
         self.journal.close()
 
 

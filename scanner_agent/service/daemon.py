@@ -161,6 +161,8 @@ class Daemon:
         s = self.services
         cfg = s.cfg
         recover(s)
+        if s.events is not None:
+            s.events.start()  # Prefect events an earlier run left queued go out now
         self.dispatcher.start()
         for rec in s.journal.ready():
             self.dispatcher.submit(rec.id, rec.ready_at)

@@ -22,6 +22,7 @@ from scanner_agent.core.sheet_table import lookup
 from scanner_agent.core.states import ScanState
 from scanner_agent.journal import Journal, ScanRecord
 from scanner_agent.service.bootstrap import Services
+from scanner_agent.service.digest import send_digest_if_due
 from scanner_agent.service.dispatcher import Dispatcher
 from scanner_agent.service.source_retention import release_due_sources
 from scanner_agent.systemd import notify as sdnotify
@@ -81,6 +82,8 @@ class Maintenance:
         now = time.time() if now is None else now
         s, disp = self.services, self.dispatcher
         recheck_due(s, disp, now)
+        if s.sheet_writeback is not None:
+            s.sheet_writeback.kick()  # the sheet's status cells, on their own thread, once per window
         if now - self._last_slow < SLOW_TIMER_SECONDS:
             return
         self._last_slow = now
@@ -154,6 +157,7 @@ def slow_timers(services: Services, now: float) -> None:
     release_due_sources(services, now)  # remove_source_after_days: re-verify the stored copy, then free
     # The scanner's daily table in Prefect's Artifacts page: at most every 5 min, in the background.
     services.daily_report.maybe_publish()
+    send_digest_if_due(services, now)  # [alerts] digest_time: once a day to Slack
     for req in j.overdue_rescans(now):
         services.alert(
             "missing_rescan",

@@ -10,11 +10,20 @@ from typing import TYPE_CHECKING, Any
 
 from scanner_agent.sheets.csv_source import CsvSource, read_csv_values
 from scanner_agent.sheets.source import MetadataSource
+from scanner_agent.sheets.write_back import CsvWriteBackPreview, SheetWriteBack, write_back_sink
 
 if TYPE_CHECKING:
     from scanner_agent.sheets.google import GoogleSheetSource
 
-__all__ = ["CsvSource", "GoogleSheetSource", "MetadataSource", "read_csv_values"]
+__all__ = [
+    "CsvSource",
+    "CsvWriteBackPreview",
+    "GoogleSheetSource",
+    "MetadataSource",
+    "SheetWriteBack",
+    "read_csv_values",
+    "write_back_sink",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -42,6 +42,11 @@ SCOPES = (
     # read-only Drive scope keeps the client usable for those without widening write access.
     "https://www.googleapis.com/auth/drive.readonly",
 )
+#: With ``[sheet] write_back = true`` only: the status cells are written, so Sheets needs write access.
+WRITE_SCOPES = (
+    "https://www.googleapis.com/auth/spreadsheets",
+    "https://www.googleapis.com/auth/drive.readonly",
+)
 #: Hosts rerouted to ``api_url``: Sheets, Drive (gspread), and IAM credentials, where google-auth
 #: looks up the service account's "regional access boundary" in a background thread.
 _GOOGLE_API_HOSTS = (
@@ -107,8 +112,13 @@ class GoogleSession:
         worksheet: str | None = None,
         api_url: str = "",
         timeout: float = 30,
+        write: bool = False,
     ) -> None:
         self.spreadsheet_key = spreadsheet_key
+        #: Write scope only for the write-back session; the reader's stays read-only.
+        self.scopes = WRITE_SCOPES if write else SCOPES
+        #: The worksheet's title at the last successful read (found from the metadata when not named).
+        self.title: str | None = worksheet
         self.credentials_file = Path(credentials_file)
         self.worksheet = worksheet
         self.api_url = api_url.rstrip("/")
@@ -128,7 +138,7 @@ class GoogleSession:
             info = self._load_service_account()
             # google-auth ships no annotations for these two calls.
             creds = Credentials.from_service_account_info(  # type: ignore[no-untyped-call]
-                info, scopes=list(SCOPES)
+                info, scopes=list(self.scopes)
             )
             # google-auth's own calls (token, access-boundary lookup) go through this session; it is
             # built here, as AuthorizedSession would build it, so it can be rerouted too.
@@ -214,7 +224,45 @@ class GoogleSession:
             ) from None
         rows = response.get("values", []) if isinstance(response, dict) else []
         values = [["" if c is None else str(c) for c in row] for row in rows]
+        self.title = title
         return values, self.where(title)
+
+    def write_cells(self, title: str, cells: list[tuple[str, str]]) -> None:
+        """Set each (A1 cell, text) of worksheet ``title`` in ONE ``values.batchUpdate``; ``ReadFailed``
+        (worded for writing) if it can't. RAW, never USER_ENTERED: a value from a scan is text, and a
+        status starting with "=" must not become a formula in the lab's sheet."""
+        body = {
+            "valueInputOption": "RAW",
+            "data": [{"range": absolute_range_name(title, a1), "values": [[v]]} for a1, v in cells],
+        }
+        try:
+            self._gspread().http_client.values_batch_update(self.spreadsheet_key, body)
+        except gspread.exceptions.APIError as e:
+            said = _google_message(e)
+            if e.response.status_code == 403 and not (
+                "has not been used" in said or "disabled" in said.lower()
+            ):
+                who = self._client_email or "the service account"
+                raise ReadFailed(
+                    f"Permission denied writing {self.where(title)}: {who} can read it but not write "
+                    "(share the sheet with it as an Editor for write_back).",
+                    action=f"Share the sheet with {who} as an Editor, or set [sheet] write_back = false.",
+                ) from None
+            failure = self._api_failure(e, title)
+            raise ReadFailed(
+                failure.message.replace("reading", "writing").replace("read ", "write "),
+                failure.retryable,
+                failure.retry_after,
+                failure.action,
+            ) from None
+        except ReadFailed:
+            raise
+        except google.auth.exceptions.RefreshError as e:
+            raise self._refresh_failure(e) from None
+        except (requests.RequestException, google.auth.exceptions.GoogleAuthError, ValueError) as e:
+            raise ReadFailed(
+                f"Cannot write {self.where(title)} ({type(e).__name__}).", retryable=True
+            ) from None
 
     def _first_title(self, metadata: Any) -> str:
         sheets = (metadata.get("sheets") or []) if isinstance(metadata, dict) else []

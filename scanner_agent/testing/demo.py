@@ -59,10 +59,13 @@ def run_demo(config_path: Path, *, keep: bool = False) -> int:
 
     from scanner_agent.service.bootstrap import bootstrap
     from scanner_agent.service.daemon import Daemon
+    from scanner_agent.sheets import CsvWriteBackPreview
     from scanner_agent.testing.simulator import SimScan, simulate
 
     cfg = load_config(config_path)
     services = bootstrap(cfg)
+    if isinstance(services.sheet_writeback, CsvWriteBackPreview):  # what write-back would set in the sheet
+        services.sheet_writeback.echo = lambda m: print(f"  {m}", flush=True)
     watching = threading.Event()
 
     def on_event(msg: str) -> None:

@@ -7,6 +7,10 @@ service-account file's ``token_uri``). It implements what ``scanner_agent.sheets
   public key of the service account that ``write_service_account`` registered; returns a bearer token.
 * ``GET /v4/spreadsheets/{id}`` - spreadsheet metadata (``sheets[].properties``).
 * ``GET /v4/spreadsheets/{id}/values/{range}`` - cell values, trimmed the way Google trims them.
+* ``POST /v4/spreadsheets/{id}/values:batchUpdate`` - writes cells (counted as "write"); every request
+  body is kept in ``writes``. The token must carry the ``spreadsheets`` scope (a read-only token gets
+  403 "insufficient authentication scopes") and the account must not be ``read_only`` (403
+  PERMISSION_DENIED, as for a Viewer). ``USER_ENTERED`` is refused: write-back must write RAW.
 * ``GET /v1/projects/-/serviceAccounts/{email}/allowedLocations`` - the IAM lookup google-auth makes
   in the background after fetching a token (counted as "rab").
 
@@ -82,6 +86,7 @@ class Spreadsheet:
     title: str
     worksheets: list[Worksheet]
     unshared: set[str] = field(default_factory=set)  # service-account e-mails refused with 403
+    viewers: set[str] = field(default_factory=set)  # may read, refused with 403 on write
 
 
 class FakeSheetsApi:
@@ -93,6 +98,8 @@ class FakeSheetsApi:
         self.spreadsheets: dict[str, Spreadsheet] = {}
         self.public_keys: dict[str, rsa.RSAPublicKey] = {}
         self.tokens: dict[str, str] = {}  # issued access token -> service-account e-mail
+        self.token_scopes: dict[str, set[str]] = {}  # issued access token -> its granted scopes
+        self.writes: list[dict[str, Any]] = []  # the body of every values:batchUpdate that was applied
         self.faults: list[Fault] = []
         self.counts: Counter[str] = Counter()
         self.log: list[tuple[str, str, int]] = []  # (method, path, status) of every request
@@ -129,6 +136,15 @@ class FakeSheetsApi:
     def remove_spreadsheet(self, key: str) -> None:
         with self._lock:
             del self.spreadsheets[key]
+
+    def values_of(self, key: str, worksheet: str) -> list[list[str]]:
+        with self._lock:
+            return [list(r) for r in self._worksheet(key, worksheet).values]
+
+    def read_only(self, key: str, email: str) -> None:
+        """Share ``key`` with ``email`` as a Viewer: reads work, writes get 403."""
+        with self._lock:
+            self.spreadsheets[key].viewers.add(email)
 
     def unshare(self, key: str, email: str) -> None:
         with self._lock:
@@ -202,6 +218,7 @@ class FakeSheetsApi:
         token = "ya29.fake-" + secrets.token_urlsafe(24)
         with self._lock:
             self.tokens[token] = claims["iss"]
+            self.token_scopes[token] = set(str(claims.get("scope", "")).split())
         return 200, {"access_token": token, "expires_in": 3600, "token_type": "Bearer"}
 
     def _verify_jwt(self, assertion: str) -> dict[str, Any]:
@@ -246,6 +263,38 @@ class FakeSheetsApi:
         if email in sheet.unshared:
             return 403, "The caller does not have permission"
         return None
+
+    def batch_update(self, header: str | None, key: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """``values:batchUpdate``: set each range's cells, as Google does with RAW input."""
+        token = header[len("Bearer ") :] if header and header.startswith("Bearer ") else ""
+        if "https://www.googleapis.com/auth/spreadsheets" not in self.token_scopes.get(token, set()):
+            return 403, _error(403, "Request had insufficient authentication scopes.")
+        if self.tokens[token] in self.spreadsheets[key].viewers:
+            return 403, _error(403)
+        if body.get("valueInputOption") not in ("RAW", "USER_ENTERED"):
+            return 400, _error(400, "Invalid valueInputOption")
+        if body["valueInputOption"] != "RAW":
+            return 400, _error(400, "this fake refuses USER_ENTERED: write-back must write RAW")
+        sheet = self.spreadsheets[key]
+        titles = [ws.title for ws in sheet.worksheets]
+        responses = []
+        for item in body.get("data", []):
+            parsed = _parse_range(item.get("range", ""), titles)
+            if parsed is None:
+                return 400, _error(400, f"Unable to parse range: {item.get('range')}")
+            title, (c0, r0, _c1, _r1) = parsed
+            grid = self._worksheet(key, title).values
+            for dr, row in enumerate(item.get("values", [])):
+                for dc, v in enumerate(row):
+                    r, c = r0 + dr, c0 + dc
+                    while len(grid) <= r:
+                        grid.append([])
+                    while len(grid[r]) <= c:
+                        grid[r].append("")
+                    grid[r][c] = str(v)
+            responses.append({"spreadsheetId": key, "updatedRange": item["range"], "updatedCells": 1})
+        self.writes.append(body)
+        return 200, {"spreadsheetId": key, "totalUpdatedCells": len(responses), "responses": responses}
 
     def metadata(self, key: str) -> dict[str, Any]:
         sheet = self.spreadsheets[key]
@@ -425,6 +474,14 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length).decode()
+        segments = urlsplit(self.path).path.split("/")
+        if (
+            len(segments) == 5
+            and segments[1:3] == ["v4", "spreadsheets"]
+            and segments[4] == "values:batchUpdate"
+        ):
+            self._write(unquote(segments[3]), raw)
+            return
         if urlsplit(self.path).path != "/token":
             self.api.counts["other"] += 1
             self._send(404, _error(404))
@@ -433,6 +490,22 @@ class _Handler(BaseHTTPRequestHandler):
             return
         status, body = self.api.issue_token(parse_qs(raw))
         self._send(status, body)
+
+    def _write(self, key: str, raw: str) -> None:
+        if self._fault("write"):
+            return
+        denied = self.api.authorise(self.headers.get("Authorization"), key)
+        if denied:
+            self._send(denied[0], _error(*denied))
+            return
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            self._send(400, _error(400, "Invalid JSON payload received."))
+            return
+        with self.api._lock:
+            status, answer = self.api.batch_update(self.headers.get("Authorization"), key, body)
+        self._send(status, answer)
 
     def do_GET(self) -> None:
         parts = urlsplit(self.path)

@@ -4,6 +4,12 @@ It speaks what slack_sdk 3.x sends: POST ``/api/<method>`` with ``Authorization:
 and a JSON body (chat.postMessage) or a form body (auth.test, files.*), plus the external upload
 URL that ``files.getUploadURLExternal`` hands out (a bare POST of the file's bytes, no token).
 
+Posted messages are kept per channel and ts (``message(ts)``, with ``thread_ts`` for replies and
+``replies(ts)`` for a thread); ``chat.update`` changes one and records it, and answers
+``message_not_found`` once ``delete_message(ts)`` removed it, or the error ``refuse_updates(error)``
+set (``cant_update_message``, ``edit_window_closed``). A reply to a deleted message whose thread
+has no replies gets ``thread_not_found``, as Slack does.
+
 Every call is recorded for assertions. ``fail_next(n)`` answers the next n API calls with
 HTTP 429 + ``Retry-After``; ``go_down("refuse")`` closes the port (connection refused),
 ``go_down("500")`` answers every call with HTTP 500; ``come_back()`` restores service.
@@ -41,6 +47,9 @@ class _State:
     fail_status: int = 429
     retry_after: int = 1
     down_mode: str | None = None
+    #: (channel id, ts) -> the message as it stands: text, blocks, thread_ts, reply_broadcast, edits.
+    messages: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    refuse_update: str | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -114,7 +123,35 @@ class SlackApiServer:
         if self._httpd is None:
             self.start()  # same port: the client keeps its base_url
 
+    def delete_message(self, ts: str) -> None:
+        """Someone deleted the message ``ts`` in Slack: updating it now answers message_not_found."""
+        with self.state.lock:
+            for key in [k for k in self.state.messages if k[1] == ts]:
+                del self.state.messages[key]
+
+    def refuse_updates(self, error: str | None) -> None:
+        """Answer every chat.update with ``error`` (e.g. "edit_window_closed"); None: update again."""
+        with self.state.lock:
+            self.state.refuse_update = error
+
     # -- what happened
+
+    def message(self, ts: str) -> dict[str, Any] | None:
+        """The message ``ts`` as it stands now (after any chat.update), or None if deleted/unknown."""
+        with self.state.lock:
+            for (cid, mts), msg in self.state.messages.items():
+                if mts == ts:
+                    return {"channel": cid, "ts": mts, **msg}
+        return None
+
+    def replies(self, ts: str) -> list[dict[str, Any]]:
+        """The replies in the thread of ``ts``, oldest first."""
+        with self.state.lock:
+            return [
+                {"channel": cid, "ts": mts, **m}
+                for (cid, mts), m in sorted(self.state.messages.items(), key=lambda kv: kv[0][1])
+                if m.get("thread_ts") == ts
+            ]
 
     @property
     def calls(self) -> list[Call]:
@@ -219,13 +256,43 @@ class SlackApiServer:
                     return {"ok": False, "error": "channel_not_found"}
                 if not p.get("text") and not p.get("blocks"):
                     return {"ok": False, "error": "no_text"}
-                ts = f"1700000000.{next(server._ids):06d}"
+                thread_ts = p.get("thread_ts") or None
+                with server.state.lock:
+                    # A deleted parent keeps its thread only if it already had replies.
+                    if (
+                        thread_ts
+                        and (cid, str(thread_ts)) not in server.state.messages
+                        and not any(m.get("thread_ts") == thread_ts for m in server.state.messages.values())
+                    ):
+                        return {"ok": False, "error": "thread_not_found"}
+                    ts = f"1700000000.{next(server._ids):06d}"
+                    server.state.messages[(cid, ts)] = {
+                        "text": p.get("text"),
+                        "blocks": p.get("blocks"),
+                        "thread_ts": thread_ts,
+                        "reply_broadcast": _truthy(p.get("reply_broadcast")),
+                        "edits": 0,
+                    }
                 return {
                     "ok": True,
                     "channel": cid,
                     "ts": ts,
                     "message": {"text": p.get("text"), "blocks": p.get("blocks"), "ts": ts},
                 }
+
+            def m_chat_update(self, p: dict[str, Any]) -> dict[str, Any]:
+                cid = str(p.get("channel", ""))
+                if cid not in server.state.channels.values():  # chat.update takes an ID, never a name
+                    return {"ok": False, "error": "channel_not_found"}
+                ts = str(p.get("ts", ""))
+                with server.state.lock:
+                    msg = server.state.messages.get((cid, ts))
+                    if msg is None:
+                        return {"ok": False, "error": "message_not_found"}
+                    if server.state.refuse_update:
+                        return {"ok": False, "error": server.state.refuse_update}
+                    msg.update(text=p.get("text"), blocks=p.get("blocks"), edits=msg["edits"] + 1)
+                return {"ok": True, "channel": cid, "ts": ts, "text": p.get("text")}
 
             def m_files_getUploadURLExternal(self, p: dict[str, Any]) -> dict[str, Any]:
                 if not p.get("filename") or not str(p.get("length", "")).isdigit():
@@ -295,3 +362,7 @@ class SlackApiServer:
                 self.wfile.write(body)
 
         return Handler
+
+
+def _truthy(value: Any) -> bool:
+    return value is True or str(value).lower() in {"true", "1"}
