@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import re
-import stat
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -24,6 +23,8 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from scanner_agent.core.errors import ConfigError
 from scanner_agent.core.patterns import DEFAULT_PATTERNS
+from scanner_agent.secret_files import read_secret_file
+from scanner_agent.secret_files import secret_file_problems as secret_file_problems  # for reports.checks
 
 
 class _Section(BaseModel):
@@ -300,23 +301,6 @@ class AgentConfig(BaseSettings):
         return (
             self.alerts.prefect_ui_url or self.prefect.ui_url or os.environ.get("PREFECT_UI_URL", "")
         ).rstrip("/")
-
-
-def read_secret_file(path: Path, key: str) -> str:
-    try:
-        return path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise ConfigError(f"{key}: cannot read secret file {path}: {exc.strerror}") from None
-
-
-def secret_file_problems(path: Path | None, key: str) -> list[str]:
-    """A secret file readable by group or others is a problem ``check`` reports."""
-    if path is None or not path.exists():
-        return []
-    mode = path.stat().st_mode
-    if mode & (stat.S_IRWXG | stat.S_IRWXO) & ~stat.S_IRGRP:
-        return [f"{key}: {path} is readable by others (mode {stat.S_IMODE(mode):o}); run `chmod 600 {path}`"]
-    return []
 
 
 def _absolute(p: Path | None) -> Path | None:

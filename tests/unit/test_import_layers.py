@@ -16,18 +16,19 @@ import pytest
 # --- the table -------------------------------------------------------------------------------------
 
 CORE = frozenset({"core"})
-FOUNDATION = frozenset({"scanunit", "fileio", "config"})
+FOUNDATION = frozenset({"scanunit", "fileio", "secret_files", "config"})
 ADAPTERS = frozenset({"journal", "sheets", "storage", "slides", "alerts", "watch", "systemd"})
 _BELOW_PIPELINE = CORE | FOUNDATION | ADAPTERS
 _BELOW_SERVICE = _BELOW_PIPELINE | {"pipeline", "orchestration"}
 
 #: Which parts of scanner_agent each part may import (besides itself). Low to high:
-#: core < {scanunit, fileio, config} < adapters < pipeline < orchestration < service
+#: core < {scanunit, fileio, secret_files < config} < adapters < pipeline < orchestration < service
 #: < {reports, testing} < cli. Whoever imports an adapter from outside it (another adapter
 #: too) goes through its package, never its modules: see test_adapters_are_entered_through_their_package.
 MAY_IMPORT: dict[str, frozenset[str]] = {
     "core": frozenset(),
     **dict.fromkeys(FOUNDATION, CORE),
+    "config": CORE | {"secret_files"},
     **dict.fromkeys(ADAPTERS, CORE | FOUNDATION | ADAPTERS),
     "pipeline": _BELOW_PIPELINE,
     "orchestration": _BELOW_PIPELINE | {"pipeline"},
