@@ -199,6 +199,34 @@ def test_held_scans_slack_alert_is_updated_to_resolved_when_its_row_is_filled(
     assert "111111 stored after" in mail_text(recovery_mail) and "Resolved:" in mail_text(recovery_mail)
 
 
+def test_held_too_long_is_closed_with_the_hold_when_the_scan_stores(
+    lab_config: Callable[..., Path], slack: SlackApiServer, smtp: SmtpServer, prefect_api: str
+) -> None:
+    from scanner_agent.service.maintenance import slow_timers
+
+    incomplete = "222222,Prec01,Run 2,,Cardinal,,,\n"
+    cfg = lab_config(slack, sheet=SAMPLE_SHEET + incomplete)
+    agent = make_agent(cfg)
+    try:
+        src = write_svs(cfg.parent / "scanner" / "222222_a.svs", barcode="222222", width=1024, height=768)
+        [rec] = process(agent, src)
+        assert rec.state == "held"
+        slow_timers(agent, time.time() + 30 * 86400)  # far past [sheet] hold_alert_hours
+        titles = [header(p["blocks"]) for p in posts(slack)]
+        assert len(titles) == 2 and any("held" in t.lower() and "too long" in t.lower() for t in titles), (
+            titles
+        )
+        sheet = cfg.parent / "sheet.csv"
+        sheet.write_text(sheet.read_text().replace(incomplete, "222222,Prec01,Run 2,P1,Cardinal,,,\n"))
+        [rec] = process(agent, src)
+        assert rec.state == "stored", rec.reason
+    finally:
+        agent.close()
+    updated = [slack.message(c.payload["ts"]) for c in slack.calls_to("chat.update", ok_only=True)]
+    assert len(updated) == 2  # the incomplete row and the held-too-long message, each closed once
+    assert all(m is not None and header(m["blocks"]).startswith("✅ Resolved: ") for m in updated)
+
+
 def test_storage_back_closes_the_storage_alert_of_the_scan_that_waited(
     lab_config: Callable[..., Path], slack: SlackApiServer, smtp: SmtpServer, prefect_api: str
 ) -> None:
