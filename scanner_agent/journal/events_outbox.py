@@ -11,12 +11,12 @@ it once.
 
 from __future__ import annotations
 
-import sqlite3
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from scanner_agent.journal.side_table import SideTable
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS prefect_events (
@@ -46,23 +46,18 @@ class QueuedEvent:
     body: str
 
 
-class EventOutbox:
+class EventOutbox(SideTable):
     """SQLite-backed, ordered queue of Prefect events; safe to share between threads."""
 
-    def __init__(self, db_path: Path | str, *, clock: Any = time.time) -> None:
-        self.db_path = Path(db_path)
-        self._clock = clock
-        self._lock = threading.Lock()
-        # autocommit: each statement is its own small transaction (no lock held on the shared file).
-        self._db = sqlite3.connect(self.db_path, check_same_thread=False, timeout=30, isolation_level=None)
-        with self._lock:
-            # FULL: an event is "queued" only once it survives a power cut, like the scan row it reports.
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
+    SCHEMA = _SCHEMA
 
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
+    def __init__(self, db_path: Path | str, *, clock: Any = time.time) -> None:
+        self._clock = clock
+        super().__init__(db_path)
+
+    def _prepare(self) -> None:
+        # FULL: an event is "queued" only once it survives a power cut, like the scan row it reports.
+        self._db.execute("PRAGMA synchronous=FULL")
 
     def put(self, event_id: str, event: str, body: str) -> None:
         """Queue one event (its id already chosen: the same id is never queued twice)."""

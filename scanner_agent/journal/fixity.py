@@ -10,10 +10,9 @@ alert outbox, this module opens its own connection and touches nothing else in t
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
-from pathlib import Path
 from typing import Any
+
+from scanner_agent.journal.side_table import SideTable
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS fixity_file (
@@ -42,19 +41,10 @@ CREATE TABLE IF NOT EXISTS fixity_run (
 _SUMMARY_PROBLEMS = 50
 
 
-class FixityLog:
+class FixityLog(SideTable):
     """SQLite-backed per-file fixity state and pass history. Safe to share between threads."""
 
-    def __init__(self, db_path: Path | str) -> None:
-        self.db_path = Path(db_path)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.db_path, check_same_thread=False, timeout=30, isolation_level=None)
-        with self._lock:
-            self._db.executescript(_SCHEMA)
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
+    SCHEMA = _SCHEMA
 
     def last_checked(self) -> dict[str, tuple[float, str]]:
         """path -> (when last checked, outcome), for every file ever checked."""

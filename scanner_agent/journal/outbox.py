@@ -18,11 +18,10 @@ import dataclasses
 import json
 import logging
 import sqlite3
-import threading
 import time
-from pathlib import Path
 
 from scanner_agent.core.alerts import Alert
+from scanner_agent.journal.side_table import SideTable
 
 log = logging.getLogger(__name__)
 
@@ -61,20 +60,12 @@ CREATE TABLE IF NOT EXISTS alert_digest (
 """
 
 
-class AlertOutbox:
+class AlertOutbox(SideTable):
     """SQLite-backed dedupe record and retry queue for alerts. Safe to share between threads."""
 
-    def __init__(self, db_path: Path | str) -> None:
-        self.db_path = Path(db_path)
-        self._lock = threading.Lock()
-        # autocommit (isolation_level=None): every statement here is its own small transaction,
-        # so no lock on the shared journal file is held between calls.
-        self._db = sqlite3.connect(self.db_path, check_same_thread=False, timeout=30, isolation_level=None)
-        with self._lock:
-            self._enable_wal()
-            self._db.executescript(_SCHEMA)
+    SCHEMA = _SCHEMA
 
-    def _enable_wal(self) -> None:
+    def _prepare(self) -> None:
         try:
             mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         except sqlite3.OperationalError as exc:  # another connection is mid-transaction; it sets WAL itself
@@ -84,10 +75,6 @@ class AlertOutbox:
             log.warning(
                 "%s is in %s mode, not WAL; alerts still work but may wait on the journal", self.db_path, mode
             )
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
 
     # -- sent records
 

@@ -9,13 +9,11 @@ replacement, so a flush only clears the values it actually wrote. It survives a 
 
 from __future__ import annotations
 
-import sqlite3
-import threading
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from scanner_agent.core.sheet_cells import Cell
+from scanner_agent.journal.side_table import SideTable
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sheet_writeback (
@@ -40,19 +38,10 @@ class QueuedCell:
     queued: float
 
 
-class WritebackQueue:
+class WritebackQueue(SideTable):
     """SQLite-backed queue of sheet cells; safe to share between threads."""
 
-    def __init__(self, db_path: Path | str) -> None:
-        self.db_path = Path(db_path)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.db_path, check_same_thread=False, timeout=30, isolation_level=None)
-        with self._lock:
-            self._db.executescript(_SCHEMA)
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
+    SCHEMA = _SCHEMA
 
     def put(self, cells: list[Cell], at: float) -> None:
         """Queue ``cells``, each replacing any value still waiting for the same barcode and role."""

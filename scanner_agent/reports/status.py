@@ -128,8 +128,9 @@ def gather_status(cfg: AgentConfig) -> dict[str, Any]:
             "alerts_backlog": backlog,
             "verification": _last_verification(cfg),
             "kept_sources": _kept_sources(cfg, j.stored_unremoved()),
-            "sheet_writeback": _writeback_backlog(cfg),
-            "prefect_events": _events_backlog(cfg),
+            # Sheet status cells and Prefect events not yet delivered: how many, the oldest, the last error.
+            "sheet_writeback": _backlog(WritebackQueue(cfg.journal.path) if cfg.sheet.write_back else None),
+            "prefect_events": _backlog(EventOutbox(cfg.journal.path) if cfg.prefect.events else None),
         }
     finally:
         j.close()
@@ -166,26 +167,14 @@ def _last_verification(cfg: AgentConfig) -> dict[str, Any] | None:
         fixity.close()
 
 
-def _writeback_backlog(cfg: AgentConfig) -> dict[str, Any] | None:
-    """Sheet status cells not yet written (``[sheet] write_back``): how many, the oldest, the last error."""
-    if not cfg.sheet.write_back:
+def _backlog(queue: WritebackQueue | EventOutbox | None) -> dict[str, Any] | None:
+    """What a queue in the journal's file still holds (sheet cells, Prefect events), or None."""
+    if queue is None:
         return None
-    queue = WritebackQueue(cfg.journal.path)
     try:
         return queue.summary()
     finally:
         queue.close()
-
-
-def _events_backlog(cfg: AgentConfig) -> dict[str, Any] | None:
-    """Prefect events not yet delivered (the server was down): how many, the oldest, the last error."""
-    if not cfg.prefect.events:
-        return None
-    outbox = EventOutbox(cfg.journal.path)
-    try:
-        return outbox.summary()
-    finally:
-        outbox.close()
 
 
 def _verification_lines(v: dict[str, Any] | None) -> list[str]:
