@@ -29,6 +29,7 @@ from scanner_agent.core.errors import ConfigError
 from scanner_agent.journal import AlertOutbox
 from scanner_agent.service.bootstrap import Services
 from scanner_agent.testing.synthetic import write_corrupt, write_svs
+from tests.clock import ManualClock as Clock
 from tests.harness import SAMPLE_SHEET, make_agent, process, write_config
 from tests.servers.slack_api import SlackApiServer
 from tests.servers.smtp import SmtpServer
@@ -57,14 +58,6 @@ def mail_text(msg: EmailMessage) -> str:
 
 def posts(slack: SlackApiServer) -> list[dict[str, Any]]:
     return [c.payload for c in slack.calls_to("chat.postMessage", ok_only=True)]
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def slack_channel(slack: SlackApiServer) -> SlackChannel:

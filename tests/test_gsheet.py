@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,6 +19,7 @@ import pytest
 from scanner_agent.core.errors import SheetMalformed, SheetUnavailable, UnknownBarcode
 from scanner_agent.core.sheet_table import lookup
 from scanner_agent.sheets import GoogleSheetSource
+from tests.clock import ManualClock as Clock
 from tests.servers.sheets_api import FakeSheetsApi, sheets_api_server, write_service_account
 
 KEY = "1AbCdEfGhIjKlMnOpQrStUvWxYz0123456789abcdEF"
@@ -35,19 +35,6 @@ SAMPLE = [
     ["754788", "Prec01", "Run 2", "P1", "Cardinal", "", "", ""],
     ["545891", "Prec01", "Run 3", "P2", "Raven", "", "yes", "blurry on first scan"],
 ]
-
-
-class Clock:
-    """A hand-driven epoch clock."""
-
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture

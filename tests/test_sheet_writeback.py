@@ -25,6 +25,7 @@ from scanner_agent.reports.status import gather_status, render_status
 from scanner_agent.sheets import CsvWriteBackPreview, SheetWriteBack, write_back_sink
 from scanner_agent.sheets.google_session import SCOPES, GoogleSession
 from scanner_agent.testing.tiff_slides import write_svs
+from tests.clock import ManualClock as Clock
 from tests.daemon_helpers import unique_scanner_name
 from tests.harness import dump_toml, make_agent, process, write_config
 from tests.servers.sheets_api import FakeSheetsApi, sheets_api_server, write_service_account
@@ -45,17 +46,6 @@ COLUMNS = {
     "stored_at": "Stored At",
     "rescan": "Rescan Requested",
 }
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture
