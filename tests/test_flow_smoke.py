@@ -32,7 +32,12 @@ def test_scan_is_stored_named_from_the_sheet_and_visible_in_prefect(tmp_path: Pa
                 flow = await c.read_flow(run.flow_id)
                 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-                trs = await c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
+                by_run = FlowRunFilter(id=FlowRunFilterId(any_=[run.id]))
+                for _ in range(300):  # task runs arrive by Prefect's event stream, after the flow run ends
+                    trs = await c.read_task_runs(flow_run_filter=by_run)
+                    if len(trs) >= 5 and all(t.state is not None and t.state.is_final() for t in trs):
+                        break
+                    await asyncio.sleep(0.1)
                 return (run, flow.name), [t.name.rsplit("-", 1)[0] for t in trs]
 
         (run, flow_name), tasks = asyncio.run(read_run())

@@ -106,6 +106,9 @@ def state_names(run_id: str) -> list[str]:
     return [s.name for s in sorted(states, key=lambda s: s.timestamp)]
 
 
+_FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
 def task_states(run_id: str) -> dict[str, tuple[str, str]]:
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
@@ -312,7 +315,13 @@ def test_held_scan_is_retried_from_the_ui_by_the_agent_that_holds_it(lab: Lab, u
 
     run = wait_for(run_is_held, 60, f"run {barcode} to end")
     assert run.name == barcode and run.state.type.value == "FAILED" and run.state.name == "Held"
-    tasks = task_states(rec.flow_run_id)
+    # Prefect 3 records task-run states from events, after the flow run's own final state, so
+    # a task can still read RUNNING for a moment here (CI caught it once): wait for them too.
+    tasks = wait_for(
+        lambda: (t := task_states(rec.flow_run_id)) and all(st in _FINAL for st, _m in t.values()) and t,
+        30,
+        f"task runs of {barcode} to end",
+    )
     failed = [t for t, (st, _msg) in tasks.items() if st == "FAILED"]
     assert failed == ["Read Sheet Metadata"], tasks
     message = tasks["Read Sheet Metadata"][1]

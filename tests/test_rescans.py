@@ -43,9 +43,15 @@ def task_names(flow_run_id: str) -> list[str]:
         from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
         async with get_client() as client:
-            runs = await client.read_task_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
-            )
+            # Task runs reach the server through Prefect's event stream, after the flow run's own
+            # final state: read again until each has a final state.
+            for _ in range(300):
+                runs = await client.read_task_runs(
+                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+                )
+                if runs and all(t.state is not None and t.state.is_final() for t in runs):
+                    break
+                await asyncio.sleep(0.1)
             return [t.name.rsplit("-", 1)[0] for t in runs]
 
     return asyncio.run(read())
