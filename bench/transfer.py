@@ -10,8 +10,10 @@ every timed run the source files are evicted from the page cache with POSIX_FADV
 The disk may still be cached by the hypervisor, so "disk" speeds here are optimistic. On a
 small VM shared with other work, wall-clock rates swing 2-3x between rounds; the CPU column
 (seconds per GB, this process and its children) is steadier and says what the hashing and
-read-back cost. When the destination is memory-speed, everything is CPU-bound and cp wins;
-when the disk or network is the limit, place_scan's overlapped hash and read-back hide them.
+read-back cost (though on a VM it too grows with the host's load: a fresh page-cache or tmpfs
+page can cost a host fault, so compare rows of one run, never runs of different days). When
+the destination is memory-speed, everything is CPU-bound and cp wins; when the disk or network
+is the limit, place_scan's overlapped hash and read-back hide them.
 
 Rows: ``cp``; ``place_scan`` (default: re-read verified from the device); ``place_scan`` with
 ``verify_from_disk=False`` (re-read may come from the page cache), to price the fadvise; and
@@ -33,6 +35,8 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+import xxhash
 
 from bench._pagecache import evict
 from scanner_agent.scanunit import ScanUnit
@@ -142,9 +146,15 @@ def bench_hash(size: int = 256 << 20) -> None:
     t = time.perf_counter()
     for _ in range(size // len(buf)):
         h.update(buf)
+    sha_rate = size / 1e6 / (time.perf_counter() - t)
+    t = time.perf_counter()
+    for _ in range(size // len(buf)):
+        xxhash.xxh3_128_digest(buf)
+    xxh_rate = size / 1e6 / (time.perf_counter() - t)
     print(
-        f"sha256 on one core: {size / 1e6 / (time.perf_counter() - t):.0f} MB/s "
-        "(place_scan hashes each byte once; the read-back is compared with memcmp)"
+        f"on one core: sha256 {sha_rate:.0f} MB/s ({1000 / sha_rate:.2f} CPU-s/GB), "
+        f"xxh3-128 {xxh_rate:.0f} MB/s ({1000 / xxh_rate:.2f} CPU-s/GB); place_scan takes the sha256 "
+        "of each byte once, and the xxh3 twice (of the source's bytes, and of the read-back)"
     )
 
 

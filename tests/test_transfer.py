@@ -21,6 +21,7 @@ import pytest
 from scanner_agent.core.errors import DestinationCollision, SourceChanged, StorageUnavailable
 from scanner_agent.scanunit import ScanUnit
 from scanner_agent.storage import (
+    TransferGate,
     clean_incoming,
     free_space,
     place_scan,
@@ -136,11 +137,16 @@ def test_single_file_disk_to_tmpfs(tmp_path: Path, shm: Path) -> None:
     assert (shm / "out" / "B_1.tif").read_bytes() == data and r.sha256 == sha(data)
 
 
-@pytest.mark.parametrize("size", [0, 1, 65535, 65536, 65537, 3 * 65536 + 7])
-def test_sizes_around_the_buffer_size(size: int, shm: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("size", [0, 1, 4095, 4096, 65535, 65536, 65537, 3 * 65536 + 7])
+@pytest.mark.parametrize("direction", ["tmpfs->disk", "disk->tmpfs"])
+def test_sizes_around_the_buffer_size(size: int, direction: str, shm: Path, tmp_path: Path) -> None:
+    """Whole aligned chunks go with O_DIRECT (the source's reads one way, the stored file's writes
+    the other); an unaligned tail goes through the page cache. Every size arrives whole."""
     data = os.urandom(size)
-    src = write(shm / "a.svs", data)
-    r = place_scan(ScanUnit.from_path(src), tmp_path, "N.svs", sidecar={}, bufsize=65536)
+    src_dir, dest = (shm, tmp_path / "store") if direction == "tmpfs->disk" else (tmp_path, shm / "store")
+    src = write(src_dir / "a.svs", data)
+    r = place_scan(ScanUnit.from_path(src), dest, "N.svs", sidecar={}, bufsize=65536)
+    assert not r.linked
     assert r.dest.read_bytes() == data and r.sha256 == sha(data) and r.total_size == size
 
 
@@ -443,6 +449,31 @@ def test_source_appended_during_copy_is_source_changed(shm: Path, tmp_path: Path
     assert incoming_empty(dest) and not (dest / "N.svs").exists()
 
 
+def test_disk_source_growing_after_its_unaligned_end_was_read_is_source_changed(
+    shm: Path, tmp_path: Path
+) -> None:
+    """The reader has read the whole (unaligned) file with O_DIRECT; the scanner then appends. The
+    next direct read, at an unaligned offset, is refused by the kernel: the reader goes on through
+    the page cache, sees the new bytes, and the copy stops as a changed source (never an EINVAL)."""
+    data = os.urandom(10_000)
+    src = write(tmp_path / "scanner" / "a.svs", data)
+    reads = []
+
+    def scanner_appends_before_the_second_read() -> dict[object, float]:
+        reads.append(1)  # the gate asks this before every read of the source
+        if len(reads) == 2:
+            with open(src, "ab") as f:
+                f.write(b"more tiles")
+        return {}
+
+    gate = TransferGate()
+    gate.follow(scanner_appends_before_the_second_read)
+    with pytest.raises(SourceChanged, match="read 10010"):
+        place_scan(ScanUnit.from_path(src), shm / "store", "N.svs", sidecar={}, bufsize=64 << 10, gate=gate)
+    assert src.read_bytes() == data + b"more tiles"
+    assert incoming_empty(shm / "store") and not (shm / "store" / "N.svs").exists()
+
+
 def test_file_appearing_in_dicom_folder_is_source_changed(shm: Path, tmp_path: Path) -> None:
     folder = shm / "series"
     write(folder / "IM1.dcm", os.urandom(600_000))
@@ -475,6 +506,27 @@ def test_copy_corrupted_on_storage_fails_verification(shm: Path, tmp_path: Path)
     with pytest.raises(StorageUnavailable, match="verify failed"):
         place_scan(ScanUnit.from_path(src), dest, "N.svs", sidecar={}, bufsize=256 << 10, _on_chunk=bit_rot)
     assert incoming_empty(dest) and src.exists()
+
+
+def test_copy_corrupted_in_a_later_window_fails_verification_with_its_byte_range(
+    shm: Path, tmp_path: Path
+) -> None:
+    """Three verify windows of 1 MiB chunks: the writer runs at most a window ahead of the check,
+    and bytes changed on storage in the second window (after they were written, before their
+    window's fdatasync) are caught by the read-back of exactly that chunk."""
+    mib = 1 << 20
+    src = write(shm / "a.svs", os.urandom(72 * mib))
+    dest = tmp_path / "store"
+
+    def bit_rot(path: Path, copied: int) -> None:
+        if copied == 40 * mib:
+            with open(dest / ".incoming" / "N.svs.partial", "r+b") as f:
+                f.seek(36 * mib + 5)
+                f.write(b"\x00" * 16)
+
+    with pytest.raises(StorageUnavailable, match=f"verify failed: .* in bytes {36 * mib}..{37 * mib}"):
+        place_scan(ScanUnit.from_path(src), dest, "N.svs", sidecar={}, bufsize=mib, _on_chunk=bit_rot)
+    assert incoming_empty(dest) and src.exists() and not (dest / "N.svs").exists()
 
 
 @pytest.mark.parametrize("mirax", [False, True], ids=["svs", "mirax"])

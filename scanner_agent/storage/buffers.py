@@ -1,9 +1,10 @@
-"""Buffers reused from one copied file to the next, so a copy does not start on fresh memory.
+"""Page-aligned buffers reused from one copied file to the next, so a copy does not start on fresh memory.
 
-Fresh 8 MiB buffers cost a page fault per 4 KiB (and on a VM the host's fault too), so the copy
-engine's chunk buffers and the verifier's page-aligned read-back buffer (an anonymous mmap, usable
-with ``O_DIRECT``) are kept here between files, up to a bound. Nothing here runs per chunk: a copy
-takes its buffers at its start and hands them back at its end.
+Every buffer is an anonymous mmap: page-aligned, so the same buffer serves an ``O_DIRECT`` read
+of the source (the device DMAs into it, no page-cache copy) and the verifier's ``O_DIRECT``
+read-back. Fresh 8 MiB buffers cost a page fault per 4 KiB (and on a VM the host's fault too),
+so they are kept here between files, up to a bound. Nothing here runs per chunk: a copy takes
+its buffers at its start and hands them back at its end.
 """
 
 from __future__ import annotations
@@ -12,21 +13,22 @@ import mmap
 import queue
 import threading
 
-#: Buffers kept for the next file, by size (at most this many bytes in all).
+#: Buffers kept for the next file, by size (at most this many bytes in all of one size).
 _POOL_LIMIT = 128 << 20
-_pool: dict[int, list[bytearray]] = {}
-_scratch_pool: dict[int, list[mmap.mmap]] = {}
+_pool: dict[int, list[mmap.mmap]] = {}
 _pool_lock = threading.Lock()
 
 
-def take_buffers(bufsize: int, count: int) -> list[bytearray]:
+def take_buffers(bufsize: int, count: int) -> list[mmap.mmap]:
+    """``count`` page-aligned buffers of ``bufsize`` bytes (kept ones first)."""
     with _pool_lock:
         kept = _pool.get(bufsize, [])
         got, _pool[bufsize] = kept[:count], kept[count:]
-    return got + [bytearray(bufsize) for _ in range(count - len(got))]
+    return got + [mmap.mmap(-1, bufsize) for _ in range(count - len(got))]
 
 
-def give_back(bufsize: int, bufs: list[bytearray]) -> None:
+def give_back(bufsize: int, bufs: list[mmap.mmap]) -> None:
+    """Keep what fits under the bound; the rest is unmapped when its last view is gone."""
     with _pool_lock:
         kept = _pool.setdefault(bufsize, [])
         room = max(0, _POOL_LIMIT // bufsize - len(kept))
@@ -34,24 +36,15 @@ def give_back(bufsize: int, bufs: list[bytearray]) -> None:
 
 
 def take_scratch(size: int) -> mmap.mmap:
-    """A page-aligned buffer (anonymous mmap) for the read-back, usable with O_DIRECT."""
-    with _pool_lock:
-        kept = _scratch_pool.get(size)
-        if kept:
-            return kept.pop()
-    return mmap.mmap(-1, size)
+    """A page-aligned buffer for the read-back, usable with O_DIRECT."""
+    return take_buffers(size, 1)[0]
 
 
 def give_back_scratch(size: int, scratch: mmap.mmap) -> None:
-    with _pool_lock:
-        kept = _scratch_pool.setdefault(size, [])
-        if len(kept) < 2:
-            kept.append(scratch)
-            return
-    scratch.close()
+    give_back(size, [scratch])
 
 
-def recycle(free: queue.Queue[bytearray], bufsize: int) -> None:
+def recycle(free: queue.Queue[mmap.mmap], bufsize: int) -> None:
     """Hand the copy's buffers to the pool for the next file (threads that used them have ended)."""
     bufs = []
     while True:

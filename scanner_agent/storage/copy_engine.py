@@ -2,16 +2,18 @@
 
 Four threads overlap per file: a reader fills buffers ahead, the writer writes them (and asks the
 kernel to start writing each chunk back at once, so a window's ``fdatasync`` finds it mostly on
-the device), a hasher hashes them, and the verifier re-reads a window behind. The read-back is
-compared byte for byte with the very buffers the source hash was computed from, so equal bytes
-prove the stored file's sha256 is the source's.
+the device), a hasher computes the sha256 and a fast xxh3-128 digest of each, and the verifier
+re-reads a window behind and checks what the device returns against those digests: equal digests
+prove the stored bytes are the very bytes the source sha256 was computed from.
 
 Where the CPU goes (profiled with perf, see ``bench/transfer.py``): sha256 is about 0.55 s/GB
-and the kernel's copies to and from user memory the rest. So the read-back uses ``O_DIRECT``
-where the filesystem allows it (the device DMAs straight into an aligned buffer: no page-cache
-copy, and no doubt about where the bytes came from), the buffers are reused across files
-(fresh 8 MiB buffers cost a page fault per 4 KiB, and on a VM the host's fault too), and the
-window's pages are dropped after the check so a backlog does not push the scanner's pages out.
+and the kernel's copies to and from user memory most of the rest. So the source is read with
+``O_DIRECT`` where its filesystem allows it (the device DMAs into the buffer: no page-cache copy,
+and a backlog does not push the scanner's pages out of memory), and so is the read-back; the
+buffers are page-aligned mmaps reused across files (fresh 8 MiB buffers cost a page fault per
+4 KiB, and on a VM the host's fault too), and the window's pages are dropped after the check.
+The digests, not the buffers, wait for the read-back, so a buffer goes back to the reader as soon
+as it is written and hashed.
 A ``TransferGate`` (``throttle.py``), when given, paces the reader and sets the threads' I/O priority.
 
 This module is the copy itself (reader, writer and hasher, and the loop that drives them); the
@@ -20,7 +22,11 @@ verifier thread is in ``readback.py`` and the buffers kept between files in ``bu
 
 from __future__ import annotations
 
+import collections
+import errno
+import fcntl
 import hashlib
+import mmap
 import os
 import queue
 import threading
@@ -32,13 +38,20 @@ from scanner_agent.core.errors import SourceChanged, StorageUnavailable
 from scanner_agent.fileio import start_writeback
 from scanner_agent.storage.buffers import recycle, take_buffers
 from scanner_agent.storage.oserrors import on_source, on_storage, storage_error
-from scanner_agent.storage.readback import ABORT, Verifier
+from scanner_agent.storage.readback import ABORT, ALIGN, Verifier, hash_and_digest
 from scanner_agent.storage.records import SourceFile
 from scanner_agent.storage.throttle import TransferGate
 
 #: How far the verifying reader trails the writer (and the source bytes kept in memory to compare
 #: with); each window costs one fdatasync.
 VERIFY_WINDOW = 32 << 20
+
+#: Written chunks whose sha256 may still be running while the writer goes on: a write and a
+#: hash of the same chunk rarely take the same time, so neither waits for the other chunk by chunk.
+HASH_LAG = 2
+
+#: Buffers per copy: up to ``HASH_LAG`` + 1 written and being hashed, and the rest read ahead.
+BUFFERS = 8
 
 #: Called after each chunk is written with the source path and the bytes copied so far.
 ChunkHook = Callable[[Path, int], None]
@@ -58,7 +71,57 @@ def hash_file(path: Path, bufsize: int = 8 << 20) -> str:
 
 def _write_all(fd: int, data: memoryview) -> None:
     while data:
-        data = data[os.write(fd, data) :]
+        try:
+            k = os.write(fd, data)
+        except OSError as exc:  # a direct write refused (a short write left the offset unaligned)
+            if exc.errno != errno.EINVAL or not _drop_direct(fd):
+                raise
+            continue
+        data = data[k:]
+
+
+def _go_direct(fd: int) -> bool:
+    """Switch ``fd`` to ``O_DIRECT``; False where the filesystem refuses it (the fd stays buffered)."""
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_DIRECT)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+        return False
+    return True
+
+
+def _drop_direct(fd: int) -> bool:
+    """Switch ``fd`` back to buffered I/O; False if it was not direct."""
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    if not flags & os.O_DIRECT:
+        return False
+    fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_DIRECT)
+    return True
+
+
+def _open_source(path: Path) -> int:
+    """The source opened for ``O_DIRECT`` reads where its filesystem allows it (tmpfs refuses)."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_DIRECT)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+    return os.open(path, os.O_RDONLY)
+
+
+def _read_chunk(sfd: int, buf: mmap.mmap) -> int:
+    """Read the next chunk of the source into ``buf``.
+
+    An ``O_DIRECT`` read the kernel refuses (an unaligned offset after a short read, a file that
+    grew after its unaligned end was read, a filesystem that takes the flag at open but not at
+    read) goes on through the page cache: the flag is dropped for the rest of the file."""
+    try:
+        return os.readv(sfd, [buf])
+    except OSError as exc:
+        if exc.errno != errno.EINVAL or not _drop_direct(sfd):
+            raise
+        return os.readv(sfd, [buf])
 
 
 def copy_file(
@@ -69,7 +132,7 @@ def copy_file(
     ``on_chunk`` may be a ``TransferGate``: it then also paces the reads and sets the I/O priority.
     """
     with on_source(src.path):
-        sfd = os.open(src.path, os.O_RDONLY)
+        sfd = _open_source(src.path)
     try:
         os.posix_fadvise(sfd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
         with on_storage(dst):
@@ -92,13 +155,11 @@ def _copy_fds(
     on_chunk: ChunkHook | None,
 ) -> str:
     window_chunks = max(1, VERIFY_WINDOW // bufsize)
-    free: queue.Queue[bytearray] = queue.Queue()
-    # One window under verification, one being written behind it, and a few read ahead: the
-    # writer never waits for the verifier's fdatasync of the window before.
-    for buf in take_buffers(bufsize, 2 * window_chunks + 2):
+    free: queue.Queue[mmap.mmap] = queue.Queue()
+    for buf in take_buffers(bufsize, BUFFERS):
         free.put(buf)
     gate = on_chunk if isinstance(on_chunk, TransferGate) else None
-    verifier = Verifier(wfd, dst, bufsize, window_chunks, verify_from_disk, free, gate)
+    verifier = Verifier(wfd, dst, bufsize, window_chunks, verify_from_disk, gate)
     verifier.start()
     try:
         source_sha, copied = _pump(sfd, wfd, src, dst, free, verifier, on_chunk, verify_from_disk)
@@ -106,9 +167,9 @@ def _copy_fds(
             os.utime(wfd, ns=(src.mtime_ns, src.mtime_ns))  # keep the scan time on the stored file
             os.fsync(wfd)
             stored_size = os.fstat(wfd).st_size
-        verifier.chunks.put(None)
+        verifier.hand_over(None)
     except BaseException:
-        verifier.chunks.put(ABORT)
+        verifier.hand_over(ABORT)
         raise
     finally:
         verifier.join()
@@ -124,28 +185,21 @@ def _copy_fds(
     return source_sha
 
 
-def _next_buffer(free: queue.Queue[bytearray], verifier: Verifier, stop: threading.Event) -> bytearray | None:
-    """A free buffer, or None once told to stop; a dead verifier (which would never hand one back)
-    is an error, not a hang."""
+def _next_buffer(free: queue.Queue[mmap.mmap], stop: threading.Event) -> mmap.mmap | None:
+    """A free buffer, or None once told to stop (the writer, which hands buffers back, has ended)."""
     while not stop.is_set():
         try:
             return free.get(timeout=0.5)
         except queue.Empty:
-            if not verifier.is_alive():
-                raise verifier.error or RuntimeError(f"verifier for {verifier.path} stopped") from None
+            pass
     return None
-
-
-#: A written chunk as the verifier gets it: (buffer, offset in the file, length).
-_Chunk = tuple[bytearray, int, int]
 
 
 def _read_ahead(
     sfd: int,
     src: SourceFile,
-    free: queue.Queue[bytearray],
-    verifier: Verifier,
-    out: queue.Queue[tuple[bytearray, int] | BaseException],
+    free: queue.Queue[mmap.mmap],
+    out: queue.Queue[tuple[mmap.mmap, int] | BaseException],
     stop: threading.Event,
     gate: TransferGate | None,
 ) -> None:
@@ -157,13 +211,13 @@ def _read_ahead(
         if gate is not None:
             gate.enter_transfer_thread()
         while True:
-            buf = _next_buffer(free, verifier, stop)
+            buf = _next_buffer(free, stop)
             if buf is None:
                 return
             if gate is not None:
                 gate.take(min(len(buf), max(src.size - offset, 1)))
             with on_source(src.path):
-                n = os.readv(sfd, [buf])
+                n = _read_chunk(sfd, buf)
             out.put((buf, n))
             offset += n
             if n == 0 or offset > src.size:  # the end, or growing: no point reading the rest
@@ -177,7 +231,7 @@ def _pump(
     wfd: int,
     src: SourceFile,
     dst: Path,
-    free: queue.Queue[bytearray],
+    free: queue.Queue[mmap.mmap],
     verifier: Verifier,
     on_chunk: ChunkHook | None,
     early_writeback: bool,
@@ -186,18 +240,36 @@ def _pump(
     chunks read ahead on another.
 
     hashlib and os.read/os.write release the GIL, so reading, the source hash, writing and the
-    verifier's re-read run at once. A chunk goes to the verifier (which recycles its buffer) only once hashed.
+    verifier's re-read run at once. The hasher (one thread, so the chunks reach the sha256 in
+    order) and the writer each take every chunk as it comes, neither waiting for the other's
+    chunk: up to ``HASH_LAG`` written chunks may still be hashing. Once a chunk is written and
+    hashed, its digest goes to the verifier and its buffer back to the reader.
     """
     h = hashlib.sha256()
+
     gate = on_chunk if isinstance(on_chunk, TransferGate) else None
-    hashing: Future[None] | None = None
-    pending: _Chunk | None = None
+    #: Written chunks whose hash may still be running, oldest first: (buffer, offset, length, digest).
+    pending: collections.deque[tuple[mmap.mmap, int, int, Future[bytes]]] = collections.deque()
+
+    def settle(all_of_them: bool) -> None:
+        """Hand the verifier every written chunk whose hash is done, oldest first (waiting for
+        the oldest while more than ``HASH_LAG`` are pending, or for all at the end)."""
+        while pending and (all_of_them or len(pending) > HASH_LAG or pending[0][3].done()):
+            done, offset, length, hashing = pending.popleft()
+            verifier.hand_over((offset, length, hashing.result()))
+            free.put(done)
+
     copied = 0
-    chunks: queue.Queue[tuple[bytearray, int] | BaseException] = queue.Queue()
+    # Written with O_DIRECT to a local block device (the device DMAs from the buffer: no copy into
+    # the page cache, no dirty pages to write back in bursts, none of the scanner's pages pushed
+    # out); the read-back then checks what the device holds after each window's fdatasync. Not on
+    # network or FUSE filesystems (no device number): NFS would make each direct write a round trip.
+    direct = early_writeback and os.major(os.fstat(wfd).st_dev) != 0 and _go_direct(wfd)
+    chunks: queue.Queue[tuple[mmap.mmap, int] | BaseException] = queue.Queue()
     stop = threading.Event()
     reader = threading.Thread(
         target=_read_ahead,
-        args=(sfd, src, free, verifier, chunks, stop, gate),
+        args=(sfd, src, free, chunks, stop, gate),
         name=f"read {src.path.name}",
         daemon=True,
     )
@@ -209,20 +281,20 @@ def _pump(
                 if isinstance(item, BaseException):
                     raise item
                 buf, n = item
-                if hashing is not None:
-                    hashing.result()
-                    verifier.chunks.put(pending)
-                    hashing = None
                 if n == 0:
+                    settle(all_of_them=True)
                     free.put(buf)
                     break
                 chunk = memoryview(buf)[:n]
-                hashing = hasher.submit(h.update, chunk)
+                hashing = hasher.submit(hash_and_digest, h, chunk)  # in order: one worker
                 with on_storage(dst):
+                    if direct and n % ALIGN:  # the unaligned tail goes through the page cache
+                        direct = not _drop_direct(wfd)
                     _write_all(wfd, chunk)
-                    if early_writeback:
+                    if early_writeback and not direct:
                         start_writeback(wfd, copied, n)
-                pending = (buf, copied, n)
+                pending.append((buf, copied, n, hashing))
+                settle(all_of_them=False)
                 copied += n
                 if on_chunk is not None:
                     on_chunk(src.path, copied)

@@ -21,9 +21,10 @@ process dies right after it:
    leaves the source in place. (A rename would make the source vanish before the journal says
    "stored", and a MIRAX scan, being two renames, could be left split across two folders.)
    Filesystems that refuse links fall back to the copy.
-4. **Verify.** The copy is read back and compared byte for byte with the very buffers the
-   source hash was computed from, so equal bytes prove the stored file's sha256 is the
-   source's (exact, and it spares a core a second sha256). The read-back trails the writer by
+4. **Verify.** The copy is read back and its xxh3-128 compared, chunk by chunk, with the
+   xxh3-128 of the very buffers the source sha256 was computed from (``storage/readback.py``),
+   so a match ties the stored bytes to the source's recorded sha256 end to end at a fraction
+   of a second sha256's cost (or of a byte compare's memory traffic). The read-back trails the writer by
    one window in its own thread, after ``fdatasync`` and ``POSIX_FADV_DONTNEED`` on that
    window, so it sees what the device returns rather than pages still in memory. Then the
    source is stat-ed again: any change in its files, sizes, mtimes or inodes (the scanner
