@@ -1,7 +1,8 @@
 """Benchmark: the scanner's view. Does a scan being written slow down while the agent works a backlog?
 
     .venv/bin/python -m bench.gentle [--scan-gb 2] [--backlog 4] [--backlog-gb 1] [--settle 2]
-                                    [--scanning-mb-per-second 50] [--dir /tmp] [--storage-dir /dev/shm]
+                                    [--scanning-mb-per-second 50] [--rounds 3] [--quiet-seconds 8]
+                                    [--dir /tmp] [--storage-dir /dev/shm]
 
 A simulated scanner writes one scan of ``--scan-gb`` at full speed into the watch folder (8 MiB
 writes through one handle, ``fdatasync`` every 64 MiB and at the end, so its rate is the disk's
@@ -16,13 +17,17 @@ Measured in the same run, interleaved so drift on a shared machine hits both ali
 
 * the scanner's write alone (no agent running; median of ``--alone-runs``): the baseline;
 * the same write with the agent working, ``[transfer] yield_while_scanning = true`` (the default);
-* again alone, then with ``yield_while_scanning = false``.
+* again alone, then with ``yield_while_scanning = false``; and so on for ``--rounds`` rounds.
 
-Per agent run it prints the scanner's throughput against its baseline (target >= 0.9), the
-backlog's completion time (first copy started -> last scan stored), and the agent's CPU-seconds
-per GB of backlog (the daemon and its slide-reader processes, from /proc; the Prefect server is
-not counted; per-scan costs such as the flow run and OpenSlide are included). The daemon runs at
-``--nice`` (10, the unit's ``Nice=``); the unit's ``CPUWeight=`` needs a cgroup and is not applied.
+Before every write, alone or with the agent, the disk is synced and left ``--quiet-seconds`` (see
+``quiet``: on a thin-provisioned disk the time since the last delete swings a write 2-4x). Each
+agent run's baseline is the mean of the writes alone just before and just after it (a VM's
+disk swings 2x from minute to minute). Per setting it prints, as medians over the rounds, the
+scanner's throughput against its baseline (target >= 0.9), the backlog's completion time (first
+copy started -> last scan stored), and the agent's CPU-seconds per GB of backlog (the daemon and
+its slide-reader processes, from /proc; the Prefect server is not counted; per-scan costs such as
+the flow run and OpenSlide are included). The daemon runs at ``--nice`` (10, the unit's ``Nice=``);
+the unit's ``CPUWeight=`` needs a cgroup and is not applied.
 On a machine with few cores the scanner's writer competes with the agent for CPU, not only for
 the disk: run it with ``uptime`` in view. The disk's I/O scheduler is printed too: ``ioprio``
 classes only matter to schedulers that honour them (bfq; mq-deadline for the idle class).
@@ -99,10 +104,9 @@ def make_backlog(folder: Path, barcodes: list[str], size: int) -> list[Path]:
     return out
 
 
-def tree_cpu(pid: int) -> float:
-    """CPU seconds of ``pid`` and every live descendant (plus the children they have reaped)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    stats: dict[int, tuple[int, float]] = {}
+def family(pid: int) -> set[int]:
+    """``pid`` and every live descendant."""
+    parents: dict[int, int] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -110,15 +114,42 @@ def tree_cpu(pid: int) -> float:
             text = Path(f"/proc/{entry}/stat").read_text()
         except OSError:
             continue
+        parents[int(entry)] = int(text[text.rindex(")") + 2 :].split()[1])
+    out, grew = {pid}, True
+    while grew:
+        more = {p for p, ppid in parents.items() if ppid in out} - out
+        out |= more
+        grew = bool(more)
+    return out
+
+
+def tree_read_bytes(pid: int) -> int:
+    """Bytes ``pid`` and its live descendants have had read from a block device (``/proc/*/io``):
+    what the agent took from the scanner's disk (O_DIRECT included; tmpfs and page-cache hits not)."""
+    total = 0
+    for p in family(pid):
+        try:
+            for line in Path(f"/proc/{p}/io").read_text().splitlines():
+                if line.startswith("read_bytes:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of ``pid`` and every live descendant (plus the children they have reaped)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for p in family(pid):
+        try:
+            text = Path(f"/proc/{p}/stat").read_text()
+        except OSError:
+            continue
         fields = text[text.rindex(")") + 2 :].split()
         # after the name: state ppid ... utime(11) stime(12) cutime(13) cstime(14), 0-based from state
-        stats[int(entry)] = (int(fields[1]), sum(int(x) for x in fields[11:15]) / tick)
-    family, grew = {pid}, True
-    while grew:
-        more = {p for p, (ppid, _) in stats.items() if ppid in family} - family
-        family |= more
-        grew = bool(more)
-    return sum(stats[p][1] for p in family if p in stats)
+        total += sum(int(x) for x in fields[11:15]) / tick
+    return total
 
 
 def agent_run(
@@ -147,6 +178,7 @@ def agent_run(
         for m in masters:  # a second name for each slide: the next run finds the same backlog
             os.link(m, watch / m.name)
         evict(masters)
+        quiet(args)  # the daemon's start-up and first copy take longer than this, too
         scan = watch / f"{SCANNER_BARCODE}.svs"
         with DaemonProcess(cfg, run_dir / "daemon.log") as d:
             if args.nice:
@@ -162,8 +194,9 @@ def agent_run(
                     interval=0.02,
                     alive=d,
                 )
-                t0, cpu0 = time.perf_counter(), tree_cpu(d.pid)
+                t0, cpu0, read0 = time.perf_counter(), tree_cpu(d.pid), tree_read_bytes(d.pid)
                 seconds = scanner_write(scan, int(args.scan_gb * GB), _block())
+                read_while_scanning = tree_read_bytes(d.pid) - read0
                 stored = wait_for(
                     lambda: len(journal.in_state(ScanState.STORED)) >= len(barcodes) or None,
                     3600,
@@ -183,7 +216,24 @@ def agent_run(
                 p.unlink()
             else:
                 shutil.rmtree(p, ignore_errors=True)
-    return {"scan_s": seconds, "backlog_s": backlog_s, "cpu": cpu}
+    return {
+        "scan_s": seconds,
+        "backlog_s": backlog_s,
+        "cpu": cpu,
+        "read_mb_s": read_while_scanning / 1e6 / seconds,
+    }
+
+
+def quiet(args: argparse.Namespace) -> None:
+    """Let the disk settle as it has before the write with the agent: the last scan's blocks freed
+    and committed ``--quiet-seconds`` ago.
+
+    On a thin-provisioned VM disk mounted with ``discard`` (this machine's), a write runs 2-4x
+    faster into blocks freed a moment ago than after the filesystem has committed and discarded
+    them: back to back, the writes alone would be measured on a warmer disk than the write with
+    the agent, which comes after the daemon's start-up."""
+    os.sync()
+    time.sleep(args.quiet_seconds)
 
 
 def alone(args: argparse.Namespace, base: Path) -> float:
@@ -192,6 +242,7 @@ def alone(args: argparse.Namespace, base: Path) -> float:
     block, times = _block(), []
     for _ in range(args.alone_runs):
         try:
+            quiet(args)
             times.append(scanner_write(scan, int(args.scan_gb * GB), block))
         finally:
             scan.unlink(missing_ok=True)
@@ -212,43 +263,55 @@ def scheduler_of(path: Path) -> str:
 
 def run(args: argparse.Namespace) -> None:
     base = Path(tempfile.mkdtemp(prefix="bench-gentle-", dir=args.dir))
+    #: per setting, one (scanner's seconds alone, agent run) per round
+    runs: dict[bool, list[tuple[float, dict[str, Any]]]] = {True: [], False: []}
     try:
         (base / "watch").mkdir()
         barcodes = [f"{610000 + i}" for i in range(args.backlog)]
         masters = make_backlog(base / "masters", barcodes, int(args.backlog_gb * GB))
-        backlog_gb = args.backlog * args.backlog_gb
         alone(args, base)  # warm-up: the first write of a fresh file pays for allocation
-        rows = []
-        for yield_ in (True, False):
-            base_s = alone(args, base)
-            got = agent_run(args, base, masters, barcodes, yield_)
-            rows.append((yield_, base_s, got))
+        # The disk of a VM swings 2x from minute to minute: each agent run is bracketed by writes
+        # alone just before and just after it, and the settings take turns round by round.
+        before = alone(args, base)
+        for _ in range(args.rounds):
+            for yield_ in (True, False):
+                got = agent_run(args, base, masters, barcodes, yield_)
+                after = alone(args, base)
+                runs[yield_].append(((before + after) / 2, got))
+                before = after
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
     scan_mb = args.scan_gb * GB / 1e6
+    backlog_gb = args.backlog * args.backlog_gb
     print(
         f"\nscanner writes {args.scan_gb:g} GB at full speed while the agent moves a backlog of "
         f"{args.backlog} x {args.backlog_gb:g} GB ({args.dir} -> {args.storage_dir}); "
         f"settle_seconds {args.settle:g}, scanning_mb_per_second {args.scanning_mb_per_second:g}, "
-        f"agent at nice {args.nice}; "
+        f"agent at nice {args.nice}; {args.rounds} round(s); "
         f"disk scheduler {scheduler_of(args.dir)}; load {os.getloadavg()[0]:.2f}"
     )
     print(
         f"  {'yield_while_scanning':22s} {'alone MB/s':>11s} {'with agent':>11s} {'ratio':>7s} "
-        f"{'backlog s':>10s} {'agent CPU s/GB':>15s}"
+        f"{'backlog s':>10s} {'agent CPU s/GB':>15s} {'agent read MB/s':>16s}   ratio per round"
     )
-    for yield_, base_s, got in rows:
-        ratio = base_s / got["scan_s"]
+    ratio: dict[bool, float] = {}
+    for yield_, rows in runs.items():
+        ratios = [base_s / got["scan_s"] for base_s, got in rows]
+        ratio[yield_] = statistics.median(ratios)
         print(
-            f"  {str(yield_).lower():22s} {scan_mb / base_s:11.0f} {scan_mb / got['scan_s']:11.0f} "
-            f"{ratio:7.2f} {got['backlog_s']:10.1f} {got['cpu'] / backlog_gb:15.2f}"
+            f"  {str(yield_).lower():22s} "
+            f"{scan_mb / statistics.median(b for b, _ in rows):11.0f} "
+            f"{scan_mb / statistics.median(g['scan_s'] for _, g in rows):11.0f} "
+            f"{ratio[yield_]:7.2f} {statistics.median(g['backlog_s'] for _, g in rows):10.1f} "
+            f"{statistics.median(g['cpu'] for _, g in rows) / backlog_gb:15.2f} "
+            f"{statistics.median(g['read_mb_s'] for _, g in rows):16.0f}   "
+            + " ".join(f"{r:.2f}" for r in ratios)
         )
-    y = rows[0][1] / rows[0][2]["scan_s"]
     print(
-        f"\n  with yield_while_scanning = true the scanner keeps {y:.2f} of its own speed "
-        f"(target >= 0.9: {'met' if y >= 0.9 else 'NOT met'}); "
-        f"without it {rows[1][1] / rows[1][2]['scan_s']:.2f}"
+        f"\n  with yield_while_scanning = true the scanner keeps {ratio[True]:.2f} of its own speed "
+        f"(median of rounds; target >= 0.9: {'met' if ratio[True] >= 0.9 else 'NOT met'}); "
+        f"without it {ratio[False]:.2f}"
     )
 
 
@@ -260,8 +323,13 @@ def main() -> None:
     ap.add_argument("--settle", type=float, default=2.0, help="scanner.settle_seconds for the daemon")
     ap.add_argument("--scanning-mb-per-second", type=float, default=50.0)
     ap.add_argument("--nice", type=int, default=10, help="the daemon's nice value, as the unit's Nice=")
+    ap.add_argument("--alone-runs", type=int, default=3, help="baseline writes between agent runs (median)")
+    ap.add_argument("--rounds", type=int, default=3, help="agent runs per setting, taking turns")
     ap.add_argument(
-        "--alone-runs", type=int, default=3, help="baseline writes before each agent run (median)"
+        "--quiet-seconds",
+        type=float,
+        default=8.0,
+        help="sync and wait this long before each write, alone or not (ext4 commits every 5 s)",
     )
     ap.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()), help="the scanner's disk")
     ap.add_argument(
