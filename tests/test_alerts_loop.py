@@ -29,6 +29,7 @@ from scanner_agent.core.errors import ConfigError
 from scanner_agent.journal import AlertOutbox
 from scanner_agent.service.bootstrap import Services
 from scanner_agent.testing.synthetic import write_corrupt, write_svs
+from tests import test_alerts as alert_channels
 from tests.clock import ManualClock as Clock
 from tests.harness import SAMPLE_SHEET, make_agent, process, write_config
 from tests.servers.slack_api import SlackApiServer
@@ -61,20 +62,11 @@ def posts(slack: SlackApiServer) -> list[dict[str, Any]]:
 
 
 def slack_channel(slack: SlackApiServer) -> SlackChannel:
-    return SlackChannel(TOKEN, "#slide-scanning", api_url=slack.url, timeout=5, max_rate_limit_retries=1)
+    return alert_channels.slack_channel(slack, token=TOKEN, retries=1)
 
 
 def email_channel(smtp: SmtpServer) -> EmailChannel:
-    return EmailChannel(
-        smtp.host,
-        smtp.port,
-        sender="scanner-agent@lab.test",
-        recipients=["histology@lab.test"],
-        username=SMTP_USER,
-        password=SMTP_PASSWORD,
-        timeout=5,
-        ssl_context=smtp.client_ssl_context(),
-    )
+    return alert_channels.email_channel(smtp, password=SMTP_PASSWORD)
 
 
 def held(**kw: Any) -> Alert:
