@@ -172,6 +172,7 @@ def agent_run(
             transfer={
                 "yield_while_scanning": yield_,
                 "scanning_mb_per_second": args.scanning_mb_per_second,
+                "io_class": args.io_class,
             },
         )
         watch = base / "watch"
@@ -288,7 +289,7 @@ def run(args: argparse.Namespace) -> None:
         f"\nscanner writes {args.scan_gb:g} GB at full speed while the agent moves a backlog of "
         f"{args.backlog} x {args.backlog_gb:g} GB ({args.dir} -> {args.storage_dir}); "
         f"settle_seconds {args.settle:g}, scanning_mb_per_second {args.scanning_mb_per_second:g}, "
-        f"agent at nice {args.nice}; {args.rounds} round(s); "
+        f"agent at nice {args.nice}, io_class {args.io_class}; {args.rounds} round(s); "
         f"disk scheduler {scheduler_of(args.dir)}; load {os.getloadavg()[0]:.2f}"
     )
     print(
@@ -322,6 +323,9 @@ def main() -> None:
     ap.add_argument("--backlog-gb", type=float, default=1.0, help="size of each backlog scan")
     ap.add_argument("--settle", type=float, default=2.0, help="scanner.settle_seconds for the daemon")
     ap.add_argument("--scanning-mb-per-second", type=float, default=50.0)
+    ap.add_argument(
+        "--io-class", choices=["best-effort", "idle"], default="best-effort", help="[transfer] io_class"
+    )
     ap.add_argument("--nice", type=int, default=10, help="the daemon's nice value, as the unit's Nice=")
     ap.add_argument("--alone-runs", type=int, default=3, help="baseline writes between agent runs (median)")
     ap.add_argument("--rounds", type=int, default=3, help="agent runs per setting, taking turns")
