@@ -266,6 +266,23 @@ def partials(storage_root: Path) -> list[Path]:
     return [p for p in storage_root.rglob("*") if ".incoming" in p.parts and p.name != ".incoming"]
 
 
+async def final_task_runs(client: Any, flow_run_id: Any, *, at_least: int = 0) -> list[Any]:
+    """The task runs of a flow run once there are ``at_least`` and each has a final state (what
+    there is after ~30 s otherwise).
+
+    Prefect 3 records task runs from its event stream, after the flow run's own final state, so a
+    read right after the run ends can miss one or find it still RUNNING."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    by_run = FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+    for _ in range(300):
+        runs: list[Any] = await client.read_task_runs(flow_run_filter=by_run)
+        if len(runs) >= at_least and all(t.state is not None and t.state.is_final() for t in runs):
+            break
+        await asyncio.sleep(0.1)
+    return runs
+
+
 def flow_runs(flow_name: str) -> list[Any]:
     """Every flow run of ``flow_name`` on the Prefect server (``PREFECT_API_URL``)."""
 

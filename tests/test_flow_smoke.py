@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from scanner_agent.testing.synthetic import write_svs
+from tests.daemon_helpers import final_task_runs
 from tests.harness import make_agent, process, write_config
 
 
@@ -30,14 +31,7 @@ def test_scan_is_stored_named_from_the_sheet_and_visible_in_prefect(tmp_path: Pa
             async with get_client() as c:
                 run = await c.read_flow_run(rec.flow_run_id)
                 flow = await c.read_flow(run.flow_id)
-                from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-                by_run = FlowRunFilter(id=FlowRunFilterId(any_=[run.id]))
-                for _ in range(300):  # task runs arrive by Prefect's event stream, after the flow run ends
-                    trs = await c.read_task_runs(flow_run_filter=by_run)
-                    if len(trs) >= 5 and all(t.state is not None and t.state.is_final() for t in trs):
-                        break
-                    await asyncio.sleep(0.1)
+                trs = await final_task_runs(c, run.id, at_least=5)
                 return (run, flow.name), [t.name.rsplit("-", 1)[0] for t in trs]
 
         (run, flow_name), tasks = asyncio.run(read_run())

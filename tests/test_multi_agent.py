@@ -30,7 +30,7 @@ import pytest
 
 from scanner_agent.orchestration import automations as prefect_setup
 from scanner_agent.testing.synthetic import write_svs
-from tests.daemon_helpers import SCANNER_AGENT, DaemonProcess, partials, records, wait_for
+from tests.daemon_helpers import SCANNER_AGENT, DaemonProcess, final_task_runs, partials, records, wait_for
 from tests.harness import write_config
 
 HEAD = (
@@ -106,15 +106,8 @@ def state_names(run_id: str) -> list[str]:
     return [s.name for s in sorted(states, key=lambda s: s.timestamp)]
 
 
-_FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
-
-
 def task_states(run_id: str) -> dict[str, tuple[str, str]]:
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-    trs = _client_call(
-        lambda c: c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
-    )
+    trs = _client_call(lambda c: final_task_runs(c, run_id, at_least=1))
     out: dict[str, tuple[str, str]] = {}
     for t in sorted(trs, key=lambda t: t.expected_start_time or t.created):
         out[t.name.rsplit("-", 1)[0]] = (t.state.type.value, t.state.message or "")
@@ -315,13 +308,7 @@ def test_held_scan_is_retried_from_the_ui_by_the_agent_that_holds_it(lab: Lab, u
 
     run = wait_for(run_is_held, 60, f"run {barcode} to end")
     assert run.name == barcode and run.state.type.value == "FAILED" and run.state.name == "Held"
-    # Prefect 3 records task-run states from events, after the flow run's own final state, so
-    # a task can still read RUNNING for a moment here (CI caught it once): wait for them too.
-    tasks = wait_for(
-        lambda: (t := task_states(rec.flow_run_id)) and all(st in _FINAL for st, _m in t.values()) and t,
-        30,
-        f"task runs of {barcode} to end",
-    )
+    tasks = task_states(rec.flow_run_id)
     failed = [t for t, (st, _msg) in tasks.items() if st == "FAILED"]
     assert failed == ["Read Sheet Metadata"], tasks
     message = tasks["Read Sheet Metadata"][1]

@@ -26,6 +26,7 @@ import pytest
 
 from scanner_agent.core import errors
 from scanner_agent.testing.synthetic import write_corrupt, write_mrxs, write_svs
+from tests.daemon_helpers import final_task_runs
 from tests.harness import SAMPLE_SHEET, Folders, make_agent, process, write_config
 from tests.storage_listing import stored_files as files_under
 
@@ -65,20 +66,12 @@ def read_run(flow_run_id: str | None) -> RunView:
         from prefect.client.schemas.filters import (
             ArtifactFilter,
             ArtifactFilterFlowRunId,
-            FlowRunFilter,
-            FlowRunFilterId,
         )
 
         async with get_client() as c:
             run = await c.read_flow_run(flow_run_id)
             flow = await c.read_flow(run.flow_id)
-            # Task run states reach the server through Prefect's event stream, after the flow run's
-            # own final state: read them again until every task run has a final state.
-            for _ in range(300):
-                trs = await c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
-                if all(t.state is not None and t.state.is_final() for t in trs):
-                    break
-                await asyncio.sleep(0.1)
+            trs = await final_task_runs(c, run.id)
             arts = await c.read_artifacts(
                 artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))
             )

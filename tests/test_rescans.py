@@ -17,6 +17,7 @@ from typing import Any
 
 from scanner_agent.service.maintenance import slow_timers, sweep_rescan_requests
 from tests import test_alerts_e2e as e2e
+from tests.daemon_helpers import final_task_runs
 from tests.harness import SAMPLE_SHEET, process
 from tests.storage_listing import check_sums
 from tests.test_alerts_e2e import Lab, button_url, header, mail_text, post_text
@@ -40,18 +41,9 @@ def stored_path(lab: Lab, barcode: str, row: tuple[str, ...] = CARDINAL_ROW) -> 
 def task_names(flow_run_id: str) -> list[str]:
     async def read() -> list[str]:
         from prefect.client.orchestration import get_client
-        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
         async with get_client() as client:
-            # Task runs reach the server through Prefect's event stream, after the flow run's own
-            # final state: read again until each has a final state.
-            for _ in range(300):
-                runs = await client.read_task_runs(
-                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
-                )
-                if runs and all(t.state is not None and t.state.is_final() for t in runs):
-                    break
-                await asyncio.sleep(0.1)
+            runs = await final_task_runs(client, flow_run_id, at_least=1)
             return [t.name.rsplit("-", 1)[0] for t in runs]
 
     return asyncio.run(read())
