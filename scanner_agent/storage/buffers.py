@@ -35,15 +35,6 @@ def give_back(bufsize: int, bufs: list[mmap.mmap]) -> None:
         kept.extend(bufs[:room])
 
 
-def take_scratch(size: int) -> mmap.mmap:
-    """A page-aligned buffer for the read-back, usable with O_DIRECT."""
-    return take_buffers(size, 1)[0]
-
-
-def give_back_scratch(size: int, scratch: mmap.mmap) -> None:
-    give_back(size, [scratch])
-
-
 def recycle(free: queue.Queue[mmap.mmap], bufsize: int) -> None:
     """Hand the copy's buffers to the pool for the next file (threads that used them have ended)."""
     bufs = []

@@ -38,7 +38,7 @@ from scanner_agent.core.errors import SourceChanged, StorageUnavailable
 from scanner_agent.fileio import start_writeback
 from scanner_agent.storage.buffers import recycle, take_buffers
 from scanner_agent.storage.oserrors import on_source, on_storage, storage_error
-from scanner_agent.storage.readback import ABORT, ALIGN, Verifier, hash_and_digest
+from scanner_agent.storage.readback import ABORT, ALIGN, Verifier, hash_and_digest, open_read
 from scanner_agent.storage.records import SourceFile
 from scanner_agent.storage.throttle import TransferGate
 
@@ -100,16 +100,6 @@ def _drop_direct(fd: int) -> bool:
     return True
 
 
-def _open_source(path: Path) -> int:
-    """The source opened for ``O_DIRECT`` reads where its filesystem allows it (tmpfs refuses)."""
-    try:
-        return os.open(path, os.O_RDONLY | os.O_DIRECT)
-    except OSError as exc:
-        if exc.errno != errno.EINVAL:
-            raise
-    return os.open(path, os.O_RDONLY)
-
-
 def _read_chunk(sfd: int, buf: mmap.mmap) -> int:
     """Read the next chunk of the source into ``buf``.
 
@@ -132,7 +122,7 @@ def copy_file(
     ``on_chunk`` may be a ``TransferGate``: it then also paces the reads and sets the I/O priority.
     """
     with on_source(src.path):
-        sfd = _open_source(src.path)
+        sfd, _direct = open_read(src.path, direct=True)  # the device DMAs into the buffer
     try:
         os.posix_fadvise(sfd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
         with on_storage(dst):

@@ -20,7 +20,7 @@ from typing import Protocol
 import xxhash
 
 from scanner_agent.core.errors import StorageUnavailable
-from scanner_agent.storage.buffers import give_back_scratch, take_scratch
+from scanner_agent.storage.buffers import give_back, take_buffers
 from scanner_agent.storage.throttle import TransferGate
 
 #: O_DIRECT wants buffers, offsets and lengths aligned to the device's logical block; a page is
@@ -29,6 +29,18 @@ ALIGN = mmap.PAGESIZE
 
 #: Tells the verifier the writer gave up.
 ABORT = object()
+
+
+def open_read(path: Path, *, direct: bool) -> tuple[int, bool]:
+    """``path`` opened read-only, with ``O_DIRECT`` if ``direct`` and the filesystem allows it
+    (tmpfs and some network filesystems refuse); returns the fd and whether it is direct."""
+    if direct:
+        try:
+            return os.open(path, os.O_RDONLY | os.O_DIRECT), True
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+    return os.open(path, os.O_RDONLY), False
 
 
 class HashObject(Protocol):
@@ -98,7 +110,7 @@ class Verifier(threading.Thread):
         #: Whether the read-back bypasses the page cache (O_DIRECT); else it follows DONTNEED.
         self.direct = from_disk and bufsize % ALIGN == 0
         self._scratch_size = bufsize
-        self._scratch = take_scratch(self._scratch_size)
+        self._scratch = take_buffers(self._scratch_size, 1)[0]  # page-aligned, for O_DIRECT
         self._view = memoryview(self._scratch)
 
     def hand_over(self, item: Written | None | object) -> None:
@@ -114,14 +126,8 @@ class Verifier(threading.Thread):
                     raise self.error or RuntimeError(f"verifier for {self.path} stopped") from None
 
     def _open(self) -> int:
-        if self.direct:
-            try:
-                return os.open(self.path, os.O_RDONLY | os.O_DIRECT)
-            except OSError as exc:
-                if exc.errno != errno.EINVAL:
-                    raise
-                self.direct = False  # tmpfs and some network filesystems refuse O_DIRECT
-        return os.open(self.path, os.O_RDONLY)
+        rfd, self.direct = open_read(self.path, direct=self.direct)
+        return rfd
 
     def run(self) -> None:
         batch: list[Written] = []
@@ -147,7 +153,7 @@ class Verifier(threading.Thread):
             if rfd >= 0:
                 os.close(rfd)
             self._view.release()
-            give_back_scratch(self._scratch_size, self._scratch)
+            give_back(self._scratch_size, [self._scratch])
 
     def _check(self, rfd: int, batch: list[Written], synced: bool) -> int:
         """Re-read one window and compare; an error is kept (the writer raises it) and the queue
