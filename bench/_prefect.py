@@ -43,9 +43,12 @@ def _healthy(url: str) -> bool:
 
 
 @contextmanager
-def prefect_api(timeout: float = 180, *, database: str = "sqlite") -> Iterator[str]:
+def prefect_api(
+    timeout: float = 180, *, database: str = "sqlite", home_parent: Path | None = None
+) -> Iterator[str]:
     """Yield the API URL in use; start (and finally stop) a server when none is configured, on
-    ``database`` "sqlite" (Prefect's default) or "postgres" (a throw-away cluster)."""
+    ``database`` "sqlite" (Prefect's default) or "postgres" (a throw-away cluster), with its home
+    (and database) in a fresh folder under ``home_parent`` (default: the temporary folder)."""
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     os.environ["PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW"] = "ignore"
     given = os.environ.get("PREFECT_API_URL")
@@ -54,7 +57,7 @@ def prefect_api(timeout: float = 180, *, database: str = "sqlite") -> Iterator[s
             raise SystemExit(f"PREFECT_API_URL={given} does not answer /health")
         yield given
         return
-    home = Path(tempfile.mkdtemp(prefix="scanner-agent-bench-prefect-"))
+    home = Path(tempfile.mkdtemp(prefix="scanner-agent-bench-prefect-", dir=home_parent))
     port = free_port()
     url = f"http://127.0.0.1:{port}/api"
     env = {
