@@ -193,3 +193,36 @@ def test_a_scan_growing_forever_keeps_transfers_throttled_and_raises_the_stall_a
     watcher.stop()
     assert not gate.is_scanning and gate.current_rate() is None
     assert len(stalls) == 1
+
+
+def test_the_first_write_of_a_scan_slows_the_gate_before_the_watcher_names_the_scan(watch: Path) -> None:
+    """Real watchdog: a file created and written in the watch folder counts as scanning at once
+    (``written_lately``); the agent's own notes in a dot-folder (the quarantine) do not."""
+    watcher = ScanWatcher(watch, lambda u: None, settle_seconds=30, rescan_seconds=60, poll_interval=0.1)
+    gate = TransferGate(None, scanning_rate=50e6)
+    gate.follow(lambda: {}, written_lately=watcher.written_lately)  # growing() never says so here
+    (watch / ".quarantine").mkdir()
+    watcher.start()
+    try:
+        time.sleep(0.5)  # the observer is listening
+        (watch / ".quarantine" / "old.svs.reason.txt").write_text("corrupt\n")
+        time.sleep(0.5)
+        gate.poll()
+        assert not gate.is_scanning
+
+        with open(watch / "new.svs", "wb") as f:
+            f.write(b"x" * 4096)
+            f.flush()
+            deadline = time.monotonic() + 30
+            while not gate.is_scanning and time.monotonic() < deadline:
+                time.sleep(0.01)
+                gate.poll()
+            assert gate.is_scanning and gate.current_rate() == 50e6
+
+        deadline = time.monotonic() + 30  # no more writes: two ticks later, full speed
+        while gate.is_scanning and time.monotonic() < deadline:
+            time.sleep(0.05)
+            gate.poll()
+        assert not gate.is_scanning
+    finally:
+        watcher.stop()

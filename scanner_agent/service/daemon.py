@@ -65,6 +65,7 @@ class Daemon:
             self.watcher.growing,
             stall_seconds=cfg.transfer.stall_hours * 3600,
             on_stall=self._scan_never_finished,
+            written_lately=self.watcher.written_lately,
         )
         self.stop_event = threading.Event()
         self.maintenance = Maintenance(

@@ -135,6 +135,7 @@ class TransferGate:
         self.bytes_taken = 0
         self._clock = clock
         self._growing: Callable[[], Mapping[Any, float]] | None = None
+        self._written_lately: Callable[[], bool] | None = None
         self._stall_seconds = float("inf")
         self._on_stall: Callable[[object, float], None] | None = None
         self._stalled: set[object] = set()
@@ -145,18 +146,22 @@ class TransferGate:
         *,
         stall_seconds: float = float("inf"),
         on_stall: Callable[[object, float], None] | None = None,
+        written_lately: Callable[[], bool] | None = None,
     ) -> None:
         """Take the "a scan is growing" signal from ``growing()`` (scan -> clock time first seen
         growing, e.g. ``ScanWatcher.growing``); a scan growing longer than ``stall_seconds`` is
-        reported once to ``on_stall(scan, seconds)``."""
+        reported once to ``on_stall(scan, seconds)``. ``written_lately()`` (e.g.
+        ``ScanWatcher.written_lately``), when given, counts as scanning too: it says so the moment
+        a scanner starts writing, before ``growing()`` can tell which scan it is."""
         self._growing, self._stall_seconds, self._on_stall = growing, stall_seconds, on_stall
+        self._written_lately = written_lately
 
     def poll(self) -> None:
         """Ask the signal now: set the rate, and report scans that have grown too long (each once)."""
         if self._growing is None:
             return
         growing = self._growing()
-        self.scanning(bool(growing))
+        self.scanning(bool(growing) or (self._written_lately is not None and self._written_lately()))
         now = self._clock()
         for scan, since in growing.items():
             if now - since >= self._stall_seconds and scan not in self._stalled:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from watchdog.events import (
     EVENT_TYPE_CLOSED,
+    EVENT_TYPE_CREATED,
+    EVENT_TYPE_MODIFIED,
     DirCreatedEvent,
     DirDeletedEvent,
     DirModifiedEvent,
@@ -44,13 +46,25 @@ _EVENT_FILTER = [
 
 
 class HintHandler(FileSystemEventHandler):
-    """Collects event paths for the tick thread; never blocks the observer on disk I/O."""
+    """Collects event paths for the tick thread; never blocks the observer on disk I/O.
 
-    def __init__(self, sink: Callable[[str, bool], None]) -> None:
+    ``on_write`` (if given) hears at once of every file created or written to, before the tick
+    thread has looked at it: the first sign that a scan is being written."""
+
+    def __init__(
+        self, sink: Callable[[str, bool], None], on_write: Callable[[str], None] | None = None
+    ) -> None:
         self._sink = sink
+        self._on_write = on_write
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         closed = event.event_type == EVENT_TYPE_CLOSED
+        if (
+            self._on_write is not None
+            and not event.is_directory
+            and event.event_type in (EVENT_TYPE_CREATED, EVENT_TYPE_MODIFIED)
+        ):
+            self._on_write(os.fsdecode(event.src_path))
         for raw in (event.src_path, event.dest_path):
             if raw:
                 self._sink(os.fsdecode(raw), closed)

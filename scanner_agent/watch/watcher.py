@@ -110,7 +110,10 @@ class ScanWatcher(ObserverSupervision):
         self._reported: dict[ScanUnit, Fingerprint] = {}
         self._hints: dict[str, bool] = {}
         self._hints_lock = threading.Lock()
-        self._handler = HintHandler(self._add_hint)
+        self._handler = HintHandler(self._add_hint, on_write=self._saw_write)
+        #: monotonic time a file here (outside dot-folders such as the quarantine) was last
+        #: created or written to, as the observer heard it: ``written_lately()``.
+        self._last_write = float("-inf")
 
         self._observer: BaseObserver | None = None
         self._observer_dev: int | None = None
@@ -187,6 +190,15 @@ class ScanWatcher(ObserverSupervision):
                 del self._growing[unit]  # bounded: gone, stored or settled long ago
             return {u: first for u, (first, last) in self._growing.items() if now - last <= window}
 
+    def written_lately(self, now: float | None = None) -> bool:
+        """Whether a file here was created or written to within the last two ticks.
+
+        The first sign of a scan starting, before a tick has looked at it and ``growing()`` can
+        name it: the copy's gate (``TransferGate.follow``) slows down at once, instead of reading
+        at full speed for up to a tick while the scanner has begun. Thread-safe (one float)."""
+        now = time.monotonic() if now is None else now
+        return now - self._last_write <= 2 * self._tick_seconds
+
     def healthy(self) -> bool:
         """Observer threads alive, tick thread alive, and the folder answered recently."""
         thread = self._thread
@@ -223,6 +235,16 @@ class ScanWatcher(ObserverSupervision):
     # _supervise (the folder and the observer) and _folder_lost: see supervision.py
 
     # ---- events, listings and reports ------------------------------------------------------------
+
+    def _saw_write(self, path: str) -> None:
+        # Called on the observer's thread: no I/O. The agent's own files (the quarantine's
+        # notes) live in dot-folders and are not a scanner writing.
+        try:
+            parts = Path(path).relative_to(self.watch).parts
+        except ValueError:
+            return
+        if not any(part.startswith(".") for part in parts):
+            self._last_write = time.monotonic()
 
     def _add_hint(self, path: str, closed: bool) -> None:
         # Called on the observer's thread: dedupe paths, do no I/O.

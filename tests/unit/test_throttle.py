@@ -74,6 +74,25 @@ def test_gate_slows_while_a_scan_grows_and_returns_to_full_speed() -> None:
     assert clock.now == before and not gate.is_scanning
 
 
+def test_a_write_heard_before_the_scan_is_named_slows_the_gate_at_once() -> None:
+    """The watcher hears a scanner's first write a tick before ``growing()`` names the scan: the
+    gate takes ``written_lately`` as scanning too, so not a tick's worth of reads goes at full speed."""
+    clock = FakeClock()
+    written = [False]
+    gate = TransferGate(None, scanning_rate=50e6, clock=clock, sleep=clock.sleep)
+    gate.follow(lambda: {}, written_lately=lambda: written[0])
+    gate.take(8 << 20)
+    assert not gate.is_scanning
+
+    written[0] = True
+    gate.take(8 << 20)
+    assert gate.is_scanning and gate.current_rate() == 50e6
+
+    written[0] = False  # nothing named and nothing written since: full speed again
+    gate.poll()
+    assert not gate.is_scanning and gate.current_rate() is None
+
+
 def test_scanning_rate_never_raises_a_lower_cap() -> None:
     gate = TransferGate(20e6, scanning_rate=50e6)
     gate.scanning(True)
