@@ -267,20 +267,30 @@ def partials(storage_root: Path) -> list[Path]:
 
 
 async def final_task_runs(client: Any, flow_run_id: Any, *, at_least: int = 0) -> list[Any]:
-    """The task runs of a flow run once there are ``at_least`` and each has a final state (what
-    there is after ~30 s otherwise).
+    """The task runs of a flow run once there are ``at_least``, each has a final state, and no new
+    one has appeared for ``TASK_RUNS_SETTLE`` seconds (what there is after ~30 s otherwise).
 
     Prefect 3 records task runs from its event stream, after the flow run's own final state, so a
-    read right after the run ends can miss one or find it still RUNNING."""
+    read right after the run ends can miss one or find it still RUNNING. A caller that knows how
+    many there must be says so in ``at_least``; the settle covers the ones it cannot know."""
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     by_run = FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+    loop = asyncio.get_running_loop()
+    seen, since = -1, loop.time()
     for _ in range(300):
         runs: list[Any] = await client.read_task_runs(flow_run_filter=by_run)
-        if len(runs) >= at_least and all(t.state is not None and t.state.is_final() for t in runs):
+        if len(runs) != seen:
+            seen, since = len(runs), loop.time()
+        settled = loop.time() - since >= TASK_RUNS_SETTLE and len(runs) >= at_least
+        if settled and all(t.state is not None and t.state.is_final() for t in runs):
             break
         await asyncio.sleep(0.1)
     return runs
+
+
+#: Seconds with no new task run before ``final_task_runs`` takes the list as whole.
+TASK_RUNS_SETTLE = 1.5
 
 
 def flow_runs(flow_name: str) -> list[Any]:
