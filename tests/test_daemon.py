@@ -75,6 +75,8 @@ def test_scan_written_slowly_is_stored_once_and_not_before_it_is_complete(
         assert done[0].ready_at is not None and done[0].ready_at >= last_write
         assert Path(done[0].dest).read_bytes() == data
         assert [p.name for p in stored_slides(storage)] == ["Prec01_Run-2_P1_Cardinal_620995.svs"]
+        # The journal says "stored" once the copy is verified; the scanner's file goes just after.
+        wait_for(lambda: not target.exists() or None, WAIT, "the scanner's copy to be freed", alive=d)
         assert len(rows_for(jpath, target)) == 1 and not target.exists()
         assert d.terminate() == 0
 
