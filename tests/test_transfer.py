@@ -508,20 +508,23 @@ def test_copy_corrupted_on_storage_fails_verification(shm: Path, tmp_path: Path)
     assert incoming_empty(dest) and src.exists()
 
 
+@pytest.mark.parametrize("direction", ["tmpfs->disk", "disk->tmpfs"])
 def test_copy_corrupted_in_a_later_window_fails_verification_with_its_byte_range(
-    shm: Path, tmp_path: Path
+    direction: str, shm: Path, tmp_path: Path
 ) -> None:
     """Three verify windows of 1 MiB chunks: the writer runs at most a window ahead of the check,
     and bytes changed on storage in the second window (after they were written, before their
-    window's fdatasync) are caught by the read-back of exactly that chunk."""
+    window's fdatasync) are caught by the read-back of exactly that chunk. To tmpfs the write and
+    the hashes take each chunk a slice at a time, and so does the read-back: the change is in the
+    chunk's third slice."""
     mib = 1 << 20
-    src = write(shm / "a.svs", os.urandom(72 * mib))
-    dest = tmp_path / "store"
+    src_dir, dest = (shm, tmp_path / "store") if direction == "tmpfs->disk" else (tmp_path, shm / "store")
+    src = write(src_dir / "a.svs", os.urandom(72 * mib))
 
     def bit_rot(path: Path, copied: int) -> None:
         if copied == 40 * mib:
             with open(dest / ".incoming" / "N.svs.partial", "r+b") as f:
-                f.seek(36 * mib + 5)
+                f.seek(36 * mib + 600_000)
                 f.write(b"\x00" * 16)
 
     with pytest.raises(StorageUnavailable, match=f"verify failed: .* in bytes {36 * mib}..{37 * mib}"):
