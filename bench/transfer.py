@@ -1,7 +1,7 @@
 """Benchmark: verified ``place_scan`` against ``cp`` of the same files, across two filesystems.
 
     .venv/bin/python -m bench.transfer [--files 8 --size-mb 256 --rounds 2 --bufsize-mb 8
-                                      --compare-bufsize-kb 1024 --disk-dir /tmp]
+                                      --compare-bufsize-kb 1024 --disk-dir /tmp --keep-free-pages]
 
 Both directions are measured: /dev/shm (tmpfs) -> disk, and disk -> /dev/shm. Each timing
 includes a final ``sync`` so data still in the page cache is not counted as written. Before
@@ -11,7 +11,8 @@ The disk may still be cached by the hypervisor, so "disk" speeds here are optimi
 small VM shared with other work, wall-clock rates swing 2-3x between rounds; the CPU column
 (seconds per GB, this process and its children) is steadier and says what the hashing and
 read-back cost (though on a VM it too grows with the host's load: a fresh page-cache or tmpfs
-page can cost a host fault, so compare rows of one run, never runs of different days). When
+page can cost a host fault, so compare rows of one run, never runs of different days;
+``--keep-free-pages`` holds off the balloon's free page reporting that causes most of those). When
 the destination is memory-speed, everything is CPU-bound and cp wins; when the disk or network
 is the limit, place_scan's overlapped hash and read-back hide them.
 
@@ -38,7 +39,7 @@ from pathlib import Path
 
 import xxhash
 
-from bench._pagecache import evict
+from bench._pagecache import evict, free_pages_kept
 from scanner_agent.scanunit import ScanUnit
 from scanner_agent.storage import hash_file, place_scan
 
@@ -177,7 +178,18 @@ def main() -> None:
     )
     ap.add_argument("--disk-dir", type=Path, default=Path("/tmp"), help="a folder on a disk filesystem")
     ap.add_argument("--shm-dir", type=Path, default=Path("/dev/shm"))
+    ap.add_argument(
+        "--keep-free-pages",
+        action="store_true",
+        help="hold off the VM balloon's free page reporting for the run (root; restored after)",
+    )
     args = ap.parse_args()
+    with free_pages_kept(args.keep_free_pages) as what:
+        print(what)
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
     size = args.size_mb << 20
     sha_cpu = bench_hash()
     disk = Path(tempfile.mkdtemp(prefix="bench-transfer-", dir=args.disk_dir))
