@@ -43,7 +43,7 @@ from scanner_agent.core.errors import SourceChanged, StorageUnavailable
 from scanner_agent.fileio import start_writeback
 from scanner_agent.storage.buffers import recycle, take_buffers
 from scanner_agent.storage.oserrors import on_source, on_storage, storage_error
-from scanner_agent.storage.readback import ABORT, ALIGN, Verifier, hash_and_digest, open_read
+from scanner_agent.storage.readback import ABORT, ALIGN, Verifier, hash_and_digest, on_a_device, open_read
 from scanner_agent.storage.records import SourceFile
 from scanner_agent.storage.throttle import TransferGate
 
@@ -267,7 +267,7 @@ def _pump(
     # the page cache, no dirty pages to write back in bursts, none of the scanner's pages pushed
     # out); the read-back then checks what the device holds after each window's fdatasync. Not on
     # network or FUSE filesystems (no device number): NFS would make each direct write a round trip.
-    direct = early_writeback and os.major(os.fstat(wfd).st_dev) != 0 and _go_direct(wfd)
+    direct = early_writeback and on_a_device(wfd) and _go_direct(wfd)
     # A direct write is the device's DMA: the CPU never reads the bytes, so the hash runs beside
     # it on the other core. A buffered write is a CPU copy: writing and hashing each slice on
     # this thread reads the bytes from memory once (``hash_and_digest``), which costs less than
@@ -275,6 +275,7 @@ def _pump(
     # speed, against 1.6-1.7 with a hasher thread). Chosen once per file, so the sha256 sees the
     # chunks in order (a direct file's unaligned tail still goes to the hasher).
     one_pass = not direct
+    write_slice = functools.partial(_write_all, wfd)
     chunks: queue.Queue[tuple[mmap.mmap, int] | BaseException] = queue.Queue()
     stop = threading.Event()
     reader = threading.Thread(
@@ -296,14 +297,13 @@ def _pump(
                     free.put(buf)
                     break
                 chunk = memoryview(buf)[:n]
-                if not one_pass:
-                    hashing = hasher.submit(hash_and_digest, h, chunk)  # in order: one worker
                 with on_storage(dst):
                     if direct and n % ALIGN:  # the unaligned tail goes through the page cache
                         direct = not _drop_direct(wfd)
                     if one_pass:  # written and hashed a slice at a time, on this thread
-                        hashing = _done(hash_and_digest(h, chunk, write=functools.partial(_write_all, wfd)))
+                        hashing = _done(hash_and_digest(h, chunk, write=write_slice))
                     else:
+                        hashing = hasher.submit(hash_and_digest, h, chunk)  # in order: one worker
                         _write_all(wfd, chunk)
                     if early_writeback and not direct:
                         start_writeback(wfd, copied, n)

@@ -44,6 +44,12 @@ def open_read(path: Path, *, direct: bool) -> tuple[int, bool]:
     return os.open(path, os.O_RDONLY), False
 
 
+def on_a_device(fd: int) -> bool:
+    """Whether ``fd``'s filesystem sits on a block device, whose I/O the device DMAs; False for
+    tmpfs and network or FUSE filesystems (no device number), where the kernel copies the bytes."""
+    return os.major(os.fstat(fd).st_dev) != 0
+
+
 class HashObject(Protocol):
     """What ``hashlib.sha256()`` is, as far as the copy needs it."""
 
@@ -126,7 +132,7 @@ class Verifier(threading.Thread):
         #: Read back a chunk at a time where a device DMAs it (few, large I/Os); else (tmpfs,
         #: network or FUSE filesystems: the kernel copies) a slice at a time into the start of the
         #: scratch buffer, so the digest reads each slice from this core's cache.
-        self._step = bufsize if os.major(os.fstat(wfd).st_dev) != 0 else CACHE_SLICE
+        self._step = bufsize if on_a_device(wfd) else CACHE_SLICE
         self._scratch_size = bufsize
         self._scratch = take_buffers(self._scratch_size, 1)[0]  # page-aligned, for O_DIRECT
         self._view = memoryview(self._scratch)
